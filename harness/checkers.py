@@ -1,0 +1,244 @@
+"""Invariant checkers (DESIGN §5). Each reads the event logs and returns a
+Verdict that explains itself with figures and, when it fails, a timeline
+excerpt around the first violation. A check with nothing to judge fails:
+silence is never a pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .events import Events, Record
+from .settings import Bounds
+
+
+@dataclass
+class Verdict:
+    invariant: str
+    subject: str
+    ok: bool
+    summary: str
+    figures: dict[str, Any] = field(default_factory=dict)
+    excerpt: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def explain(self) -> str:
+        head = f"[{'PASS' if self.ok else 'FAIL'}] {self.invariant} ({self.subject}): {self.summary}"
+        return f"{head}\n{self.excerpt}" if self.excerpt else head
+
+
+class InvariantViolation(AssertionError):
+    def __init__(self, verdicts: list[Verdict]) -> None:
+        self.verdicts = verdicts
+        super().__init__("\n\n".join(v.explain() for v in verdicts))
+
+
+def require(*verdicts: Verdict) -> None:
+    failed = [v for v in verdicts if not v.ok]
+    if failed:
+        raise InvariantViolation(failed)
+
+
+def _percentile(values: list[int], q: float) -> int:
+    if not values:
+        return 0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _server_session(events: Events, probe: str) -> tuple[str, str] | None:
+    return events.server_session(probe)
+
+
+def _fail(invariant: str, probe: str, summary: str, events: Events, at: Record | int | None,
+          sessions: set[str] | None = None, **figures: Any) -> Verdict:
+    t = at["t_us"] if isinstance(at, dict) else at
+    excerpt = events.excerpt(t, sessions=sessions) if t is not None else ""
+    return Verdict(invariant, probe, False, summary, figures, excerpt)
+
+
+# --- I1 session alive ------------------------------------------------------------------
+
+
+def session_alive(events: Events, probe: str, bounds: Bounds, end_us: int) -> Verdict:
+    """Open until `end_us`, and every client/time answered by server/time."""
+    inv = "I1 session alive"
+    closes = [r for r in events.select("close", proc=probe) if r["t_us"] < end_us]
+    if closes:
+        c = closes[0]
+        return _fail(inv, probe, f"closed before the end: code {c.get('code')} {c.get('reason')!r}", events, c)
+    sent = [r for r in events.select("send", proc=probe, type="client/time") if r["t_us"] < end_us - bounds.time_reply_grace_us]
+    if not sent:
+        return Verdict(inv, probe, False, "no client/time was sent before the end: nothing to judge")
+    answered = {r["client_transmitted"] for r in events.select("recv", proc=probe, type="server/time")}
+    missing = [r for r in sent if r["client_transmitted"] not in answered]
+    if missing:
+        return _fail(inv, probe, f"{len(missing)} of {len(sent)} client/time never got a server/time", events,
+                     missing[0], missing=len(missing), sent=len(sent))
+    return Verdict(inv, probe, True, f"open to the end, {len(sent)} client/time all answered", {"time_sent": len(sent)})
+
+
+# --- I2 reads never starve -------------------------------------------------------------
+
+
+def read_latencies(events: Events, probe: str, start_us: int = 0, end_us: int | None = None) -> list[int]:
+    found = _server_session(events, probe)
+    if found is None:
+        return []
+    proc, session = found
+    return [r["t_us"] - r["client_transmitted"]
+            for r in events.select("recv", proc=proc, session=session, type="client/time")
+            if start_us <= r["client_transmitted"] and (end_us is None or r["client_transmitted"] < end_us)]
+
+
+def reads_prompt(events: Events, probe: str, bounds: Bounds, end_us: int, start_us: int = 0) -> Verdict:
+    """Every client/time the probe sent was read by the server within the bound."""
+    inv = "I2 reads never starve"
+    found = _server_session(events, probe)
+    if found is None:
+        return Verdict(inv, probe, False, "the server logged no client/hello from this probe")
+    proc, session = found
+    sent = [r for r in events.select("send", proc=probe, type="client/time")
+            if start_us <= r["client_transmitted"] < end_us - bounds.time_reply_grace_us]
+    if not sent:
+        return Verdict(inv, probe, False, "no client/time was sent in the window: nothing to judge")
+    received = {r["client_transmitted"]: r for r in events.select("recv", proc=proc, session=session,
+                                                                    type="client/time")}
+    latencies: list[int] = []
+    worst: Record | None = None
+    unread: list[Record] = []
+    for r in sent:
+        got = received.get(r["client_transmitted"])
+        if got is None:
+            unread.append(r)
+            continue
+        latency = got["t_us"] - r["client_transmitted"]
+        latencies.append(latency)
+        if worst is None or latency > worst["t_us"] - worst["client_transmitted"]:
+            worst = got
+    figures = {"n": len(sent), "p50_us": _percentile(latencies, 0.5), "p99_us": _percentile(latencies, 0.99),
+               "max_us": max(latencies, default=0), "unread": len(unread)}
+    text = f"n={len(sent)} p50={figures['p50_us'] / 1000:.1f} ms p99={figures['p99_us'] / 1000:.1f} ms " \
+           f"max={figures['max_us'] / 1000:.1f} ms (bound {bounds.read_latency_us / 1000:.0f} ms)"
+    sessions = {probe, session}
+    if unread:
+        return _fail(inv, probe, f"{len(unread)} client/time never read by the server; {text}", events, unread[0],
+                     sessions, **figures)
+    if figures["max_us"] > bounds.read_latency_us:
+        return _fail(inv, probe, f"read latency over the bound; {text}", events, worst, sessions, **figures)
+    return Verdict(inv, probe, True, text, figures)
+
+
+# --- I3 nothing lost ---------------------------------------------------------------------
+
+
+def audio_intact(events: Events, probe: str, bounds: Bounds, expected_s: float, rate: int = 48_000) -> Verdict:
+    """Watermark audio: no gap, duplicate, reordering or corruption, and enough of it."""
+    inv = "I3 nothing lost (audio)"
+    chunks = events.select("audio", proc=probe)
+    samples = sum(r["frames"] for r in chunks)
+    totals = {k: sum(r[k] for r in chunks) for k in ("gap", "dup", "reorder", "corrupt")}
+    figures = {"chunks": len(chunks), "samples": samples, **totals}
+    text = f"{len(chunks)} chunks, {samples / rate:.2f} s of audio, gaps={totals['gap']} dups={totals['dup']} " \
+           f"reordered={totals['reorder']} corrupt={totals['corrupt']}"
+    bad = next((r for r in chunks if r["gap"] or r["dup"] or r["reorder"] or r["corrupt"]), None)
+    if bad is not None:
+        return _fail(inv, probe, text, events, bad, {probe}, **figures)
+    if samples < bounds.min_audio_fraction * expected_s * rate:
+        return Verdict(inv, probe, False, f"too little audio: {text}, expected about {expected_s:.1f} s", figures)
+    return Verdict(inv, probe, True, text, figures)
+
+
+def artwork_intact(events: Events, probe: str, channel: int = 0) -> Verdict:
+    """The image the server queued arrived byte-identical (sha256)."""
+    inv = "I3 nothing lost (artwork)"
+    found = _server_session(events, probe)
+    queued = events.select("artwork_queued", proc=found[0], session=found[1], channel=channel) if found else []
+    got = events.select("artwork", proc=probe, channel=channel)
+    if not queued:
+        return Verdict(inv, probe, False, f"the server queued no artwork on channel {channel}")
+    if not got:
+        return _fail(inv, probe, f"artwork of {queued[-1]['bytes']} bytes never arrived", events, queued[-1])
+    sent, recv = queued[-1], got[-1]
+    figures = {"bytes": recv["bytes"], "fragments": recv["fragments"], "fragment_max": recv["fragment_max"]}
+    if (sent["sha256"], sent["bytes"]) != (recv["sha256"], recv["bytes"]):
+        return _fail(inv, probe, f"artwork differs: sent {sent['bytes']} B {sent['sha256'][:12]}…, received "
+                     f"{recv['bytes']} B {recv['sha256'][:12]}…", events, recv, **figures)
+    return Verdict(inv, probe, True, f"{recv['bytes']} bytes identical, in {recv['fragments']} fragment(s) "
+                   f"of at most {recv['fragment_max']} bytes", figures)
+
+
+# --- I4 isolation ---------------------------------------------------------------------------
+
+
+def lead_kept(events: Events, probe: str, bounds: Bounds, start_us: int, end_us: int) -> Verdict:
+    """An unaffected player's audio kept arriving ahead of time (no lead-time drop)."""
+    inv = "I4 isolation (audio lead)"
+    chunks = [r for r in events.select("audio", proc=probe) if start_us <= r["t_us"] < end_us]
+    if not chunks:
+        return Verdict(inv, probe, False, "no audio arrived in the window: nothing to judge")
+    low = min(chunks, key=lambda r: r["lead_us"])
+    figures = {"min_lead_us": low["lead_us"], "chunks": len(chunks)}
+    text = f"min lead {low['lead_us'] / 1000:.1f} ms over {len(chunks)} chunks (bound {bounds.min_lead_us / 1000:.0f} ms)"
+    if low["lead_us"] < bounds.min_lead_us:
+        return _fail(inv, probe, text, events, low, {probe}, **figures)
+    return Verdict(inv, probe, True, text, figures)
+
+
+# --- I6 bounded resources -------------------------------------------------------------------
+
+
+def held_bounded(events: Events, probe: str, bound_bytes: int) -> Verdict:
+    """What the server held for this session (write buffer + queues) stayed under the bound."""
+    inv = "I6 bounded resources"
+    found = _server_session(events, probe)
+    stats = events.select("session_stats", proc=found[0], session=found[1]) if found else []
+    if not stats:
+        return Verdict(inv, probe, False, "the server logged no session_stats for this session: nothing to judge")
+    top = max(stats, key=lambda r: r["held"])
+    figures = {"max_held": top["held"], "samples": len(stats)}
+    text = f"server held at most {top['held']} bytes for it over {len(stats)} samples (bound {bound_bytes})"
+    if top["held"] > bound_bytes:
+        return _fail(inv, probe, text, events, top, **figures)
+    return Verdict(inv, probe, True, text, figures)
+
+
+# --- I7 clear failures ------------------------------------------------------------------------
+
+
+def rejected(events: Events, probe: str, rule_contains: str, after_us: int = 0) -> Verdict:
+    """The server logged a rejection with a reason and told the harness-aware client."""
+    inv = "I7 clear failures"
+    found = _server_session(events, probe)
+    rejects = [r for r in events.select("reject", proc=found[0], session=found[1]) if r["t_us"] >= after_us] \
+        if found else []
+    match = next((r for r in rejects if rule_contains in r.get("rule", "")), None)
+    if match is None:
+        seen = "; ".join(r.get("rule", "") for r in rejects) or "none"
+        return Verdict(inv, probe, False, f"no rejection mentioning {rule_contains!r} (rejections seen: {seen})")
+    return Verdict(inv, probe, True, f"rejected: {match['rule']} (action {match.get('action')})")
+
+
+def closed_by_policy(events: Events, probe: str, code: int, after_us: int, within_us: int) -> Verdict:
+    """The server closed this session with `code` within `within_us` of `after_us`."""
+    inv = "I7 clear failures (policy close)"
+    found = _server_session(events, probe)
+    closes = [r for r in events.select("close_begin", proc=found[0], session=found[1]) if r["t_us"] >= after_us] \
+        if found else []
+    if not closes:
+        return Verdict(inv, probe, False, f"the server never closed the session (expected code {code})")
+    c = closes[0]
+    delay = c["t_us"] - after_us
+    text = f"closed with {c['code']} {c['reason']!r} after {delay / 1e6:.2f} s (bound {within_us / 1e6:.1f} s)"
+    if c["code"] != code or delay > within_us:
+        return _fail(inv, probe, text, events, c)
+    return Verdict(inv, probe, True, text, {"delay_us": delay})
+
+
+def healthy_player(events: Events, probe: str, bounds: Bounds, start_us: int, end_us: int,
+                   audio_s: float) -> list[Verdict]:
+    """I1-I4 for a player no fault was aimed at."""
+    return [session_alive(events, probe, bounds, end_us), reads_prompt(events, probe, bounds, end_us, start_us),
+            audio_intact(events, probe, bounds, audio_s), lead_kept(events, probe, bounds, start_us, end_us)]

@@ -1,0 +1,70 @@
+"""Reading the event logs (DESIGN §6) the processes wrote."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+Record = dict[str, Any]
+
+
+@dataclass
+class Events:
+    records: list[Record]
+
+    @classmethod
+    def load(cls, directory: Path) -> Events:
+        records: list[Record] = []
+        for path in sorted(directory.glob("*.jsonl")):
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except ValueError as exc:
+                    # A process killed mid-write can leave one torn last line.
+                    raise ValueError(f"{path}:{n}: not a JSON line ({exc})") from None
+        records.sort(key=lambda r: r["t_us"])
+        return cls(records)
+
+    def select(self, event: str | Iterable[str] | None = None, proc: str | None = None,
+               session: str | None = None, **equal: Any) -> list[Record]:
+        events = {event} if isinstance(event, str) else set(event) if event is not None else None
+        return [r for r in self.records
+                if (events is None or r["event"] in events)
+                and (proc is None or r["proc"] == proc)
+                and (session is None or r["session"] == session)
+                and all(r.get(k) == v for k, v in equal.items())]
+
+    def server_session(self, client_id: str) -> tuple[str, str] | None:
+        """(server proc, session id) of the session that said client/hello as `client_id`."""
+        for r in self.records:
+            if r["event"] == "recv" and r.get("type") == "client/hello" and r.get("client_id") == client_id:
+                return r["proc"], r["session"]
+        return None
+
+    def start_us(self) -> int:
+        return self.records[0]["t_us"] if self.records else 0
+
+    def excerpt(self, t_us: int, before_us: int = 300_000, after_us: int = 300_000,
+                sessions: set[str] | None = None, limit: int = 40, skip: frozenset[str] = frozenset({"audio"})) -> str:
+        """Human-readable lines around `t_us` (audio chunks left out unless asked for)."""
+        t0 = self.start_us()
+        lines = []
+        for r in self.records:
+            if not t_us - before_us <= r["t_us"] <= t_us + after_us or r["event"] in skip:
+                continue
+            if sessions is not None and r["session"] not in sessions and r["session"] is not None:
+                continue
+            extra = " ".join(f"{k}={v}" for k, v in r.items() if k not in ("t_us", "proc", "session", "event"))
+            mark = ">>" if r["t_us"] == t_us else "  "
+            lines.append(f"{mark} {(r['t_us'] - t0) / 1000:10.1f} ms  {r['proc']:<10} {r['session'] or '-':<10} "
+                         f"{r['event']:<14} {extra[:160]}")
+        if len(lines) > limit:
+            middle = next((i for i, line in enumerate(lines) if line.startswith(">>")), len(lines) // 2)
+            lo = max(0, middle - limit // 2)
+            lines = lines[lo : lo + limit]
+        return "\n".join(lines)

@@ -1,0 +1,466 @@
+"""The probe client: a Sendspin client that records everything and can misbehave.
+
+Thin asyncio I/O around two sans-I/O cores: websockets' ClientProtocol for
+WebSocket framing (so every frame, its FIN bit and size is visible) and
+`harness.protocol` for Sendspin. Reading and writing never wait on each other:
+the transport's write() never blocks, and reading is paced or paused only by
+`set_read_rate` (with a small SO_RCVBUF the backpressure reaches the server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+from .protocol import (
+    UNSET,
+    BinaryMessage,
+    ClientHandshake,
+    EventLog,
+    LegacyProfile,
+    Message,
+    ProtocolError,
+    binary_role,
+    now_us,
+    peek_type,
+    watermark,
+)
+from .protocol import messages as m
+
+
+@dataclass(kw_only=True)
+class ProbeConfig:
+    name: str = "probe-1"
+    roles: list[str] = field(default_factory=lambda: ["player@v1", m.HARNESS_ROLE])
+    formats: list[m.AudioFormat] = field(
+        default_factory=lambda: [m.AudioFormat(codec="pcm", channels=2, sample_rate=48_000, bit_depth=16)])
+    buffer_capacity: int = 1_000_000
+    artwork_channels: list[m.ArtworkChannelSupport] = field(
+        default_factory=lambda: [m.ArtworkChannelSupport(source="album", format="png", media_width=1024,
+                                                         media_height=1024)])
+    time_interval_s: float | None = 0.1   # None: send no client/time by itself
+    rcvbuf: int | None = None             # SO_RCVBUF, set before connect, for real backpressure
+    read_rate: float | None = None        # bytes/s; 0 = do not read; None = as fast as possible
+    connect_timeout_s: float = 5.0
+    max_message_bytes: int | None = 256 * 1024 * 1024
+
+
+class AudioTracker:
+    """Exact per-sample continuity from the watermark (gaps, duplicates, reordering)."""
+
+    def __init__(self) -> None:
+        self.reset()
+        self.gaps = 0         # missing samples
+        self.duplicates = 0   # samples received twice
+        self.reordered = 0    # samples older than expected but never seen
+        self.corrupt = 0      # chunks whose samples are not consecutive
+        self.samples = 0
+
+    def reset(self) -> None:
+        """A new stream (or a clear): the next sample may be anything."""
+        self.expected: int | None = None
+        self.last_ts: int | None = None
+        self._last_frames = 0
+        self._seen_until = -1
+
+    def add(self, payload: bytes | memoryview, fmt: m.PlayerStream, ts_us: int) -> dict[str, int]:
+        index = watermark.decode(payload, fmt.channels, fmt.bit_depth)
+        if len(index) == 0:
+            return {"first": -1, "frames": 0, "gap": 0, "dup": 0, "reorder": 0, "corrupt": 0}
+        if fmt.channels == 1:
+            last_ts = ts_us if self.last_ts is None else self.last_ts
+            estimate = 0 if self.expected is None else self.expected + (
+                (ts_us - last_ts) * fmt.sample_rate // 1_000_000 - self._last_frames)
+            first = watermark.unwrap(int(index[0]), estimate if self.expected is not None else int(index[0]),
+                                     fmt.bit_depth)
+            index = first + ((index - index[0]) % (1 << fmt.bit_depth))
+        first, frames = int(index[0]), len(index)
+        corrupt = int(frames > 1 and not bool((index[1:] - index[:-1] == 1).all()))
+        self.corrupt += corrupt
+        gap = dup = reorder = 0
+        if self.expected is not None:
+            if first > self.expected:
+                gap = first - self.expected
+            elif first < self.expected:
+                overlap = min(frames, self.expected - first)
+                if first + overlap - 1 <= self._seen_until:
+                    dup = overlap
+                else:
+                    reorder = overlap
+        self.gaps += gap
+        self.duplicates += dup
+        self.reordered += reorder
+        self.samples += frames
+        self.expected = max(self.expected or 0, first + frames)
+        self._seen_until = max(self._seen_until, first + frames - 1)
+        self.last_ts = ts_us
+        self._last_frames = frames
+        return {"first": first, "frames": frames, "gap": gap, "dup": dup, "reorder": reorder, "corrupt": corrupt}
+
+
+class _Stream(asyncio.Protocol):
+    def __init__(self, probe: ProbeClient) -> None:
+        self.probe = probe
+
+    def data_received(self, data: bytes) -> None:
+        self.probe._on_data(data)
+
+    def eof_received(self) -> bool | None:
+        self.probe._on_eof()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.probe._on_lost(exc)
+
+
+class ProbeClient:
+    def __init__(self, url: str, config: ProbeConfig | None = None, log: EventLog | None = None) -> None:
+        self.url = url
+        self.config = config or ProbeConfig()
+        self.name = self.config.name
+        self.log = log or EventLog(None, self.name)
+        self.profile = LegacyProfile()
+        self.ws = ClientProtocol(parse_uri(url), max_size=self.config.max_message_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.handshake: ClientHandshake | None = None
+        self.read_rate = self.config.read_rate
+        self.closed = asyncio.Event()
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.messages: list[Message] = []
+        self.errors: list[m.HarnessError] = []
+        self.artwork: dict[int, tuple[str, int, list[int]]] = {}   # channel -> (sha256, bytes, fragment sizes)
+        self.audio = AudioTracker()
+        self.audio_chunks = 0
+        self.player_format: m.PlayerStream | None = None
+        self.time_replies: dict[int, m.ServerTime] = {}
+        self.time_sent: list[int] = []
+        self._server_hello = asyncio.Event()
+        self._opened = asyncio.Event()
+        self._message_waiters: list[tuple[Callable[[Message], bool], asyncio.Future[Message]]] = []
+        self._frames: list[Frame] = []
+        self._first_frame_us = 0
+        self._paused_until: asyncio.TimerHandle | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._fragment_open = False
+        self.clock_offset_us = 0
+        self._best_rtt_us = 1 << 62
+
+    # --- connection ------------------------------------------------------------------
+
+    def hello(self) -> m.ClientHello:
+        c = self.config
+        roles = c.roles
+        return m.ClientHello(
+            client_id=self.name, name=self.name, supported_roles=roles,
+            device_info=m.DeviceInfo(product_name="sendspin-harness probe"),
+            player_support=m.PlayerSupport(supported_formats=c.formats, buffer_capacity=c.buffer_capacity,
+                                           supported_commands=["volume", "mute"])
+            if "player@v1" in roles else UNSET,
+            artwork_support=m.ArtworkSupport(channels=c.artwork_channels) if "artwork@v1" in roles else UNSET,
+        )
+
+    async def connect(self, send_hello: bool = True) -> None:
+        """TCP connect, WebSocket upgrade, then (by default) the Sendspin handshake."""
+        uri = parse_uri(self.url)
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        if self.config.rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.rcvbuf)
+        timeout = self.config.connect_timeout_s
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, (uri.host, uri.port)), timeout)
+        except BaseException:
+            sock.close()
+            raise
+        self.transport, _ = await loop.create_connection(lambda: _Stream(self), sock=sock)
+        self.log.emit("connect", self.name, url=self.url, rcvbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        self.ws.send_request(self.ws.connect())
+        self._flush()
+        await asyncio.wait_for(self._opened.wait(), timeout)
+        if self.ws.handshake_exc is not None:
+            raise ConnectionError(f"{self.name}: WebSocket upgrade refused: {self.ws.handshake_exc}")
+        if self.read_rate == 0:
+            self.transport.pause_reading()
+        if send_hello:
+            await self.sendspin_handshake()
+
+    async def sendspin_handshake(self) -> None:
+        hello = self.hello()
+        self.handshake = ClientHandshake(hello)
+        self.send(hello)
+        await asyncio.wait_for(self._server_hello.wait(), self.config.connect_timeout_s)
+        self.send(m.ClientState(state="synchronized", player=m.PlayerState(volume=100, muted=False)
+                                if "player@v1" in self.config.roles else UNSET))
+        if self.config.time_interval_s:
+            self._tasks.append(asyncio.create_task(self._time_loop(), name=f"{self.name}-time"))
+
+    async def close(self, goodbye: bool = True, timeout: float = 3.0) -> None:
+        """Say goodbye (if still open), wait for the server to close, then drop the socket."""
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.transport is None:
+            return
+        self.set_read_rate(None)
+        if goodbye and self.ws.state is State.OPEN and not self._fragment_open:
+            self.send(m.ClientGoodbye(reason="shutdown"))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.closed.wait(), timeout)
+        if not self.closed.is_set():
+            self.transport.abort()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.closed.wait(), timeout)
+
+    # --- sending ---------------------------------------------------------------------
+
+    def send(self, message: Message) -> None:
+        data = self.profile.encode(message)
+        if isinstance(data, str):
+            self.ws.send_text(data.encode())
+        else:
+            self.ws.send_binary(data)
+        self._flush()
+        fields: dict[str, Any] = {"client_transmitted": message.client_transmitted} \
+            if isinstance(message, m.ClientTime) else {}
+        self.log.emit("send", self.name, type=message.TYPE, **fields)
+
+    def send_time(self) -> int:
+        t = now_us()
+        self.time_sent.append(t)
+        self.send(m.ClientTime(client_transmitted=t))
+        return t
+
+    def _flush(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        for data in self.ws.data_to_send():
+            if data:
+                self.transport.write(data)
+            else:
+                self.transport.write_eof() if self.transport.can_write_eof() else None
+
+    async def _time_loop(self) -> None:
+        assert self.config.time_interval_s
+        while self.ws.state is State.OPEN:
+            if not self._fragment_open:
+                self.send_time()
+            await asyncio.sleep(self.config.time_interval_s)
+
+    # --- misbehaviour (for testing servers) ---------------------------------------------
+
+    def send_raw(self, data: str | bytes, note: str) -> None:
+        """Send one whole message exactly as given (no Sendspin encoding)."""
+        if isinstance(data, str):
+            self.ws.send_text(data.encode())
+        else:
+            self.ws.send_binary(data)
+        self._flush()
+        self.log.emit("misbehave", self.name, kind=note, bytes=len(data), type=peek_type(data)
+                      if isinstance(data, str) else "binary")
+
+    def send_upload(self, data: bytes, upload_id: str = "u1", payload: bool = True) -> None:
+        """An application upload: JSON header then the binary payload (or, with
+        payload=False, the header alone: an orphan header)."""
+        self.send(m.HarnessUpload(upload_id=upload_id, size=len(data), sha256=hashlib.sha256(data).hexdigest()))
+        if payload:
+            self.send_raw(self.profile.encode_binary(m.UPLOAD_BINARY_TYPE, now_us(), data), "upload_payload")
+        else:
+            self.log.emit("misbehave", self.name, kind="orphan_header", upload_id=upload_id, bytes=len(data))
+
+    def start_fragmented(self, first: bytes, text: bool = False) -> None:
+        """Send the first fragment (FIN=0) of a message and withhold the rest."""
+        (self.ws.send_text if text else self.ws.send_binary)(first, fin=False)
+        self._fragment_open = True
+        self._flush()
+        self.log.emit("misbehave", self.name, kind="stalled_payload", bytes=len(first))
+
+    def set_read_rate(self, rate: float | None) -> None:
+        """None: read freely; 0: stop reading; R: read about R bytes/s."""
+        self.read_rate = rate
+        self.log.emit("read_rate", self.name, rate=rate)
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self._paused_until is not None:
+            self._paused_until.cancel()
+            self._paused_until = None
+        if rate == 0:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
+    # --- receiving -------------------------------------------------------------------------
+
+    def _on_data(self, data: bytes) -> None:
+        t = now_us()
+        self.ws.receive_data(data)
+        self._process_events(t)
+        self._flush()
+        if self.read_rate and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+            loop = asyncio.get_running_loop()
+            self._paused_until = loop.call_later(len(data) / self.read_rate, self._resume)
+
+    def _resume(self) -> None:
+        self._paused_until = None
+        if self.read_rate != 0 and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _on_eof(self) -> None:
+        self.ws.receive_eof()
+        self._process_events(now_us())
+        self._flush()
+
+    def _on_lost(self, exc: Exception | None) -> None:
+        if self._paused_until is not None:
+            self._paused_until.cancel()
+        if self.ws.state is not State.CLOSED:
+            self.ws.receive_eof() if self.ws.state is not State.CONNECTING else None
+        code = self.ws.close_code if self.ws.close_rcvd is not None else 1006
+        self.close_code = code
+        self.close_reason = self.ws.close_rcvd.reason if self.ws.close_rcvd else ""
+        self.log.emit("close", self.name, code=code, reason=self.close_reason,
+                      error=str(exc) if exc else None, audio_samples=self.audio.samples, gaps=self.audio.gaps,
+                      duplicates=self.audio.duplicates, reordered=self.audio.reordered)
+        self._opened.set()
+        self.closed.set()
+        for _, fut in self._message_waiters:
+            if not fut.done():
+                fut.set_exception(ConnectionError(f"{self.name}: connection closed ({code} {self.close_reason})"))
+
+    def _process_events(self, t: int) -> None:
+        for event in self.ws.events_received():
+            if isinstance(event, Response):
+                self._opened.set()
+                continue
+            assert isinstance(event, Frame)
+            if event.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
+                if not self._frames:
+                    self._first_frame_us = t
+                self._frames.append(event)
+                if event.fin:
+                    frames, self._frames = self._frames, []
+                    self._on_message(frames, t)
+
+    def _on_message(self, frames: list[Frame], t: int) -> None:
+        sizes = [len(f.data) for f in frames]
+        data = b"".join(f.data for f in frames)
+        if frames[0].opcode is Opcode.TEXT:
+            self._on_text(data.decode(), t, sizes)
+        else:
+            self._on_binary(data, t, sizes)
+
+    def _on_text(self, text: str, t: int, sizes: list[int]) -> None:
+        try:
+            message = self.profile.decode(text)
+            assert isinstance(message, Message)
+            if self.handshake is not None:
+                self.handshake.receive(message)
+        except ProtocolError as exc:
+            self.log.emit("reject", self.name, type=exc.message_type, field=exc.field, rule=exc.rule)
+            return
+        self.messages.append(message)
+        fields: dict[str, Any] = {}
+        match message:
+            case m.ServerHello():
+                fields = {"server_id": message.server_id, "active_roles": message.active_roles}
+                self._server_hello.set()
+            case m.ServerTime():
+                self.time_replies[message.client_transmitted] = message
+                self._update_clock_offset(message, t)
+                fields = {"client_transmitted": message.client_transmitted,
+                          "server_received": message.server_received,
+                          "server_transmitted": message.server_transmitted,
+                          "rtt_us": t - message.client_transmitted}
+            case m.StreamStart(player=player) if player is not UNSET:
+                self.player_format = player
+                self.audio.reset()
+                fields = {"player": {"channels": player.channels, "bit_depth": player.bit_depth,
+                                     "sample_rate": player.sample_rate}}
+            case m.StreamClear() | m.StreamEnd():
+                roles = message.roles
+                if roles is UNSET or "player" in roles:
+                    self.audio.reset()
+                    if isinstance(message, m.StreamEnd):
+                        self.player_format = None
+            case m.HarnessError():
+                self.errors.append(message)
+                fields = {"rule": message.rule, "message_type": message.message_type}
+        self.log.emit("recv", self.name, t_us=t, type=message.TYPE, bytes=len(text), fragments=len(sizes), **fields)
+        for matcher, fut in list(self._message_waiters):
+            if not fut.done() and matcher(message):
+                fut.set_result(message)
+
+    def _on_binary(self, data: bytes, t: int, sizes: list[int]) -> None:
+        try:
+            if self.handshake is not None:
+                self.handshake.receive_binary()
+            message = self.profile.decode(data)
+        except ProtocolError as exc:
+            self.log.emit("reject", self.name, type=exc.message_type, field=exc.field, rule=exc.rule, bytes=len(data))
+            return
+        assert isinstance(message, BinaryMessage)
+        role = binary_role(message.type)
+        if role == "player":
+            self._on_audio(message, t, len(sizes))
+        elif role == "artwork":
+            digest = hashlib.sha256(message.payload).hexdigest()
+            self.artwork[message.slot] = (digest, len(message.payload), sizes)
+            self.log.emit("artwork", self.name, t_us=t, t_first_us=self._first_frame_us, channel=message.slot,
+                          bytes=len(message.payload), sha256=digest, fragments=len(sizes),
+                          fragment_max=max(sizes), fragment_min=min(sizes), fragment_sizes=sizes[:64])
+        else:
+            self.log.emit("recv", self.name, t_us=t, type="binary", binary_type=message.type, bytes=len(data))
+
+    def _on_audio(self, message: BinaryMessage, t: int, fragments: int) -> None:
+        fmt = self.player_format
+        if fmt is None:
+            self.log.emit("reject", self.name, type="binary", field="type", rule="audio chunk without an active stream")
+            return
+        self.audio_chunks += 1
+        try:
+            stats = self.audio.add(message.payload, fmt, message.timestamp_us)
+        except ValueError as exc:
+            self.log.emit("reject", self.name, type="binary", field="payload", rule=str(exc))
+            return
+        self.log.emit("audio", self.name, t_us=t, ts_us=message.timestamp_us,
+                      lead_us=message.timestamp_us - (t + self.clock_offset_us),
+                      bytes=len(message.payload), fragments=fragments, **stats)
+
+    def _update_clock_offset(self, reply: m.ServerTime, t_received: int) -> None:
+        """NTP-style offset (server clock - our clock) from the reply with the
+        shortest round trip so far. Zero against our own server, which shares
+        the clock; needed for foreign servers (aiosendspin uses MONOTONIC_RAW)."""
+        rtt = (t_received - reply.client_transmitted) - (reply.server_transmitted - reply.server_received)
+        if rtt < self._best_rtt_us:
+            self._best_rtt_us = rtt
+            self.clock_offset_us = ((reply.server_received - reply.client_transmitted)
+                                    + (reply.server_transmitted - t_received)) // 2
+
+    # --- waiting ----------------------------------------------------------------------------
+
+    async def wait_for(self, matcher: Callable[[Message], bool], timeout: float) -> Message:
+        """The next message (from now on) for which matcher() is true."""
+        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        entry = (matcher, fut)
+        self._message_waiters.append(entry)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._message_waiters.remove(entry)
+
+    async def wait_type(self, cls: type[Message], timeout: float) -> Message:
+        return await self.wait_for(lambda msg: isinstance(msg, cls), timeout)

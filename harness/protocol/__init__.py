@@ -1,0 +1,37 @@
+"""Sans-I/O Sendspin protocol core: messages, codecs, state machines, profiles.
+
+No sockets and no asyncio here; the server, the probe client and the proxy
+feed it data and ask it for data.
+"""
+
+from .binary import (
+    ARTWORK_CHANNEL_0,
+    HEADER_SIZE,
+    PLAYER_AUDIO,
+    VISUALIZER_DATA,
+    BinaryMessage,
+    artwork_type,
+    binary_role,
+    binary_slot,
+    decode_binary,
+    encode_binary,
+    fragment,
+)
+from .clock import now_us
+from .codec import decode_json, encode_json, peek_type
+from .errors import ProtocolError, UnknownMessageType
+from .eventlog import EventLog
+from .fields import UNSET, Unset
+from .handshake import IMPLEMENTED_ROLES, ClientHandshake, ServerHandshake, activate_roles, role_family
+from .messages import *  # noqa: F403 - the message classes are the package's vocabulary
+from .messages import ALL_MESSAGES, MESSAGE_TYPES, Message
+from .profile import LegacyProfile, Profile, WireData, get_profile
+
+__all__ = [
+    "ALL_MESSAGES", "ARTWORK_CHANNEL_0", "HEADER_SIZE", "IMPLEMENTED_ROLES", "MESSAGE_TYPES",
+    "PLAYER_AUDIO", "UNSET", "VISUALIZER_DATA", "BinaryMessage", "ClientHandshake", "EventLog",
+    "LegacyProfile", "Message", "Profile", "ProtocolError", "ServerHandshake", "UnknownMessageType",
+    "Unset", "WireData", "activate_roles", "artwork_type", "binary_role", "binary_slot",
+    "decode_binary", "decode_json", "encode_binary", "encode_json", "fragment", "get_profile",
+    "now_us", "peek_type", "role_family",
+]

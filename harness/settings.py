@@ -1,0 +1,46 @@
+"""Correctness bounds the scenarios judge by, all in one place.
+
+These are generous margins for "correct", not performance targets (speed is
+measured by the benchmarks in bench/). Override any of them with
+``pytest --bound NAME=VALUE``; values are in the unit the name says.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Bounds:
+    # I2: server_received - client_transmitted for every client/time (same clock).
+    read_latency_us: int = 200_000
+    # I1: a client/time sent this long before the end may still be unanswered.
+    time_reply_grace_us: int = 1_500_000
+    # I4: an unaffected player's audio must arrive at least this long before it is due.
+    min_lead_us: int = 200_000
+    # I4: an unaffected session's read-latency p99 may grow at most this much over its own baseline.
+    isolation_latency_us: int = 100_000
+    # I6: bytes the server may hold for one slow session (write buffer + queues).
+    slow_session_held_bytes: int = 2 * 1024 * 1024
+    # Policy closes (stalled payload, slow reader) must happen within their timeout plus this
+    # (for a slow reader this includes the time its backlog takes to fill the socket buffers).
+    policy_close_slack_us: int = 4_000_000
+    # I3: share of the expected audio chunks a healthy player must receive (guards empty passes).
+    min_audio_fraction: float = 0.8
+
+    def with_overrides(self, pairs: list[str]) -> Bounds:
+        fields = {f.name: f.type for f in dataclasses.fields(self)}
+        changes: dict[str, int | float] = {}
+        for pair in pairs:
+            name, sep, value = pair.partition("=")
+            if not sep or name not in fields:
+                raise ValueError(f"--bound {pair!r}: expected NAME=VALUE with NAME one of {sorted(fields)}")
+            try:
+                changes[name] = float(value) if fields[name] == "float" else int(value)
+            except ValueError:
+                raise ValueError(f"--bound {pair!r}: {value!r} is not a {fields[name]}") from None
+        return dataclasses.replace(self, **changes)
+
+
+DEFAULT_BOUNDS = Bounds()

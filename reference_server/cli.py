@@ -1,0 +1,64 @@
+"""`python -m reference_server` / `sendspin-reference-server`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from .config import ServerConfig
+from .server import ReferenceServer
+
+
+def _positive(kind: type, name: str):
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text!r}")
+        return value
+    return parse
+
+
+def parse_args(argv: list[str] | None = None) -> ServerConfig:
+    d = ServerConfig()
+    p = argparse.ArgumentParser(prog="sendspin-reference-server", description="Sendspin reference server (legacy profile).")
+    p.add_argument("--host", default=d.host, help="address to bind (default %(default)s)")
+    p.add_argument("--port", type=int, default=d.port, help="port to bind, 0 = ephemeral (default %(default)s)")
+    p.add_argument("--ready-file", type=Path, help="write JSON with the bound address here once listening")
+    p.add_argument("--log-dir", type=Path, help="write the JSON-lines event log into this directory")
+    p.add_argument("--proc", default=d.proc, help="process name in the event log (default %(default)s)")
+    p.add_argument("--source", default=d.source, help="'watermark' or a PCM WAV file (default %(default)s)")
+    p.add_argument("--chunk-ms", type=_positive(int, "--chunk-ms"), default=d.chunk_ms)
+    p.add_argument("--max-lead-ms", type=_positive(int, "--max-lead-ms"), default=d.max_lead_ms)
+    p.add_argument("--no-autoplay", action="store_true", help="start with the group stopped")
+    p.add_argument("--artwork-bytes", type=_positive(int, "--artwork-bytes"), default=d.artwork_bytes,
+                   help="size of the generated artwork image (default %(default)s)")
+    p.add_argument("--fragment-bytes", type=_positive(int, "--fragment-bytes"), default=d.fragment_bytes,
+                   help="send messages above this size as fragments of this size (default %(default)s)")
+    p.add_argument("--payload-timeout", type=_positive(float, "--payload-timeout"), default=d.payload_timeout_s,
+                   help="seconds a started message may take to finish (default %(default)s)")
+    p.add_argument("--slow-reader-close", type=_positive(float, "--slow-reader-close"), default=d.slow_reader_close_s,
+                   help="close a peer that read nothing for this many seconds (default %(default)s)")
+    p.add_argument("--max-message-bytes", type=_positive(int, "--max-message-bytes"), default=d.max_message_bytes)
+    a = p.parse_args(argv)
+    return ServerConfig(
+        host=a.host, port=a.port, ready_file=a.ready_file, log_dir=a.log_dir, proc=a.proc, source=a.source,
+        chunk_ms=a.chunk_ms, max_lead_ms=a.max_lead_ms, autoplay=not a.no_autoplay, artwork_bytes=a.artwork_bytes,
+        fragment_bytes=a.fragment_bytes, payload_timeout_s=a.payload_timeout, slow_reader_close_s=a.slow_reader_close,
+        max_message_bytes=a.max_message_bytes,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    try:
+        server = ReferenceServer(config)
+    except ValueError as exc:
+        print(f"sendspin-reference-server: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(server.run())
+    return 0

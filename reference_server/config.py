@@ -1,0 +1,67 @@
+"""Server settings and the policies they set, in one place.
+
+Slow-reader policy: a session's writer sends audio only as far ahead as the
+client's `buffer_capacity` allows (bytes sent and not yet due to play). Audio
+never queues per session: each writer pulls from the shared timeline, so a
+writer that was blocked simply skips the chunks whose time has passed (logged
+as `audio_skip`). Control messages queue per session, bounded in bytes
+(`control_queue_bytes`); artwork keeps only the newest image per channel. A
+session whose socket accepted nothing for `slow_reader_close_s` while data was
+waiting, or whose control queue overflows, is closed with 4001 (slow reader).
+
+Hardened reads: every wait for an expected message has a timeout
+(`hello_timeout_s`, `payload_timeout_s`). What a bad message gets is listed in
+README.md ("Reference server: policies").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(kw_only=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    path: str = "/sendspin"
+    name: str = "sendspin-harness reference server"
+    server_id: str = "reference-server"
+    ready_file: Path | None = None
+    log_dir: Path | None = None
+    proc: str = "server"
+
+    # audio timeline
+    source: str = "watermark"          # "watermark" or a path to a WAV file
+    sample_rate: int = 48_000
+    chunk_ms: int = 25
+    max_lead_ms: int = 1_500           # how far ahead of real time the timeline runs
+    start_delay_ms: int = 300          # a (re)joining player's first chunk plays this far in the future
+    autoplay: bool = True
+
+    # artwork
+    artwork_bytes: int = 64 * 1024     # size of the generated image (up to >= 32 MiB)
+
+    # sends
+    fragment_bytes: int = 256 * 1024   # messages larger than this go out as fragments of this size
+    write_limit_bytes: int = 64 * 1024 # transport buffer high-water mark before a send waits
+    socket_send_buffer: int = 64 * 1024
+
+    # slow-reader policy
+    control_queue_bytes: int = 256 * 1024
+    slow_reader_close_s: float = 10.0
+
+    # hardened reads
+    hello_timeout_s: float = 5.0
+    payload_timeout_s: float = 2.0     # a started message (fragment or announced upload) must finish in this
+    max_message_bytes: int = 4 * 1024 * 1024
+
+    # keepalive
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
+
+    stats_interval_s: float = 0.5      # how often each session logs what it holds
+
+    @property
+    def chunk_frames(self) -> int:
+        return self.sample_rate * self.chunk_ms // 1000

@@ -1,0 +1,81 @@
+"""Groups, group volume (the spec's algorithm) and the switch cycle."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class Member(Protocol):
+    session_id: str
+    is_player: bool
+    volume: int
+    muted: bool
+
+
+def apply_group_volume(volumes: list[int], requested: int) -> list[int]:
+    """Spec, "Setting group volume": shift every player by the same delta, hand
+    what clamped players could not take to the others, repeat until all delta
+    is applied or every player sits at a boundary."""
+    if not volumes:
+        return []
+    proposed = [float(v) for v in volumes]
+    delta = requested - sum(volumes) / len(volumes)
+    free = list(range(len(volumes)))
+    while free and abs(delta) > 1e-9:
+        share = delta / len(free)
+        lost = 0.0
+        still_free = []
+        for i in free:
+            want = proposed[i] + share
+            clamped = min(100.0, max(0.0, want))
+            lost += want - clamped
+            proposed[i] = clamped
+            if clamped == want:
+                still_free.append(i)
+        free, delta = still_free, lost
+    return [round(v) for v in proposed]
+
+
+def group_volume(volumes: list[int]) -> int:
+    return round(sum(volumes) / len(volumes)) if volumes else 0
+
+
+_group_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Group:
+    group_id: str
+    name: str
+    playback_state: str = "stopped"
+    members: list[Member] = field(default_factory=list)
+
+    @classmethod
+    def solo(cls, member: Member) -> Group:
+        n = next(_group_ids)
+        return cls(group_id=f"solo-{n}", name=f"Solo {member.session_id}", members=[member])
+
+    @property
+    def players(self) -> list[Member]:
+        return [m for m in self.members if m.is_player]
+
+    def volume(self) -> int:
+        return group_volume([p.volume for p in self.players])
+
+    def muted(self) -> bool:
+        players = self.players
+        return bool(players) and all(p.muted for p in players)
+
+
+def switch_cycle(groups: list[Group], member: Member, current: Group) -> list[Group]:
+    """Spec, "Switch command cycle": playing multi-client groups, then
+    single-client groups, then (players only) a solo group of this client."""
+    others = [g for g in groups if g is not current or len(g.members) > 1]
+    multi = [g for g in others if len(g.members) > 1 and g.playback_state == "playing"]
+    single = [g for g in others if len(g.members) == 1 and member not in g.members]
+    cycle = multi + single
+    if member.is_player:
+        cycle.append(current if current.members == [member] else Group.solo(member))
+    return cycle

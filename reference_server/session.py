@@ -1,0 +1,500 @@
+"""One client connection: a reader, a writer and a watchdog, never sharing a wait.
+
+The reader stamps and handles every inbound message as it completes; it never
+waits on the writer. The writer sends control messages first, then artwork,
+then audio pulled from the shared timeline; anything larger than
+`fragment_bytes` goes out as fragments, draining between them, so pings and
+the peer's inbound traffic are never held behind one big write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections import deque
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from harness.protocol import (
+    UNSET,
+    BinaryMessage,
+    Message,
+    ProtocolError,
+    ServerHandshake,
+    activate_roles,
+    artwork_type,
+    closecodes,
+    encode_binary,
+    fragment,
+    now_us,
+    peek_type,
+)
+from harness.protocol import messages as m
+from harness.protocol.handshake import IMPLEMENTED_ROLES, unknown_roles
+
+from .artwork import make_image
+from .groups import Group
+
+if TYPE_CHECKING:
+    from .server import ReferenceServer
+
+
+class StalledPayload(Exception):
+    def __init__(self, fragments: int, received: int) -> None:
+        super().__init__(f"message stalled after {fragments} fragment(s), {received} bytes")
+        self.fragments = fragments
+        self.received = received
+
+
+class Session:
+    def __init__(self, server: ReferenceServer, ws: ServerConnection, session_id: str) -> None:
+        self.server = server
+        self.config = server.config
+        self.log = server.log
+        self.profile = server.profile
+        self.ws = ws
+        self.session_id = session_id
+        self.handshake = ServerHandshake()
+        self.hello: m.ClientHello | None = None
+        self.active_roles: list[str] = []
+        self.group: Group | None = None
+        # client state (merged from client/state)
+        self.state = "synchronized"
+        self.volume = 100
+        self.muted = False
+        # outbound
+        self._control: deque[tuple[Message, int]] = deque()
+        self._control_bytes = 0
+        self._artwork: dict[int, bytes] = {}
+        self._wake = asyncio.Event()
+        self.player_format: m.PlayerStream | None = None
+        self._cursor: int | None = None
+        self._inflight: deque[tuple[int, int]] = deque()  # (play end µs, bytes) of audio sent, not yet due
+        self._inflight_bytes = 0
+        self.audio_sent = 0
+        self.audio_skipped = 0
+        # progress tracking for the slow-reader watchdog
+        self._sending = False
+        self._progress_us = now_us()
+        self._last_buffer = 0
+        self._pending_upload: tuple[m.HarnessUpload, int] | None = None
+
+    # --- roles -------------------------------------------------------------------
+
+    def has_role(self, family: str) -> bool:
+        return any(r.split("@", 1)[0] == family for r in self.active_roles)
+
+    @property
+    def is_player(self) -> bool:
+        return self.has_role("player")
+
+    @property
+    def buffer_capacity(self) -> int:
+        support = self.hello.player_support if self.hello else UNSET
+        return support.buffer_capacity if support else 0
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.log.emit("accept", self.session_id, remote=str(self.ws.remote_address))
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            if not await self._handshake():
+                return
+            tasks = [
+                asyncio.create_task(self._writer(), name=f"{self.session_id}-writer"),
+                asyncio.create_task(self._watchdog(), name=f"{self.session_id}-watchdog"),
+            ]
+            self.server.timeline.subscribe(self.wake)
+            self.server.join(self)
+            await self._reader()
+        except ConnectionClosed:
+            pass
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.server.timeline.unsubscribe(self.wake)
+            self.server.leave(self)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ws.wait_closed(), 3.0)
+            sent = self.ws.protocol.close_sent
+            self.log.emit("close", self.session_id, code=self.ws.close_code, reason=self.ws.close_reason or "",
+                          sent_code=sent.code if sent else None, audio_sent=self.audio_sent,
+                          audio_skipped=self.audio_skipped)
+
+    async def close(self, code: int, reason: str) -> None:
+        self.log.emit("close_begin", self.session_id, code=code, reason=reason)
+        try:
+            await asyncio.wait_for(self.ws.close(code, reason), timeout=2.0)
+        except TimeoutError:
+            self.ws.transport.abort()
+
+    async def _handshake(self) -> bool:
+        try:
+            data, t_received, _ = await self._read_message(first_timeout=self.config.hello_timeout_s)
+        except TimeoutError:
+            await self._reject_and_close(closecodes.HELLO_TIMEOUT, ProtocolError(
+                "client/hello", "", f"no client/hello within {self.config.hello_timeout_s} s"))
+            return False
+        try:
+            if isinstance(data, bytes):
+                self.handshake.receive_binary()
+            message = self.profile.decode(data)
+            assert isinstance(message, Message)
+            self.handshake.receive(message)
+        except ProtocolError as exc:
+            await self._reject_and_close(closecodes.PROTOCOL_ERROR, exc)
+            return False
+        assert isinstance(message, m.ClientHello)
+        self.hello = message
+        self.log.emit("recv", self.session_id, t_us=t_received, type=message.TYPE, client_id=message.client_id,
+                      roles=message.supported_roles)
+        self.active_roles = activate_roles(message.supported_roles, IMPLEMENTED_ROLES)
+        if m.HARNESS_ROLE in message.supported_roles:
+            self.active_roles.append(m.HARNESS_ROLE)
+        newer = unknown_roles(message.supported_roles, IMPLEMENTED_ROLES)
+        if newer:
+            self.log.emit("outdated_server", self.session_id, roles=newer)
+        reply = m.ServerHello(server_id=self.config.server_id, name=self.config.name,
+                              active_roles=self.active_roles, connection_reason="playback")
+        await self._send_now(reply)
+        return True
+
+    async def _reject_and_close(self, code: int, exc: ProtocolError) -> None:
+        self.log.emit("reject", self.session_id, type=exc.message_type, field=exc.field, rule=exc.rule,
+                      action="close", code=code)
+        await self.close(code, str(exc)[:120])
+
+    # --- reading -------------------------------------------------------------------------
+
+    async def _read_message(self, first_timeout: float | None = None) -> tuple[str | bytes, int, int]:
+        """One whole message, its completion time and fragment count.
+
+        Waiting for a message to start may take as long as the peer likes
+        (unless `first_timeout`); once started, each further fragment must come
+        within `payload_timeout_s` or StalledPayload is raised.
+        """
+        frames = self.ws.recv_streaming()
+        try:
+            first = await asyncio.wait_for(anext(frames), first_timeout)
+            parts = [first]
+            received = len(first)
+            while True:
+                try:
+                    part = await asyncio.wait_for(anext(frames), self.config.payload_timeout_s)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise StalledPayload(len(parts), received) from None
+                parts.append(part)
+                received += len(part)
+        finally:
+            await frames.aclose()
+        t_received = now_us()
+        data: str | bytes = "".join(parts) if isinstance(first, str) else b"".join(parts)  # type: ignore[arg-type]
+        return data, t_received, len(parts)
+
+    async def _reader(self) -> None:
+        while True:
+            timeout = None
+            if self._pending_upload is not None:
+                timeout = max(0.0, (self._pending_upload[1] - now_us()) / 1e6)
+            try:
+                data, t_received, fragments = await self._read_message(first_timeout=timeout)
+            except TimeoutError:
+                header, _ = self._pending_upload  # type: ignore[misc]
+                self._pending_upload = None
+                self.reject(ProtocolError(header.TYPE, "", f"orphan header: upload {header.upload_id!r} announced "
+                                           f"{header.size} bytes, no payload within {self.config.payload_timeout_s} s"))
+                continue
+            except StalledPayload as exc:
+                self.log.emit("reject", self.session_id, type="?", field="", action="close",
+                              code=closecodes.STALLED_PAYLOAD, fragments=exc.fragments, bytes=exc.received,
+                              rule=f"stalled payload: {exc} for {self.config.payload_timeout_s} s")
+                await self.close(closecodes.STALLED_PAYLOAD, f"stalled payload: {exc}")
+                return
+            if isinstance(data, bytes):
+                self._handle_binary(data, t_received, fragments)
+            else:
+                if not await self._handle_text(data, t_received, fragments):
+                    return
+
+    def reject(self, exc: ProtocolError, **fields: object) -> None:
+        """Log why a message was refused and tell a harness-aware client; stay open."""
+        self.log.emit("reject", self.session_id, type=exc.message_type, field=exc.field, rule=exc.rule,
+                      action="ignore", **fields)
+        if m.HARNESS_ROLE in self.active_roles:
+            self.enqueue(m.HarnessError(message_type=exc.message_type, field=exc.field, rule=exc.rule))
+
+    def _handle_binary(self, data: bytes, t_received: int, fragments: int) -> None:
+        pending, self._pending_upload = self._pending_upload, None
+        self.log.emit("recv", self.session_id, t_us=t_received, type="binary", bytes=len(data), fragments=fragments)
+        try:
+            message = self.profile.decode(data)
+        except ProtocolError as exc:
+            self.reject(exc, bytes=len(data))
+            return
+        assert isinstance(message, BinaryMessage)
+        if pending is None or message.type != m.UPLOAD_BINARY_TYPE:
+            self.reject(ProtocolError("binary", "type", f"unexpected binary message type {message.type}: "
+                                       "clients send binary only as an announced _harness/upload"))
+            return
+        header = pending[0]
+        payload = bytes(message.payload)
+        digest = hashlib.sha256(payload).hexdigest()
+        if len(payload) != header.size or digest != header.sha256:
+            self.reject(ProtocolError(header.TYPE, "sha256", f"upload {header.upload_id!r}: got {len(payload)} "
+                                       f"bytes sha256 {digest[:16]}…, announced {header.size} / {header.sha256[:16]}…"))
+            return
+        self.log.emit("upload", self.session_id, upload_id=header.upload_id, bytes=len(payload), sha256=digest)
+        self.enqueue(m.HarnessUploadResult(upload_id=header.upload_id, size=len(payload), sha256=digest))
+
+    async def _handle_text(self, data: str, t_received: int, fragments: int) -> bool:
+        """Handle one JSON message; False when the session must end."""
+        pending, self._pending_upload = self._pending_upload, None
+        if pending is not None:
+            # The announced payload never came: refuse the header and treat this
+            # message as what it is, never as the payload.
+            header = pending[0]
+            self.reject(ProtocolError(header.TYPE, "", f"orphan header: upload {header.upload_id!r} announced a "
+                                       f"binary payload, next message was JSON {peek_type(data)}"))
+        try:
+            message = self.profile.decode(data)
+            assert isinstance(message, Message)
+            self.handshake.receive(message)
+        except ProtocolError as exc:
+            self.log.emit("recv", self.session_id, t_us=t_received, type=peek_type(data), bytes=len(data),
+                          fragments=fragments)
+            self.reject(exc)
+            return True
+        fields: dict[str, object] = {}
+        if isinstance(message, m.ClientTime):
+            fields["client_transmitted"] = message.client_transmitted
+        self.log.emit("recv", self.session_id, t_us=t_received, type=message.TYPE, bytes=len(data),
+                      fragments=fragments, **fields)
+        return await self._dispatch(message, t_received)
+
+    async def _dispatch(self, message: Message, t_received: int) -> bool:
+        match message:
+            case m.ClientTime():
+                self.enqueue(m.ServerTime(client_transmitted=message.client_transmitted,
+                                          server_received=t_received, server_transmitted=0))
+            case m.ClientState():
+                self._merge_state(message)
+            case m.ClientCommand(controller=cmd) if cmd is not UNSET:
+                if not self.has_role("controller"):
+                    self.reject(ProtocolError(message.TYPE, "payload.controller", "client has no controller role"))
+                else:
+                    self.server.controller_command(self, cmd)
+            case m.StreamRequestFormat():
+                self._request_format(message)
+            case m.HarnessUpload():
+                self._pending_upload = (message, now_us() + int(self.config.payload_timeout_s * 1e6))
+            case m.ClientGoodbye():
+                self.log.emit("goodbye", self.session_id, reason=message.reason)
+                await self.close(closecodes.NORMAL, f"goodbye: {message.reason}")
+                return False
+            case m.ClientHello():
+                pass  # refused by the handshake state machine already
+            case _:
+                self.reject(ProtocolError(message.TYPE, "", "not a client-to-server message"))
+        return True
+
+    def _merge_state(self, message: m.ClientState) -> None:
+        state = message.state or (message.player.state if message.player else UNSET)
+        if state is not UNSET:
+            previous, self.state = self.state, state
+            if state == "external_source" and previous != "external_source":
+                self.server.external_source(self)
+        if message.player is not UNSET:
+            if message.player.volume is not UNSET:
+                self.volume = message.player.volume
+            if message.player.muted is not UNSET:
+                self.muted = message.player.muted
+            self.server.group_changed(self.group)
+
+    def _request_format(self, message: m.StreamRequestFormat) -> None:
+        if message.player is not UNSET:
+            if not self.is_player:
+                self.reject(ProtocolError(message.TYPE, "payload.player", "client has no player role"))
+            else:
+                req = message.player
+                current = self.player_format or m.PlayerStream(codec="pcm", sample_rate=self.server.timeline.rate,
+                                                                 channels=2, bit_depth=16)
+                fmt = m.AudioFormat(
+                    codec=req.codec or current.codec, sample_rate=req.sample_rate or current.sample_rate,  # type: ignore[arg-type]
+                    channels=req.channels or current.channels, bit_depth=req.bit_depth or current.bit_depth)
+                chosen = self.server.choose_format([fmt])
+                if chosen is None:
+                    self.reject(ProtocolError(message.TYPE, "payload.player", f"cannot serve {fmt}; the server "
+                                               f"serves pcm at {self.server.timeline.rate} Hz, 16/24-bit"))
+                else:
+                    self.start_player_stream(chosen)
+        if message.artwork is not UNSET:
+            if not self.has_role("artwork"):
+                self.reject(ProtocolError(message.TYPE, "payload.artwork", "client has no artwork role"))
+            elif message.artwork.source != "none":
+                self.send_artwork(message.artwork.channel, message.artwork.format or "png")
+
+    # --- outbound API used by the server ---------------------------------------------------
+
+    def enqueue(self, message: Message) -> None:
+        size = len(self.profile.encode(message))
+        self._control.append((message, size))
+        self._control_bytes += size
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start_player_stream(self, fmt: m.PlayerStream) -> None:
+        self.player_format = fmt
+        self._cursor = None
+        self.enqueue(m.StreamStart(player=fmt))
+
+    def end_streams(self, roles: list[str] | None = None) -> None:
+        if roles is None or "player" in roles:
+            self.player_format = None
+            self._cursor = None
+        self.enqueue(m.StreamEnd(roles=roles if roles is not None else UNSET))
+
+    def clear_player(self) -> None:
+        self._cursor = None
+        self.enqueue(m.StreamClear(roles=["player"]))
+
+    def send_artwork(self, channel: int, image_format: str) -> None:
+        image = make_image(image_format, self.config.artwork_bytes)
+        self.enqueue(m.StreamStart(artwork=m.ArtworkStream(channels=[m.ArtworkStreamChannel(
+            source="album", format=image.format, width=image.width, height=image.height)])))  # type: ignore[arg-type]
+        self._artwork[channel] = encode_binary(artwork_type(channel), now_us(), image.data)
+        self.log.emit("artwork_queued", self.session_id, channel=channel, bytes=len(image.data), sha256=image.sha256)
+        self._wake.set()
+
+    # --- writing -----------------------------------------------------------------------------
+
+    async def _send_now(self, message: Message) -> None:
+        await self._send(self.profile.encode(message), message.TYPE)
+
+    async def _send(self, data: str | bytes, kind: str) -> None:
+        size = len(data)
+        pieces = 1 if size <= self.config.fragment_bytes else -(-size // self.config.fragment_bytes)
+        if kind != "audio":
+            self.log.emit("send_begin", self.session_id, type=kind, bytes=size, fragments=pieces)
+        self._sending = True
+        self._progress_us = now_us()
+        try:
+            if pieces == 1:
+                await self.ws.send(data)
+            else:
+                await self.ws.send(self._fragments(data))
+        finally:
+            self._sending = False
+        if kind != "audio":
+            self.log.emit("send_end", self.session_id, type=kind, bytes=size)
+
+    def _fragments(self, data: str | bytes) -> Iterator[bytes | str]:
+        if isinstance(data, str):
+            # Text fragments must split on characters; JSON of this size is ours only in tests.
+            step = self.config.fragment_bytes
+            for i in range(0, len(data), step):
+                self._progress_us = now_us()
+                yield data[i : i + step]
+            return
+        for piece in fragment(data, self.config.fragment_bytes):
+            self._progress_us = now_us()  # the previous fragment drained
+            yield piece  # type: ignore[misc]
+
+    async def _writer(self) -> None:
+        while True:
+            if self._control:
+                message, size = self._control.popleft()
+                self._control_bytes -= size
+                if isinstance(message, m.ServerTime):
+                    message.server_transmitted = now_us()
+                await self._send_now(message)
+                continue
+            if self._artwork:
+                channel = next(iter(self._artwork))
+                await self._send(self._artwork.pop(channel), f"artwork/{channel}")
+                continue
+            audio, wait_s = self._next_audio()
+            if audio is not None:
+                await self._send(audio, "audio")
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait_s)
+
+    def _next_audio(self) -> tuple[bytes | None, float | None]:
+        """The audio message due now, else (None, how long to wait; None = until woken)."""
+        if self.player_format is None or self.group is None or self.group.playback_state != "playing":
+            return None, None
+        timeline = self.server.timeline
+        now = now_us()
+        if self._cursor is None:
+            # Join (or rejoin after clear): future timestamps only, far enough
+            # ahead for the client to buffer before the first one plays.
+            self._cursor = timeline.first_seq_at_or_after(now + self.config.start_delay_ms * 1000)
+        first = timeline.first_seq
+        if first is not None and self._cursor < first:
+            self._skip(first - self._cursor)
+            self._cursor = first
+        chunk = timeline.chunk(self._cursor)
+        skipped = 0
+        while chunk is not None and chunk.ts_us < now:
+            skipped += 1
+            self._cursor += 1
+            chunk = timeline.chunk(self._cursor)
+        if skipped:
+            self._skip(skipped)
+        if chunk is None:
+            return None, None  # woken when the timeline produces
+        while self._inflight and self._inflight[0][0] <= now:
+            self._inflight_bytes -= self._inflight.popleft()[1]
+        fmt = self.player_format
+        data = timeline.message(chunk, fmt.channels, fmt.bit_depth)
+        if self._inflight and self._inflight_bytes + len(data) > self.buffer_capacity:
+            return None, max(0.001, (self._inflight[0][0] - now) / 1e6)
+        self._cursor += 1
+        self._inflight.append((chunk.end_us, len(data)))
+        self._inflight_bytes += len(data)
+        self.audio_sent += 1
+        return data, None
+
+    def _skip(self, count: int) -> None:
+        self.audio_skipped += count
+        self.log.emit("audio_skip", self.session_id, chunks=count, total=self.audio_skipped)
+
+    # --- watchdog: stats and the slow-reader policy -----------------------------------------
+
+    def held_bytes(self) -> int:
+        return self.ws.transport.get_write_buffer_size() + self._control_bytes
+
+    async def _watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.stats_interval_s)
+            buffered = self.ws.transport.get_write_buffer_size()
+            now = now_us()
+            if buffered < self._last_buffer:
+                self._progress_us = now
+            self._last_buffer = buffered
+            self.log.emit("session_stats", self.session_id, write_buffer=buffered, control_bytes=self._control_bytes,
+                          artwork_pending=sum(map(len, self._artwork.values())), held=self.held_bytes(),
+                          audio_sent=self.audio_sent, audio_skipped=self.audio_skipped)
+            stuck_s = (now - self._progress_us) / 1e6
+            if self._sending and stuck_s > self.config.slow_reader_close_s:
+                reason = f"slow reader: nothing read for {stuck_s:.1f} s"
+            elif self._control_bytes > self.config.control_queue_bytes:
+                reason = f"slow reader: control queue over {self.config.control_queue_bytes} bytes"
+            else:
+                continue
+            self.log.emit("reject", self.session_id, type="?", field="", rule=reason, action="close",
+                          code=closecodes.SLOW_READER)
+            await self.close(closecodes.SLOW_READER, reason)
+            return
+

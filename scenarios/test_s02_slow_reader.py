@@ -1,0 +1,82 @@
+"""S02 — slow reader.
+
+One client stops reading (small receive buffer, so TCP backpressure reaches
+the server) while others stream.
+Expectation: the server keeps reading the slow client (its client/time are
+read promptly), the other players see no gap and no lead-time drop, and the
+server holds bounded memory for the slow one. A client that pauses and
+resumes keeps its session; one that never resumes is closed with 4001
+(slow reader) within the documented limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from harness.checkers import closed_by_policy, healthy_player, held_bounded, reads_prompt, require, session_alive
+from harness.probe import ProbeConfig
+from harness.protocol import closecodes, now_us
+from harness.pytest_plugin import examples
+from harness.scenario import Scenario
+
+SLOW_RCVBUF = 16 * 1024
+SLOW_READER_CLOSE_S = 3.0
+
+
+@examples(2)
+@given(others=st.integers(1, 3), pause_s=st.floats(2.0, 5.0), read_rate=st.sampled_from([0, 2_000, 20_000]))
+def test_s02_slow_reader_pauses_and_resumes(run, fresh_dir, bounds, others, pause_s, read_rate):
+    async def scenario() -> None:
+        async with Scenario(fresh_dir()) as sc:
+            server = await sc.server()
+            url = server.ready["url"]
+            start = now_us()
+            players = [await sc.probe(url, ProbeConfig(name=f"player-{i + 1}")) for i in range(others)]
+            slow = await sc.probe(url, ProbeConfig(name="slow", rcvbuf=SLOW_RCVBUF))
+            await asyncio.sleep(1.0)
+            slow.set_read_rate(read_rate)
+            slow_from = now_us()
+            await asyncio.sleep(pause_s)
+            slow.set_read_rate(None)
+            await asyncio.sleep(2.5)
+            end = now_us()
+            events = sc.events()
+            require(
+                *(v for p in players for v in healthy_player(events, p.name, bounds, start, end, (end - start) / 1e6 - 1)),
+                reads_prompt(events, "slow", bounds, end, start_us=slow_from),
+                session_alive(events, "slow", bounds, end),
+                held_bounded(events, "slow", bounds.slow_session_held_bytes),
+            )
+
+    run(scenario())
+
+
+@examples(1)
+@given(others=st.integers(1, 2))
+def test_s02_slow_reader_that_never_resumes_is_closed(run, fresh_dir, bounds, others):
+    async def scenario() -> None:
+        async with Scenario(fresh_dir()) as sc:
+            server = await sc.server("--slow-reader-close", str(SLOW_READER_CLOSE_S))
+            url = server.ready["url"]
+            start = now_us()
+            players = [await sc.probe(url, ProbeConfig(name=f"player-{i + 1}")) for i in range(others)]
+            slow = await sc.probe(url, ProbeConfig(name="slow", rcvbuf=SLOW_RCVBUF))
+            await asyncio.sleep(0.5)
+            slow.set_read_rate(0)
+            stopped = now_us()
+            limit_us = int(SLOW_READER_CLOSE_S * 1e6) + bounds.policy_close_slack_us
+            await asyncio.wait_for(slow.closed.wait(), limit_us / 1e6 + 1)
+            await asyncio.sleep(0.5)
+            end = now_us()
+            events = sc.events()
+            require(
+                *(v for p in players for v in healthy_player(events, p.name, bounds, start, end, (end - start) / 1e6 - 1)),
+                reads_prompt(events, "slow", bounds, end, start_us=stopped),
+                closed_by_policy(events, "slow", closecodes.SLOW_READER, stopped, limit_us),
+                held_bounded(events, "slow", bounds.slow_session_held_bytes),
+            )
+
+    run(scenario())

@@ -1,0 +1,50 @@
+"""S05 — stalled payload from a client.
+
+A client sends the first fragment of a message (FIN=0) and withholds the rest.
+Expectation: the server's read of that message times out after its payload
+timeout, it closes that session with 4002 (stalled payload: the stream cannot
+be resynchronised mid-message) within the bound, and other sessions stream on
+unaffected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from harness.checkers import closed_by_policy, healthy_player, rejected, require
+from harness.probe import ProbeConfig
+from harness.protocol import closecodes, now_us
+from harness.pytest_plugin import examples
+from harness.scenario import Scenario
+
+
+@examples(2)
+@given(first_bytes=st.integers(1, 64 * 1024), text=st.booleans(), timeout_s=st.sampled_from([0.5, 1.0, 2.0]),
+       others=st.integers(1, 2))
+def test_s05_stalled_payload_times_out(run, fresh_dir, bounds, first_bytes, text, timeout_s, others):
+    async def scenario() -> None:
+        async with Scenario(fresh_dir()) as sc:
+            server = await sc.server("--payload-timeout", str(timeout_s))
+            url = server.ready["url"]
+            start = now_us()
+            players = [await sc.probe(url, ProbeConfig(name=f"player-{i + 1}")) for i in range(others)]
+            staller = await sc.probe(url, ProbeConfig(name="staller"))
+            await asyncio.sleep(0.5)
+            stalled_at = now_us()
+            staller.start_fragmented(b"{" * first_bytes if text else b"\xc0" * first_bytes, text=text)
+            limit_us = int(timeout_s * 1e6) + bounds.policy_close_slack_us
+            await asyncio.wait_for(staller.closed.wait(), limit_us / 1e6 + 1)
+            assert staller.close_code == closecodes.STALLED_PAYLOAD, (staller.close_code, staller.close_reason)
+            await asyncio.sleep(1.0)
+            end = now_us()
+            events = sc.events()
+            require(
+                closed_by_policy(events, "staller", closecodes.STALLED_PAYLOAD, stalled_at, limit_us),
+                rejected(events, "staller", "stalled payload", after_us=stalled_at),
+                *(v for p in players for v in healthy_player(events, p.name, bounds, start, end, (end - start) / 1e6 - 1)),
+            )
+
+    run(scenario())
