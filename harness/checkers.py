@@ -69,7 +69,8 @@ def session_alive(events: Events, probe: str, bounds: Bounds, end_us: int) -> Ve
     if closes:
         c = closes[0]
         return _fail(inv, probe, f"closed before the end: code {c.get('code')} {c.get('reason')!r}", events, c)
-    sent = [r for r in events.select("send", proc=probe, type="client/time") if r["t_us"] < end_us - bounds.time_reply_grace_us]
+    sent = [r for r in events.select("send", proc=probe, type="client/time")
+            if r["t_us"] < end_us - bounds.time_reply_grace_us]
     if not sent:
         return Verdict(inv, probe, False, "no client/time was sent before the end: nothing to judge")
     answered = {r["client_transmitted"] for r in events.select("recv", proc=probe, type="server/time")}
@@ -181,7 +182,8 @@ def lead_kept(events: Events, probe: str, bounds: Bounds, start_us: int, end_us:
         return Verdict(inv, probe, False, "no audio arrived in the window: nothing to judge")
     low = min(chunks, key=lambda r: r["lead_us"])
     figures = {"min_lead_us": low["lead_us"], "chunks": len(chunks)}
-    text = f"min lead {low['lead_us'] / 1000:.1f} ms over {len(chunks)} chunks (bound {bounds.min_lead_us / 1000:.0f} ms)"
+    text = f"min lead {low['lead_us'] / 1000:.1f} ms over {len(chunks)} chunks " \
+           f"(bound {bounds.min_lead_us / 1000:.0f} ms)"
     if low["lead_us"] < bounds.min_lead_us:
         return _fail(inv, probe, text, events, low, {probe}, **figures)
     return Verdict(inv, probe, True, text, figures)
@@ -242,3 +244,10 @@ def healthy_player(events: Events, probe: str, bounds: Bounds, start_us: int, en
     """I1-I4 for a player no fault was aimed at."""
     return [session_alive(events, probe, bounds, end_us), reads_prompt(events, probe, bounds, end_us, start_us),
             audio_intact(events, probe, bounds, audio_s), lead_kept(events, probe, bounds, start_us, end_us)]
+
+
+def healthy_players(events: Events, probes: list[Any], bounds: Bounds, start_us: int, end_us: int,
+                    warmup_s: float = 1.0) -> list[Verdict]:
+    """`healthy_player` for every probe, expecting audio for the whole window less `warmup_s`."""
+    audio_s = (end_us - start_us) / 1e6 - warmup_s
+    return [v for p in probes for v in healthy_player(events, p.name, bounds, start_us, end_us, audio_s)]

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -288,6 +288,11 @@ class ProbeClient:
         self._flush()
         self.log.emit("misbehave", self.name, kind="stalled_payload", bytes=len(first))
 
+    def ping(self, data: str) -> None:
+        self.ws.send_ping(data.encode())
+        self._flush()
+        self.log.emit("ping", self.name, data=data)
+
     def set_read_rate(self, rate: float | None) -> None:
         """None: read freely; 0: stop reading; R: read about R bytes/s."""
         self.read_rate = rate
@@ -347,7 +352,11 @@ class ProbeClient:
                 self._opened.set()
                 continue
             assert isinstance(event, Frame)
-            if event.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
+            if event.opcode is Opcode.PONG:
+                # mid_message: the pong came between two fragments of one message.
+                self.log.emit("pong", self.name, t_us=t, data=bytes(event.data).decode(errors="replace"),
+                              mid_message=bool(self._frames))
+            elif event.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
                 if not self._frames:
                     self._first_frame_us = t
                 self._frames.append(event)
@@ -452,15 +461,20 @@ class ProbeClient:
 
     # --- waiting ----------------------------------------------------------------------------
 
-    async def wait_for(self, matcher: Callable[[Message], bool], timeout: float) -> Message:
-        """The next message (from now on) for which matcher() is true."""
+    def wait_for(self, matcher: Callable[[Message], bool], timeout: float) -> Coroutine[Any, Any, Message]:
+        """The next message for which matcher() is true, counting from this call
+        (not from the first await), so a reply cannot slip past the waiter."""
         fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         entry = (matcher, fut)
         self._message_waiters.append(entry)
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        finally:
-            self._message_waiters.remove(entry)
 
-    async def wait_type(self, cls: type[Message], timeout: float) -> Message:
-        return await self.wait_for(lambda msg: isinstance(msg, cls), timeout)
+        async def wait() -> Message:
+            try:
+                return await asyncio.wait_for(fut, timeout)
+            finally:
+                self._message_waiters.remove(entry)
+
+        return wait()
+
+    def wait_type(self, cls: type[Message], timeout: float) -> Coroutine[Any, Any, Message]:
+        return self.wait_for(lambda msg: isinstance(msg, cls), timeout)

@@ -25,7 +25,8 @@ def _positive(kind: type, name: str):
 
 def parse_args(argv: list[str] | None = None) -> ServerConfig:
     d = ServerConfig()
-    p = argparse.ArgumentParser(prog="sendspin-reference-server", description="Sendspin reference server (legacy profile).")
+    p = argparse.ArgumentParser(prog="sendspin-reference-server",
+                                description="Sendspin reference server (legacy profile).")
     p.add_argument("--host", default=d.host, help="address to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=d.port, help="port to bind, 0 = ephemeral (default %(default)s)")
     p.add_argument("--ready-file", type=Path, help="write JSON with the bound address here once listening")
@@ -41,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
                    help="send messages above this size as fragments of this size (default %(default)s)")
     p.add_argument("--payload-timeout", type=_positive(float, "--payload-timeout"), default=d.payload_timeout_s,
                    help="seconds a started message may take to finish (default %(default)s)")
+    p.add_argument("--hello-timeout", type=_positive(float, "--hello-timeout"), default=d.hello_timeout_s,
+                   help="seconds a new connection may take to send client/hello (default %(default)s)")
     p.add_argument("--slow-reader-close", type=_positive(float, "--slow-reader-close"), default=d.slow_reader_close_s,
                    help="close a peer that read nothing for this many seconds (default %(default)s)")
     p.add_argument("--max-message-bytes", type=_positive(int, "--max-message-bytes"), default=d.max_message_bytes)
@@ -48,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     return ServerConfig(
         host=a.host, port=a.port, ready_file=a.ready_file, log_dir=a.log_dir, proc=a.proc, source=a.source,
         chunk_ms=a.chunk_ms, max_lead_ms=a.max_lead_ms, autoplay=not a.no_autoplay, artwork_bytes=a.artwork_bytes,
-        fragment_bytes=a.fragment_bytes, payload_timeout_s=a.payload_timeout, slow_reader_close_s=a.slow_reader_close,
+        fragment_bytes=a.fragment_bytes, payload_timeout_s=a.payload_timeout, hello_timeout_s=a.hello_timeout,
+        slow_reader_close_s=a.slow_reader_close,
         max_message_bytes=a.max_message_bytes,
     )
 

@@ -20,21 +20,23 @@ def apply_group_volume(volumes: list[int], requested: int) -> list[int]:
     is applied or every player sits at a boundary."""
     if not volumes:
         return []
-    proposed = [float(v) for v in volumes]
     delta = requested - sum(volumes) / len(volumes)
+    proposed = [v + delta for v in volumes]
     free = list(range(len(volumes)))
-    while free and abs(delta) > 1e-9:
-        share = delta / len(free)
+    while free:
         lost = 0.0
         still_free = []
         for i in free:
-            want = proposed[i] + share
-            clamped = min(100.0, max(0.0, want))
-            lost += want - clamped
-            proposed[i] = clamped
-            if clamped == want:
+            clamped = min(100.0, max(0.0, proposed[i]))
+            if clamped == proposed[i]:
                 still_free.append(i)
-        free, delta = still_free, lost
+            lost += proposed[i] - clamped
+            proposed[i] = clamped
+        if abs(lost) < 1e-9 or not still_free:
+            break
+        free = still_free
+        for i in free:
+            proposed[i] += lost / len(free)
     return [round(v) for v in proposed]
 
 

@@ -19,8 +19,8 @@ from websockets.http11 import Request, Response
 from harness.protocol import UNSET, EventLog, LegacyProfile, ProtocolError, now_us
 from harness.protocol import messages as m
 
-from .config import ServerConfig
 from .artwork import make_image
+from .config import ServerConfig
 from .groups import Group, apply_group_volume, switch_cycle
 from .session import Session
 from .sources import open_source

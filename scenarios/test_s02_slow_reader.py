@@ -16,7 +16,7 @@ import asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.checkers import closed_by_policy, healthy_player, held_bounded, reads_prompt, require, session_alive
+from harness.checkers import closed_by_policy, healthy_players, held_bounded, reads_prompt, require, session_alive
 from harness.probe import ProbeConfig
 from harness.protocol import closecodes, now_us
 from harness.pytest_plugin import examples
@@ -45,7 +45,7 @@ def test_s02_slow_reader_pauses_and_resumes(run, fresh_dir, bounds, others, paus
             end = now_us()
             events = sc.events()
             require(
-                *(v for p in players for v in healthy_player(events, p.name, bounds, start, end, (end - start) / 1e6 - 1)),
+                *healthy_players(events, players, bounds, start, end),
                 reads_prompt(events, "slow", bounds, end, start_us=slow_from),
                 session_alive(events, "slow", bounds, end),
                 held_bounded(events, "slow", bounds.slow_session_held_bytes),
@@ -73,7 +73,7 @@ def test_s02_slow_reader_that_never_resumes_is_closed(run, fresh_dir, bounds, ot
             end = now_us()
             events = sc.events()
             require(
-                *(v for p in players for v in healthy_player(events, p.name, bounds, start, end, (end - start) / 1e6 - 1)),
+                *healthy_players(events, players, bounds, start, end),
                 reads_prompt(events, "slow", bounds, end, start_us=stopped),
                 closed_by_policy(events, "slow", closecodes.SLOW_READER, stopped, limit_us),
                 held_bounded(events, "slow", bounds.slow_session_held_bytes),

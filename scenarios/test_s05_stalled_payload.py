@@ -14,7 +14,7 @@ import asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.checkers import closed_by_policy, healthy_player, rejected, require
+from harness.checkers import closed_by_policy, healthy_players, rejected, require
 from harness.probe import ProbeConfig
 from harness.protocol import closecodes, now_us
 from harness.pytest_plugin import examples
@@ -44,7 +44,7 @@ def test_s05_stalled_payload_times_out(run, fresh_dir, bounds, first_bytes, text
             require(
                 closed_by_policy(events, "staller", closecodes.STALLED_PAYLOAD, stalled_at, limit_us),
                 rejected(events, "staller", "stalled payload", after_us=stalled_at),
-                *(v for p in players for v in healthy_player(events, p.name, bounds, start, end, (end - start) / 1e6 - 1)),
+                *healthy_players(events, players, bounds, start, end),
             )
 
     run(scenario())

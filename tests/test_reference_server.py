@@ -1,0 +1,354 @@
+"""The reference server, end to end over real sockets, seen by the probe client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.events import Events
+from harness.probe import ProbeConfig
+from harness.protocol import closecodes, now_us
+from harness.protocol import messages as m
+from harness.scenario import Scenario
+from harness.topology import reference_server
+
+KiB = 1024
+MiB = 1024 * KiB
+ALL_ROLES = ["player@v1", "controller@v1", "metadata@v1", "artwork@v1", m.HARNESS_ROLE]
+
+
+def _run(coro, timeout: float = 60.0):  # noqa: ANN001, ANN202
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+# --- chunked sends ----------------------------------------------------------------------
+
+
+def test_large_message_goes_out_as_256_kib_fragments_with_pongs_between(tmp_path: Path) -> None:
+    size = 3 * MiB
+
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server("--artwork-bytes", str(size))
+            p = await sc.probe(server.ready["url"], ProbeConfig(
+                name="art", roles=["artwork@v1"], rcvbuf=16 * KiB, read_rate=2 * MiB))
+            await asyncio.sleep(0.3)
+            for i in range(5):
+                p.ping(f"p{i}")
+                await asyncio.sleep(0.1)
+            while 0 not in p.artwork:
+                await asyncio.sleep(0.05)
+            sha, nbytes, sizes = p.artwork[0]
+            events = sc.events()
+            queued = events.select("artwork_queued")[-1]
+            assert (sha, nbytes) == (queued["sha256"], queued["bytes"])
+            message_bytes = nbytes + 9
+            # websockets ends a fragmented message with an empty FIN frame.
+            expected = [256 * KiB] * (message_bytes // (256 * KiB)) + [message_bytes % (256 * KiB), 0]
+            assert sizes == [s for s in expected if s or s is expected[-1]], sizes
+            pongs = events.select("pong", proc="art")
+            assert len(pongs) == 5
+            assert any(r["mid_message"] for r in pongs), "no pong arrived between two fragments"
+
+    _run(body())
+
+
+# --- hardened reads -----------------------------------------------------------------------
+
+
+def test_no_hello_within_timeout_closes_with_4000(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server("--hello-timeout", "0.5")
+            p = await sc.probe(server.ready["url"], ProbeConfig(name="mute"), connect=False)
+            t = now_us()
+            await p.connect(send_hello=False)
+            await asyncio.wait_for(p.closed.wait(), 3)
+            assert p.close_code == closecodes.HELLO_TIMEOUT, (p.close_code, p.close_reason)
+            assert "no client/hello within 0.5 s" in p.close_reason
+            assert 0.4 < (now_us() - t) / 1e6 < 2.5
+
+    _run(body())
+
+
+@pytest.mark.parametrize("first", [
+    json.dumps({"type": "client/time", "payload": {"client_transmitted": 1}}),
+    b"\x04" + bytes(8),
+    "not json",
+])
+def test_first_message_must_be_client_hello(tmp_path: Path, first: str | bytes) -> None:
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server()
+            p = await sc.probe(server.ready["url"], ProbeConfig(name="rude"), connect=False)
+            await p.connect(send_hello=False)
+            p.send_raw(first, "first_message")
+            await asyncio.wait_for(p.closed.wait(), 3)
+            assert p.close_code == closecodes.PROTOCOL_ERROR
+            reject = sc.events().select("reject", action="close")[0]
+            assert reject["code"] == closecodes.PROTOCOL_ERROR and reject["rule"]
+
+    _run(body())
+
+
+def test_oversized_message_closes_with_1009(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server("--max-message-bytes", str(64 * KiB))
+            p = await sc.probe(server.ready["url"], ProbeConfig(name="big"))
+            p.send_raw("x" * (64 * KiB + 1), "oversized")
+            await asyncio.wait_for(p.closed.wait(), 3)
+            assert p.close_code == closecodes.TOO_BIG
+
+    _run(body())
+
+
+def test_bad_input_leaves_other_sessions_alone(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server()
+            good = await sc.probe(server.ready["url"], ProbeConfig(name="good"))
+            bad = await sc.probe(server.ready["url"], ProbeConfig(name="bad"))
+            for garbage in ["{", b"\x00", json.dumps({"type": "x/y", "payload": {}})]:
+                bad.send_raw(garbage, "garbage")
+            await asyncio.sleep(1.5)
+            assert len(bad.errors) == 3 and not bad.closed.is_set()
+            assert good.audio.samples > 0 and good.audio.gaps == 0 and not good.errors
+
+    _run(body())
+
+
+# --- HTTP -----------------------------------------------------------------------------------
+
+
+def test_http_status_and_errors(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server()
+            await sc.probe(server.ready["url"], ProbeConfig(name="p1"))
+            base = server.ready["http"]
+            status, headers, text = await asyncio.to_thread(_get, f"{base}/api/status")
+            assert status == 200 and headers["Access-Control-Allow-Origin"] == "*"
+            data = json.loads(text)
+            assert data["listeners"] == 1 and data["sessions"] == 1 and data["playing"] is True
+            assert (await asyncio.to_thread(_get, f"{base}/nope"))[0] == 404
+            assert (await asyncio.to_thread(_get, f"{base}/sendspin"))[0] == 426
+
+    _run(body())
+
+
+def _get(url: str) -> tuple[int, dict[str, str], str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, dict(r.headers), r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read().decode()
+
+
+# --- playback behaviour -------------------------------------------------------------------------
+
+
+def test_controller_commands(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server()
+            url = server.ready["url"]
+            a = await sc.probe(url, ProbeConfig(name="a", roles=ALL_ROLES))
+            b = await sc.probe(url, ProbeConfig(name="b", roles=ALL_ROLES))
+            b.send(m.ClientState(player=m.PlayerState(volume=20)))
+            await asyncio.sleep(0.3)
+
+            commanded = b.wait_type(m.ServerCommand, 3)
+            controller = a.wait_for(lambda x: isinstance(x, m.ServerState) and x.controller is not m.UNSET, 3)
+            a.send(m.ClientCommand(controller=m.ControllerCommand(command="volume", volume=90)))
+            cmd, state = await asyncio.gather(commanded, controller)
+            assert isinstance(cmd, m.ServerCommand) and cmd.player
+            # [100, 20] -> 90: delta +30, a clamps at 100 and hands its 30 to b -> [100, 80].
+            assert (cmd.player.command, cmd.player.volume) == ("volume", 80)
+            assert isinstance(state, m.ServerState) and state.controller and state.controller.volume == 90
+
+            a.send(m.ClientCommand(controller=m.ControllerCommand(command="mute", mute=True)))
+            cmd = await a.wait_type(m.ServerCommand, 3)
+            assert isinstance(cmd, m.ServerCommand) and cmd.player and cmd.player.mute is True
+
+            ended, updated = b.wait_type(m.StreamEnd, 3), b.wait_type(m.GroupUpdate, 3)
+            a.send(m.ClientCommand(controller=m.ControllerCommand(command="pause")))
+            _, update = await asyncio.gather(ended, updated)
+            assert isinstance(update, m.GroupUpdate) and update.playback_state == "stopped"
+
+            a.send(m.ClientCommand(controller=m.ControllerCommand(command="play")))
+            await b.wait_type(m.StreamStart, 3)
+            chunks = b.audio_chunks
+            await asyncio.sleep(0.8)
+            assert b.audio_chunks > chunks
+
+            cleared = b.wait_type(m.StreamClear, 3)
+            metadata = b.wait_for(lambda x: isinstance(x, m.ServerState) and x.metadata is not m.UNSET, 3)
+            a.send(m.ClientCommand(controller=m.ControllerCommand(command="next")))
+            _, meta = await asyncio.gather(cleared, metadata)
+            assert isinstance(meta, m.ServerState) and meta.metadata and meta.metadata.track == 2
+
+            a.send(m.ClientCommand(controller=m.ControllerCommand(command="volume")))
+            error = await a.wait_type(m.HarnessError, 3)
+            assert isinstance(error, m.HarnessError) and "required when command is 'volume'" in error.rule
+            await asyncio.sleep(0.5)
+            assert b.audio.gaps == 0 and b.audio.duplicates == 0
+
+    _run(body())
+
+
+def test_external_source_moves_client_to_a_solo_group(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server()
+            url = server.ready["url"]
+            a = await sc.probe(url, ProbeConfig(name="a", roles=ALL_ROLES))
+            await sc.probe(url, ProbeConfig(name="b", roles=ALL_ROLES))
+            await asyncio.sleep(0.3)
+            updated, ended = a.wait_type(m.GroupUpdate, 3), a.wait_type(m.StreamEnd, 3)
+            a.send(m.ClientState(state="external_source"))
+            update, _ = await asyncio.gather(updated, ended)
+            assert isinstance(update, m.GroupUpdate) and update.group_id != "main"
+            assert update.playback_state == "stopped"
+            a.send(m.ClientCommand(controller=m.ControllerCommand(command="switch")))
+            back = await a.wait_type(m.GroupUpdate, 3)
+            assert isinstance(back, m.GroupUpdate) and back.group_id == "main"
+
+    _run(body())
+
+
+@pytest.mark.parametrize(("channels", "bit_depth"), [(1, 16), (2, 24)])
+def test_request_format_switches_the_stream(tmp_path: Path, channels: int, bit_depth: int) -> None:
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server()
+            p = await sc.probe(server.ready["url"], ProbeConfig(name="p"))
+            await asyncio.sleep(0.5)
+            p.send(m.StreamRequestFormat(player=m.PlayerFormatRequest(channels=channels, bit_depth=bit_depth)))
+            start = await p.wait_type(m.StreamStart, 3)
+            assert isinstance(start, m.StreamStart) and start.player
+            assert (start.player.channels, start.player.bit_depth) == (channels, bit_depth)
+            before = p.audio.samples
+            await asyncio.sleep(1.0)
+            assert p.audio.samples - before >= 24_000 and p.audio.gaps == 0 and p.audio.corrupt == 0
+            p.send(m.StreamRequestFormat(player=m.PlayerFormatRequest(sample_rate=44_100)))
+            error = await p.wait_type(m.HarnessError, 3)
+            assert isinstance(error, m.HarnessError) and "cannot serve" in error.rule
+
+    _run(body())
+
+
+def test_audio_never_further_ahead_than_buffer_capacity(tmp_path: Path) -> None:
+    capacity = 20_000  # about 100 ms of 48 kHz 16-bit stereo
+
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server()
+            await sc.probe(server.ready["url"], ProbeConfig(name="small", buffer_capacity=capacity))
+            await asyncio.sleep(2.0)
+            chunks = sc.events().select("audio", proc="small")
+            assert len(chunks) > 40
+            for i, c in enumerate(chunks):
+                ahead = sum(x["bytes"] + 9 for x in chunks[: i + 1] if x["ts_us"] + 25_000 > c["t_us"])
+                assert ahead <= capacity, f"chunk {i}: {ahead} bytes buffered > capacity {capacity}"
+
+    _run(body())
+
+
+def test_late_joiner_plays_in_sync(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server()
+            early = await sc.probe(server.ready["url"], ProbeConfig(name="early"))
+            await asyncio.sleep(1.0)
+            late = await sc.probe(server.ready["url"], ProbeConfig(name="late"))
+            joined = now_us()
+            await asyncio.sleep(1.0)
+            events = sc.events()
+            first_late = events.select("audio", proc="late")[0]
+            assert first_late["ts_us"] > joined, "a late joiner got a timestamp in the past"
+            same = [r for r in events.select("audio", proc="early") if r["ts_us"] == first_late["ts_us"]]
+            assert same and same[0]["first"] == first_late["first"], "same timestamp, different samples"
+            assert early.audio.gaps == 0 and late.audio.gaps == 0
+
+    _run(body())
+
+
+def test_goodbye_closes_normally(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server()
+            p = await sc.probe(server.ready["url"], ProbeConfig(name="p"))
+            await p.close()
+            assert p.close_code == closecodes.NORMAL
+            await asyncio.sleep(0.2)
+            events = sc.events()
+            assert events.select("goodbye", reason="shutdown")
+            assert events.select("close", proc="server")[-1]["sent_code"] == closecodes.NORMAL
+
+    _run(body())
+
+
+def test_wav_source_is_streamed_verbatim(tmp_path: Path) -> None:
+    rate, frames = 48_000, 48_000
+    samples = (np.arange(frames * 2, dtype=np.int64) * 7919 % 65536 - 32768).astype("<i2")
+    wav_path = tmp_path / "tone.wav"
+    with wave.open(str(wav_path), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(samples.tobytes())
+    pcm = samples.tobytes()
+    received: list[tuple[int, bytes]] = []
+
+    async def body() -> None:
+        async with Scenario(tmp_path / "run") as sc:
+            server = await sc.server("--source", str(wav_path))
+            p = await sc.probe(server.ready["url"], ProbeConfig(name="wav"))
+            original = p._on_audio
+
+            def capture(message, t, fragments):  # noqa: ANN001, ANN202
+                received.append((message.timestamp_us, bytes(message.payload)))
+                original(message, t, fragments)
+
+            p._on_audio = capture  # type: ignore[method-assign]
+            await asyncio.sleep(1.5)
+            origin = sc.events().select("timeline_start")[0]["origin_us"]
+            assert len(received) > 20
+            for ts, payload in received:
+                frame = round((ts - origin) * rate / 1e6) % frames
+                expect = (pcm + pcm)[frame * 4 : frame * 4 + len(payload)]
+                assert payload == expect, f"chunk at frame {frame} differs from the WAV"
+
+    _run(body())
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--chunk-ms", "0"], "--chunk-ms must be > 0"),
+    (["--source", "/nonexistent.wav"], "neither 'watermark' nor an existing WAV file"),
+])
+def test_cli_rejects_bad_arguments_clearly(args: list[str], message: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "reference_server", *args], capture_output=True, text=True,
+                            timeout=20)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_sigterm_shuts_down_cleanly(tmp_path: Path) -> None:
+    server = reference_server(tmp_path)
+    with server:
+        pass
+    assert server.popen.returncode == 0
+    events = Events.load(tmp_path)
+    assert events.select("shutdown")
+    assert math.isfinite(events.start_us())
