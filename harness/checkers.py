@@ -189,6 +189,25 @@ def lead_kept(events: Events, probe: str, bounds: Bounds, start_us: int, end_us:
     return Verdict(inv, probe, True, text, figures)
 
 
+def latency_isolated(events: Events, probe: str, bounds: Bounds, baseline: tuple[int, int],
+                     fault: tuple[int, int]) -> Verdict:
+    """This session's read latency during another session's fault stayed within
+    `isolation_latency_us` of its own baseline (p99 against p99)."""
+    inv = "I4 isolation (read latency)"
+    before = read_latencies(events, probe, *baseline)
+    during = read_latencies(events, probe, *fault)
+    if len(before) < 3 or len(during) < 3:
+        return Verdict(inv, probe, False, f"too few client/time to compare ({len(before)} before, {len(during)} "
+                       "during the fault)")
+    p99_before, p99_during = _percentile(before, 0.99), _percentile(during, 0.99)
+    figures = {"p99_before_us": p99_before, "p99_during_us": p99_during}
+    text = f"read p99 {p99_before / 1000:.2f} ms before, {p99_during / 1000:.2f} ms during the fault " \
+           f"(tolerance +{bounds.isolation_latency_us / 1000:.0f} ms)"
+    if p99_during - p99_before > bounds.isolation_latency_us:
+        return _fail(inv, probe, text, events, fault[0], **figures)
+    return Verdict(inv, probe, True, text, figures)
+
+
 # --- I6 bounded resources -------------------------------------------------------------------
 
 
@@ -247,7 +266,12 @@ def healthy_player(events: Events, probe: str, bounds: Bounds, start_us: int, en
 
 
 def healthy_players(events: Events, probes: list[Any], bounds: Bounds, start_us: int, end_us: int,
-                    warmup_s: float = 1.0) -> list[Verdict]:
-    """`healthy_player` for every probe, expecting audio for the whole window less `warmup_s`."""
+                    fault_us: int | None = None, warmup_s: float = 1.0) -> list[Verdict]:
+    """`healthy_player` for every probe, expecting audio for the whole window less
+    `warmup_s`; with `fault_us`, also I4 latency isolation from that moment on."""
     audio_s = (end_us - start_us) / 1e6 - warmup_s
-    return [v for p in probes for v in healthy_player(events, p.name, bounds, start_us, end_us, audio_s)]
+    verdicts = [v for p in probes for v in healthy_player(events, p.name, bounds, start_us, end_us, audio_s)]
+    if fault_us is not None:
+        verdicts += [latency_isolated(events, p.name, bounds, (start_us, fault_us), (fault_us, end_us))
+                     for p in probes]
+    return verdicts

@@ -177,6 +177,9 @@ class ProbeClient:
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
+        # asyncio sets TCP_NODELAY only for sockets it creates; without it a small
+        # client/time can wait ~40 ms for a delayed ACK (Nagle).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.config.rcvbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.rcvbuf)
         timeout = self.config.connect_timeout_s

@@ -31,9 +31,16 @@ class Scenario:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.close_probes()
-        await asyncio.to_thread(self.stop_servers)
+        codes = await asyncio.to_thread(self.stop_servers)
         for log in self._logs:
             log.close()
+        # A clean exit and a silent stderr: an exception logged by a server
+        # (even one it survived) fails the run instead of hiding in a file.
+        unclean = [(s.name, code) for s, code in zip(self.servers, codes, strict=True)
+                   if code != 0 or self._stderr(s.name)]
+        if unclean and exc is None:
+            details = "\n".join(f"{name} exited {code}:\n{self._stderr(name)}" for name, code in unclean)
+            raise RuntimeError(f"server did not run cleanly:\n{details}")
 
     async def server(self, *args: str) -> ManagedProcess:
         name = "server" if not self.servers else f"server-{len(self.servers)}"
@@ -54,9 +61,11 @@ class Scenario:
     async def close_probes(self) -> None:
         await asyncio.gather(*(p.close() for p in self.probes), return_exceptions=True)
 
-    def stop_servers(self) -> None:
-        for server in self.servers:
-            server.stop()
+    def stop_servers(self) -> list[int]:
+        return [server.stop() for server in self.servers]
+
+    def _stderr(self, name: str) -> str:
+        return (self.dir / f"{name}.stderr").read_text(errors="replace")[-2000:]
 
     def events(self) -> Events:
         return Events.load(self.dir)

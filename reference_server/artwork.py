@@ -54,10 +54,13 @@ def _png(pixels: np.ndarray) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-@cache
 def make_image(format: str, size_bytes: int) -> Image:
     """An image of about `size_bytes` (whole rows of WIDTH pixels, at least one)."""
-    served = "bmp" if format == "bmp" else "png"
+    return _make_image("bmp" if format == "bmp" else "png", size_bytes)
+
+
+@cache
+def _make_image(served: str, size_bytes: int) -> Image:
     height = max(1, -(-size_bytes // (WIDTH * 3)))
     pixels = _pixels(WIDTH, height)
     data = _bmp(pixels) if served == "bmp" else _png(pixels)

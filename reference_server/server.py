@@ -83,7 +83,9 @@ class ReferenceServer:
             self._server.close(close_connections=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 5.0)
-        await self.timeline.stop()
+        task = self.timeline.stop()
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
         self.log.close()
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -186,7 +188,7 @@ class ReferenceServer:
         if wanted and not self.timeline.running:
             self.timeline.start()
         elif not wanted and self.timeline.running:
-            asyncio.get_running_loop().create_task(self.timeline.stop())
+            self.timeline.stop()
 
     # --- state broadcast -------------------------------------------------------------
 

@@ -69,7 +69,7 @@ class Session:
         # outbound
         self._control: deque[tuple[Message, int]] = deque()
         self._control_bytes = 0
-        self._artwork: dict[int, bytes] = {}
+        self._artwork: dict[int, tuple[bytes, bytes]] = {}  # channel -> (9-byte header, shared image bytes)
         self._wake = asyncio.Event()
         self.player_format: m.PlayerStream | None = None
         self._cursor: int | None = None
@@ -79,6 +79,7 @@ class Session:
         self.audio_skipped = 0
         # progress tracking for the slow-reader watchdog
         self._sending = False
+        self._unsent = 0  # bytes of the message being sent not yet handed to the transport (shared storage)
         self._progress_us = now_us()
         self._last_buffer = 0
         self._pending_upload: tuple[m.HarnessUpload, int] | None = None
@@ -371,7 +372,7 @@ class Session:
         image = make_image(image_format, self.config.artwork_bytes)
         self.enqueue(m.StreamStart(artwork=m.ArtworkStream(channels=[m.ArtworkStreamChannel(
             source="album", format=image.format, width=image.width, height=image.height)])))  # type: ignore[arg-type]
-        self._artwork[channel] = encode_binary(artwork_type(channel), now_us(), image.data)
+        self._artwork[channel] = (encode_binary(artwork_type(channel), now_us()), image.data)
         self.log.emit("artwork_queued", self.session_id, channel=channel, bytes=len(image.data), sha256=image.sha256)
         self._wake.set()
 
@@ -380,8 +381,10 @@ class Session:
     async def _send_now(self, message: Message) -> None:
         await self._send(self.profile.encode(message), message.TYPE)
 
-    async def _send(self, data: str | bytes, kind: str) -> None:
-        size = len(data)
+    async def _send(self, data: str | bytes, kind: str, payload: bytes = b"") -> None:
+        """Send `data` + `payload` as one message; `payload` (shared, possibly
+        large) is fragmented by views, never copied whole."""
+        size = len(data) + len(payload)
         pieces = 1 if size <= self.config.fragment_bytes else -(-size // self.config.fragment_bytes)
         if kind != "audio":
             self.log.emit("send_begin", self.session_id, type=kind, bytes=size, fragments=pieces)
@@ -389,25 +392,31 @@ class Session:
         self._progress_us = now_us()
         try:
             if pieces == 1:
-                await self.ws.send(data)
+                await self.ws.send(data + payload if payload else data)
+            elif isinstance(data, str):
+                await self.ws.send(self._text_fragments(data))
             else:
-                await self.ws.send(self._fragments(data))
+                header, body = (data, payload) if payload else (b"", data)
+                await self.ws.send(self._tracked(fragment(body, self.config.fragment_bytes, header), size))
         finally:
             self._sending = False
+            self._unsent = 0
         if kind != "audio":
             self.log.emit("send_end", self.session_id, type=kind, bytes=size)
 
-    def _fragments(self, data: str | bytes) -> Iterator[bytes | str]:
-        if isinstance(data, str):
-            # Text fragments must split on characters; JSON of this size is ours only in tests.
-            step = self.config.fragment_bytes
-            for i in range(0, len(data), step):
-                self._progress_us = now_us()
-                yield data[i : i + step]
-            return
-        for piece in fragment(data, self.config.fragment_bytes):
-            self._progress_us = now_us()  # the previous fragment drained
-            yield piece  # type: ignore[misc]
+    def _tracked(self, pieces: list[bytes | memoryview], size: int) -> Iterator[bytes | memoryview]:
+        self._unsent = size
+        for piece in pieces:
+            self._progress_us = now_us()  # websockets asks for the next fragment once the previous drained
+            self._unsent -= len(piece)
+            yield piece
+
+    def _text_fragments(self, data: str) -> Iterator[str]:
+        # Text fragments must split on characters; JSON this large is only ever a test's.
+        step = self.config.fragment_bytes
+        for i in range(0, len(data), step):
+            self._progress_us = now_us()
+            yield data[i : i + step]
 
     async def _writer(self) -> None:
         while True:
@@ -420,7 +429,8 @@ class Session:
                 continue
             if self._artwork:
                 channel = next(iter(self._artwork))
-                await self._send(self._artwork.pop(channel), f"artwork/{channel}")
+                header, image = self._artwork.pop(channel)
+                await self._send(header, f"artwork/{channel}", image)
                 continue
             audio, wait_s = self._next_audio()
             if audio is not None:
@@ -473,6 +483,8 @@ class Session:
     # --- watchdog: stats and the slow-reader policy -----------------------------------------
 
     def held_bytes(self) -> int:
+        """Memory this session holds of its own: transport buffer and control
+        queue. Payloads being sent are views of shared data (`unsent` in stats)."""
         return self.ws.transport.get_write_buffer_size() + self._control_bytes
 
     async def _watchdog(self) -> None:
@@ -484,7 +496,8 @@ class Session:
                 self._progress_us = now
             self._last_buffer = buffered
             self.log.emit("session_stats", self.session_id, write_buffer=buffered, control_bytes=self._control_bytes,
-                          artwork_pending=sum(map(len, self._artwork.values())), held=self.held_bytes(),
+                          artwork_pending=sum(len(image) for _, image in self._artwork.values()),
+                          unsent=self._unsent, held=self.held_bytes(),
                           audio_sent=self.audio_sent, audio_skipped=self.audio_skipped)
             stuck_s = (now - self._progress_us) / 1e6
             if self._sending and stuck_s > self.config.slow_reader_close_s:

@@ -67,12 +67,13 @@ class Timeline:
                       rate=self.rate, frames_per_chunk=self.frames_per_chunk, source=self.source.description)
         self._task = asyncio.create_task(self._produce(), name="timeline")
 
-    async def stop(self) -> None:
+    def stop(self) -> asyncio.Task[None] | None:
+        """Pause now (a start() right after restarts cleanly); returns the task to await."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
             self.log.emit("timeline_stop", next_seq=self._next_seq)
+        return task
 
     def subscribe(self, wake: Callable[[], None]) -> None:
         self._listeners.add(wake)

@@ -45,7 +45,7 @@ def test_s02_slow_reader_pauses_and_resumes(run, fresh_dir, bounds, others, paus
             end = now_us()
             events = sc.events()
             require(
-                *healthy_players(events, players, bounds, start, end),
+                *healthy_players(events, players, bounds, start, end, fault_us=slow_from),
                 reads_prompt(events, "slow", bounds, end, start_us=slow_from),
                 session_alive(events, "slow", bounds, end),
                 held_bounded(events, "slow", bounds.slow_session_held_bytes),
@@ -64,7 +64,7 @@ def test_s02_slow_reader_that_never_resumes_is_closed(run, fresh_dir, bounds, ot
             start = now_us()
             players = [await sc.probe(url, ProbeConfig(name=f"player-{i + 1}")) for i in range(others)]
             slow = await sc.probe(url, ProbeConfig(name="slow", rcvbuf=SLOW_RCVBUF))
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(1.0)  # baseline for the isolation check
             slow.set_read_rate(0)
             stopped = now_us()
             limit_us = int(SLOW_READER_CLOSE_S * 1e6) + bounds.policy_close_slack_us
@@ -73,7 +73,7 @@ def test_s02_slow_reader_that_never_resumes_is_closed(run, fresh_dir, bounds, ot
             end = now_us()
             events = sc.events()
             require(
-                *healthy_players(events, players, bounds, start, end),
+                *healthy_players(events, players, bounds, start, end, fault_us=stopped),
                 reads_prompt(events, "slow", bounds, end, start_us=stopped),
                 closed_by_policy(events, "slow", closecodes.SLOW_READER, stopped, limit_us),
                 held_bounded(events, "slow", bounds.slow_session_held_bytes),

@@ -32,7 +32,7 @@ def test_s05_stalled_payload_times_out(run, fresh_dir, bounds, first_bytes, text
             start = now_us()
             players = [await sc.probe(url, ProbeConfig(name=f"player-{i + 1}")) for i in range(others)]
             staller = await sc.probe(url, ProbeConfig(name="staller"))
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(1.0)  # baseline for the isolation check
             stalled_at = now_us()
             staller.start_fragmented(b"{" * first_bytes if text else b"\xc0" * first_bytes, text=text)
             limit_us = int(timeout_s * 1e6) + bounds.policy_close_slack_us
@@ -44,7 +44,7 @@ def test_s05_stalled_payload_times_out(run, fresh_dir, bounds, first_bytes, text
             require(
                 closed_by_policy(events, "staller", closecodes.STALLED_PAYLOAD, stalled_at, limit_us),
                 rejected(events, "staller", "stalled payload", after_us=stalled_at),
-                *healthy_players(events, players, bounds, start, end),
+                *healthy_players(events, players, bounds, start, end, fault_us=stalled_at),
             )
 
     run(scenario())

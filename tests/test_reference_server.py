@@ -27,7 +27,7 @@ MiB = 1024 * KiB
 ALL_ROLES = ["player@v1", "controller@v1", "metadata@v1", "artwork@v1", m.HARNESS_ROLE]
 
 
-def _run(coro, timeout: float = 60.0):  # noqa: ANN001, ANN202
+def _run(coro, timeout: float = 60.0):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
@@ -317,7 +317,7 @@ def test_wav_source_is_streamed_verbatim(tmp_path: Path) -> None:
             p = await sc.probe(server.ready["url"], ProbeConfig(name="wav"))
             original = p._on_audio
 
-            def capture(message, t, fragments):  # noqa: ANN001, ANN202
+            def capture(message, t, fragments):
                 received.append((message.timestamp_us, bytes(message.payload)))
                 original(message, t, fragments)
 

@@ -69,9 +69,13 @@ def artwork_type(channel: int) -> int:
     return ARTWORK_CHANNEL_0 + channel
 
 
-def fragment(data: bytes | memoryview, size: int) -> list[memoryview]:
-    """Split one message into WebSocket fragment payloads of at most `size` bytes."""
-    if size <= 0:
-        raise ValueError(f"fragment size must be positive, got {size}")
+def fragment(data: bytes | memoryview, size: int, header: bytes = b"") -> list[bytes | memoryview]:
+    """Split the message `header + data` into WebSocket fragment payloads of at
+    most `size` bytes. Only the first fragment is a copy; the rest are views of
+    `data`, so a large shared payload is never duplicated per send."""
+    if size <= len(header):
+        raise ValueError(f"fragment size must exceed the header ({len(header)} bytes), got {size}")
     view = memoryview(data)
-    return [view[i : i + size] for i in range(0, max(len(view), 1), size)]
+    first = size - len(header)
+    head: bytes | memoryview = header + view[:first] if header else view[:first]
+    return [head, *(view[i : i + size] for i in range(first, len(view), size))]

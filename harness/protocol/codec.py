@@ -19,7 +19,7 @@ def peek_type(text: str | bytes) -> str:
     try:
         obj = json.loads(text)
         return str(obj.get("type", "?")) if isinstance(obj, dict) else "?"
-    except ValueError:
+    except (ValueError, RecursionError):
         return "?"
 
 
@@ -28,6 +28,8 @@ def decode_json(text: str | bytes) -> Message:
         obj: Any = json.loads(text)
     except ValueError as exc:
         raise ProtocolError("?", "", f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("?", "", "JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise ProtocolError("?", "", f"message must be a JSON object, got {type(obj).__name__}")
     message_type = obj.get("type")
