@@ -275,3 +275,36 @@ def healthy_players(events: Events, probes: list[Any], bounds: Bounds, start_us:
         verdicts += [latency_isolated(events, p.name, bounds, (start_us, fault_us), (fault_us, end_us))
                      for p in probes]
     return verdicts
+
+
+# --- I5 recovery -------------------------------------------------------------------------------
+
+
+def crash_detected(events: Events, worker: int, killed_us: int, within_us: int) -> Verdict:
+    """The coordinator took `worker` out of the pool within `within_us` of its death."""
+    inv = "I5 recovery (detection)"
+    exits = [r for r in events.select("worker_exit", proc="coordinator", worker=worker) if r["t_us"] >= killed_us]
+    if not exits:
+        return _fail(inv, f"worker-{worker}", "the coordinator never noticed the worker's death", events, killed_us)
+    delay = exits[0]["t_us"] - killed_us
+    text = f"noticed after {delay / 1000:.1f} ms via {exits[0]['how']} (bound {within_us / 1000:.0f} ms)"
+    if delay > within_us:
+        return _fail(inv, f"worker-{worker}", text, events, exits[0])
+    return Verdict(inv, f"worker-{worker}", True, text, {"delay_us": delay})
+
+
+def streams_again(events: Events, probe: str, lost_us: int, within_us: int) -> Verdict:
+    """After losing its worker at `lost_us`, the probe received audio again within the bound."""
+    inv = "I5 recovery (streaming again)"
+    back = [r for r in events.select("reconnected", proc=probe) if r["t_us"] > lost_us]
+    if not back:
+        return _fail(inv, probe, "never reconnected", events, lost_us, {probe})
+    # Audio still in the socket from the dead worker does not count.
+    audio = [r for r in events.select("audio", proc=probe) if r["t_us"] > back[0]["t_us"]]
+    if not audio:
+        return _fail(inv, probe, "never streamed again", events, lost_us, {probe})
+    delay = audio[0]["t_us"] - lost_us
+    text = f"streaming again after {delay / 1000:.0f} ms (bound {within_us / 1000:.0f} ms)"
+    if delay > within_us:
+        return _fail(inv, probe, text, events, audio[0], {probe})
+    return Verdict(inv, probe, True, text, {"delay_us": delay})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -53,7 +54,13 @@ class ProbeConfig:
     rcvbuf: int | None = None             # SO_RCVBUF, set before connect, for real backpressure
     read_rate: float | None = None        # bytes/s; 0 = do not read; None = as fast as possible
     connect_timeout_s: float = 5.0
+    reconnect: bool = False               # after losing the connection, connect again (RECONNECT_BACKOFF_S)
     max_message_bytes: int | None = 256 * 1024 * 1024
+
+
+MAX_REDIRECTS = 3
+REDIRECTS = (301, 302, 303, 307, 308)
+RECONNECT_BACKOFF_S = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)  # first retry at 100 ms, doubling, then every 3.2 s
 
 
 class AudioTracker:
@@ -154,6 +161,9 @@ class ProbeClient:
         self._paused_until: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._fragment_open = False
+        self._silent_close = False
+        self._closing = False
+        self.connected_url = url
         self.clock_offset_us = 0
         self._best_rtt_us = 1 << 62
 
@@ -171,9 +181,49 @@ class ProbeClient:
             artwork_support=m.ArtworkSupport(channels=c.artwork_channels) if "artwork@v1" in roles else UNSET,
         )
 
+    def _new_connection(self, url: str) -> None:
+        """Fresh per-connection state; what the probe measured so far stays."""
+        self.ws = ClientProtocol(parse_uri(url), max_size=self.config.max_message_bytes)
+        self.transport = None
+        self.handshake = None
+        self.closed = asyncio.Event()
+        self._opened = asyncio.Event()
+        self._server_hello = asyncio.Event()
+        self._frames = []
+        self._fragment_open = False
+        self.player_format = None
+        self.audio.reset()
+
     async def connect(self, send_hello: bool = True) -> None:
-        """TCP connect, WebSocket upgrade, then (by default) the Sendspin handshake."""
-        uri = parse_uri(self.url)
+        """TCP connect and WebSocket upgrade (following HTTP redirects, as a
+        coordinator sends clients to a worker), then the Sendspin handshake."""
+        url = self.url
+        for _ in range(MAX_REDIRECTS + 1):
+            self._new_connection(url)
+            await self._open(url)
+            exc = self.ws.handshake_exc
+            if exc is None:
+                break
+            response = getattr(exc, "response", None)
+            location = response.headers.get("Location") if response is not None else None
+            if response is None or response.status_code not in REDIRECTS or not location:
+                raise ConnectionError(f"{self.name}: WebSocket upgrade refused: {exc}")
+            self.log.emit("redirect", self.name, url=url, location=location)
+            self._silent_close = True
+            assert self.transport is not None
+            self.transport.abort()
+            url = location
+        else:
+            raise ConnectionError(f"{self.name}: more than {MAX_REDIRECTS} redirects from {self.url}")
+        self.connected_url = url
+        if self.read_rate == 0:
+            assert self.transport is not None
+            self.transport.pause_reading()
+        if send_hello:
+            await self.sendspin_handshake()
+
+    async def _open(self, url: str) -> None:
+        uri = parse_uri(url)
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
@@ -188,17 +238,12 @@ class ProbeClient:
         except BaseException:
             sock.close()
             raise
+        self._silent_close = False
         self.transport, _ = await loop.create_connection(lambda: _Stream(self), sock=sock)
-        self.log.emit("connect", self.name, url=self.url, rcvbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        self.log.emit("connect", self.name, url=url, rcvbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
         self.ws.send_request(self.ws.connect())
         self._flush()
         await asyncio.wait_for(self._opened.wait(), timeout)
-        if self.ws.handshake_exc is not None:
-            raise ConnectionError(f"{self.name}: WebSocket upgrade refused: {self.ws.handshake_exc}")
-        if self.read_rate == 0:
-            self.transport.pause_reading()
-        if send_hello:
-            await self.sendspin_handshake()
 
     async def sendspin_handshake(self) -> None:
         hello = self.hello()
@@ -212,6 +257,7 @@ class ProbeClient:
 
     async def close(self, goodbye: bool = True, timeout: float = 3.0) -> None:
         """Say goodbye (if still open), wait for the server to close, then drop the socket."""
+        self._closing = True
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -258,7 +304,8 @@ class ProbeClient:
 
     async def _time_loop(self) -> None:
         assert self.config.time_interval_s
-        while self.ws.state is State.OPEN:
+        ws = self.ws  # this connection's loop ends with it, also when a reconnect replaces it
+        while self.ws is ws and ws.state is State.OPEN:
             if not self._fragment_open:
                 self.send_time()
             await asyncio.sleep(self.config.time_interval_s)
@@ -335,6 +382,9 @@ class ProbeClient:
     def _on_lost(self, exc: Exception | None) -> None:
         if self._paused_until is not None:
             self._paused_until.cancel()
+        if self._silent_close:  # a redirect, not a session
+            self.closed.set()
+            return
         if self.ws.state is not State.CLOSED:
             self.ws.receive_eof() if self.ws.state is not State.CONNECTING else None
         code = self.ws.close_code if self.ws.close_rcvd is not None else 1006
@@ -348,6 +398,24 @@ class ProbeClient:
         for _, fut in self._message_waiters:
             if not fut.done():
                 fut.set_exception(ConnectionError(f"{self.name}: connection closed ({code} {self.close_reason})"))
+        if self.config.reconnect and not self._closing:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._reconnect(), name=f"{self.name}-reconnect"))
+
+    async def _reconnect(self) -> None:
+        """Back off (RECONNECT_BACKOFF_S, then its last value) and connect to the
+        original URL again until it works or close() is called."""
+        lost = now_us()
+        for attempt in itertools.count(1):
+            delay = RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S)) - 1]
+            await asyncio.sleep(delay)
+            try:
+                await self.connect()
+            except (OSError, ConnectionError, TimeoutError) as exc:
+                self.log.emit("reconnect_failed", self.name, attempt=attempt, error=str(exc) or type(exc).__name__)
+                continue
+            self.log.emit("reconnected", self.name, attempt=attempt, url=self.connected_url,
+                          down_us=now_us() - lost)
+            return
 
     def _process_events(self, t: int) -> None:
         for event in self.ws.events_received():

@@ -28,6 +28,12 @@ class Bounds:
     policy_close_slack_us: int = 4_000_000
     # I3: share of the expected audio chunks a healthy player must receive (guards empty passes).
     min_audio_fraction: float = 0.8
+    # I5: a worker's death (SIGKILL) must be noticed by the coordinator within this.
+    crash_detect_us: int = 100_000
+    # I5: a hung worker (SIGSTOP) must be declared dead within its heartbeat timeout plus this.
+    hang_detect_slack_us: int = 500_000
+    # I5: a client whose worker died streams again (first audio chunk) within this.
+    recovery_us: int = 2_000_000
 
     def with_overrides(self, pairs: list[str]) -> Bounds:
         fields = {f.name: f.type for f in dataclasses.fields(self)}

@@ -23,7 +23,12 @@ def _positive(kind: type, name: str):
     return parse
 
 
-def parse_args(argv: list[str] | None = None) -> ServerConfig:
+# Options only the coordinator takes; everything else is passed on to its workers.
+_COORDINATOR_ONLY = {"--workers": 1, "--respawn": 0, "--ready-file": 1, "--port": 1, "--proc": 1,
+                     "--heartbeat-timeout": 1}
+
+
+def build_parser() -> argparse.ArgumentParser:
     d = ServerConfig()
     p = argparse.ArgumentParser(prog="sendspin-reference-server",
                                 description="Sendspin reference server (legacy profile).")
@@ -32,6 +37,11 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     p.add_argument("--ready-file", type=Path, help="write JSON with the bound address here once listening")
     p.add_argument("--log-dir", type=Path, help="write the JSON-lines event log into this directory")
     p.add_argument("--proc", default=d.proc, help="process name in the event log (default %(default)s)")
+    p.add_argument("--workers", type=int, help="run a coordinator and this many worker processes (N >= 1); "
+                   "without it, one process serves everything")
+    p.add_argument("--respawn", action="store_true", help="with --workers: restart a dead worker on its port")
+    p.add_argument("--heartbeat-timeout", type=_positive(float, "--heartbeat-timeout"), default=1.0,
+                   help="with --workers: a worker silent this long is hung and is killed (default %(default)s)")
     p.add_argument("--source", default=d.source, help="'watermark' or a PCM WAV file (default %(default)s)")
     p.add_argument("--chunk-ms", type=_positive(int, "--chunk-ms"), default=d.chunk_ms)
     p.add_argument("--max-lead-ms", type=_positive(int, "--max-lead-ms"), default=d.max_lead_ms)
@@ -47,19 +57,59 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     p.add_argument("--slow-reader-close", type=_positive(float, "--slow-reader-close"), default=d.slow_reader_close_s,
                    help="close a peer that read nothing for this many seconds (default %(default)s)")
     p.add_argument("--max-message-bytes", type=_positive(int, "--max-message-bytes"), default=d.max_message_bytes)
-    a = p.parse_args(argv)
+    # internal: how the coordinator starts a worker
+    p.add_argument("--ipc-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--heartbeat", type=_positive(float, "--heartbeat"), default=0.1, help=argparse.SUPPRESS)
+    return p
+
+
+def to_config(a: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         host=a.host, port=a.port, ready_file=a.ready_file, log_dir=a.log_dir, proc=a.proc, source=a.source,
         chunk_ms=a.chunk_ms, max_lead_ms=a.max_lead_ms, autoplay=not a.no_autoplay, artwork_bytes=a.artwork_bytes,
         fragment_bytes=a.fragment_bytes, payload_timeout_s=a.payload_timeout, hello_timeout_s=a.hello_timeout,
-        slow_reader_close_s=a.slow_reader_close,
-        max_message_bytes=a.max_message_bytes,
+        slow_reader_close_s=a.slow_reader_close, max_message_bytes=a.max_message_bytes,
     )
 
 
+def worker_argv(argv: list[str]) -> list[str]:
+    """The command line of a worker: ours without the coordinator-only options."""
+    out: list[str] = []
+    skip = 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+            continue
+        name = arg.split("=", 1)[0]
+        if name in _COORDINATOR_ONLY:
+            skip = 0 if "=" in arg else _COORDINATOR_ONLY[name]
+            continue
+        out.append(arg)
+    return [sys.executable, "-m", "reference_server", *out]
+
+
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    config = to_config(args)
     try:
+        if args.ipc_fd is not None:
+            from .worker import run_worker
+
+            return asyncio.run(run_worker(config, args.ipc_fd, args.heartbeat))
+        if args.workers is not None:
+            from .coordinator import Coordinator
+
+            coordinator = Coordinator(config, args.workers, worker_argv(argv), respawn=args.respawn,
+                                      heartbeat_timeout_s=args.heartbeat_timeout)
+            try:
+                return asyncio.run(coordinator.run())
+            except RuntimeError as exc:  # a worker that could not start
+                print(f"sendspin-reference-server: {exc}", file=sys.stderr)
+                return 1
         server = ReferenceServer(config)
     except ValueError as exc:
         print(f"sendspin-reference-server: {exc}", file=sys.stderr)

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +25,34 @@ from .config import ServerConfig
 from .groups import Group, apply_group_volume, switch_cycle
 from .session import Session
 from .sources import open_source
-from .timeline import Timeline
+from .timeline import ChunkStore, Producer
 
 TRACK_MS = 180_000
 CONTROLLER_COMMANDS = list(m.ControllerCommandName.__args__)  # type: ignore[attr-defined]
 SERVED_BIT_DEPTHS = (16, 24)
 
 
+Demand = Callable[[bool], None]
+
+
 class ReferenceServer:
-    def __init__(self, config: ServerConfig) -> None:
+    """Sessions, groups and playback over a ChunkStore. Embedded mode (no
+    `store` given) runs its own Producer; a worker gets its store fed by the
+    coordinator and reports its demand for audio back through `demand`."""
+
+    def __init__(self, config: ServerConfig, store: ChunkStore | None = None, demand: Demand | None = None) -> None:
         self.config = config
         log_path = config.log_dir / f"{config.proc}.jsonl" if config.log_dir else None
         self.log = EventLog(log_path, config.proc)
         self.profile = LegacyProfile()
-        self.timeline = Timeline(open_source(config.source, config.sample_rate), config, self.log)
+        self.producer: Producer | None = None
+        if store is None:
+            source = open_source(config.source, config.sample_rate)
+            store = ChunkStore(source.sample_rate, source.kind)
+            self.producer = Producer(source, config.chunk_ms, config.max_lead_ms, config.start_delay_ms, self.log,
+                                     store.add)
+        self.timeline = store
+        self._demand = demand or self._local_demand
         for image_format in ("png", "bmp"):
             make_image(image_format, config.artwork_bytes)  # now, not on the event loop mid-session
         self.sessions: dict[str, Session] = {}
@@ -49,6 +64,8 @@ class ReferenceServer:
         self.shuffle = False
         self._ids = itertools.count(1)
         self._server: Server | None = None
+        self.port = 0
+        self.cluster: dict[str, Any] | None = None  # set in a worker: the coordinator's view of all workers
         self.stopping = asyncio.Event()
 
     # --- lifecycle -------------------------------------------------------------------
@@ -61,6 +78,7 @@ class ReferenceServer:
             close_timeout=2.0,
         )
         host, port = next(iter(self._server.sockets)).getsockname()[:2]
+        self.port = port
         ready = {"pid": os.getpid(), "host": host, "port": port, "url": f"ws://{host}:{port}{c.path}",
                  "http": f"http://{host}:{port}"}
         self.log.emit("ready", **ready)
@@ -83,7 +101,7 @@ class ReferenceServer:
             self._server.close(close_connections=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 5.0)
-        task = self.timeline.stop()
+        task = self.producer.stop() if self.producer is not None else None
         if task is not None:
             await asyncio.gather(task, return_exceptions=True)
         self.log.close()
@@ -115,9 +133,13 @@ class ReferenceServer:
 
     def status(self) -> dict[str, Any]:
         listeners = sum(1 for s in self.sessions.values() if s.player_format is not None)
-        return {"listeners": listeners, "sessions": len(self.sessions), "playing": self.timeline.running,
+        mine = {"listeners": listeners, "sessions": len(self.sessions), "playing": self.timeline.running,
                 "groups": [{"group_id": g.group_id, "members": [s.session_id for s in g.members],
                             "playback_state": g.playback_state} for g in self.groups]}
+        if self.cluster is None:
+            return mine
+        # A worker: totals across the cluster (as of the coordinator's last update), then its own figures.
+        return {**self.cluster, "this_worker": {"proc": self.config.proc, **mine}}
 
     # --- membership ------------------------------------------------------------------
 
@@ -185,10 +207,16 @@ class ReferenceServer:
     def _update_timeline(self) -> None:
         """The source plays while some playing group has a player; otherwise it pauses."""
         wanted = any(g.playback_state == "playing" and g.players for g in self.groups)
-        if wanted and not self.timeline.running:
-            self.timeline.start()
-        elif not wanted and self.timeline.running:
-            self.timeline.stop()
+        if wanted != self.timeline.running:
+            self.timeline.running = wanted
+            self._demand(wanted)
+
+    def _local_demand(self, wanted: bool) -> None:
+        assert self.producer is not None
+        if wanted:
+            self.producer.start()
+        else:
+            self.producer.stop()
 
     # --- state broadcast -------------------------------------------------------------
 

@@ -450,20 +450,15 @@ class Session:
             # Join (or rejoin after clear): future timestamps only, far enough
             # ahead for the client to buffer before the first one plays.
             self._cursor = timeline.first_seq_at_or_after(now + self.config.start_delay_ms * 1000)
-        first = timeline.first_seq
-        if first is not None and self._cursor < first:
-            self._skip(first - self._cursor)
-            self._cursor = first
-        chunk = timeline.chunk(self._cursor)
-        skipped = 0
+        # Skip what the store no longer (or never) had and what is due already.
+        chunk = timeline.chunk_at_or_after(self._cursor)
         while chunk is not None and chunk.ts_us < now:
-            skipped += 1
-            self._cursor += 1
-            chunk = timeline.chunk(self._cursor)
-        if skipped:
-            self._skip(skipped)
+            chunk = timeline.chunk_at_or_after(chunk.seq + 1)
         if chunk is None:
             return None, None  # woken when the timeline produces
+        if chunk.seq > self._cursor:
+            self._skip(chunk.seq - self._cursor)
+            self._cursor = chunk.seq
         while self._inflight and self._inflight[0][0] <= now:
             self._inflight_bytes -= self._inflight.popleft()[1]
         fmt = self.player_format

@@ -1,4 +1,5 @@
-"""Audio sources: PCM for any frame range, in any of the formats we serve."""
+"""Audio sources: the timeline's samples, decoded or generated once, and
+rendering them into the formats we serve."""
 
 from __future__ import annotations
 
@@ -12,26 +13,34 @@ from harness.protocol import watermark
 
 
 class Source(Protocol):
+    """Produces the timeline's samples once, as `canonical` bytes; `render`
+    turns those into any served format (in whichever process serves it)."""
+
     sample_rate: int
     description: str
+    kind: str  # tells render() how to read canonical bytes
 
-    def encode(self, start_frame: int, frames: int, channels: int, bit_depth: int) -> bytes: ...
+    def canonical(self, start_frame: int, frames: int) -> bytes: ...
 
 
 class WatermarkSource:
-    """Every sample carries its absolute index (harness/protocol/watermark.py)."""
+    """Every sample carries its absolute index (harness/protocol/watermark.py).
+    The index is the whole signal, so the canonical form is empty: each
+    format is rendered straight from the frame range."""
 
     description = "watermark"
+    kind = "watermark"
 
     def __init__(self, sample_rate: int) -> None:
         self.sample_rate = sample_rate
 
-    def encode(self, start_frame: int, frames: int, channels: int, bit_depth: int) -> bytes:
-        return watermark.encode(start_frame, frames, channels, bit_depth)
+    def canonical(self, start_frame: int, frames: int) -> bytes:
+        return b""
 
 
 class WavSource:
-    """A PCM WAV file, looped. Samples are held as int32 at full scale."""
+    """A PCM WAV file, decoded once at start, looped. Canonical form:
+    interleaved int32 samples at full scale."""
 
     def __init__(self, path: Path) -> None:
         with wave.open(str(path), "rb") as wav:
@@ -52,19 +61,27 @@ class WavSource:
             samples = (b[:, 0] << 8) | (b[:, 1] << 16) | (b[:, 2] << 24)
         self._samples = samples.reshape(-1, channels)
         self.description = f"wav:{path.name}"
+        self.kind = f"pcm32/{channels}"
 
-    def encode(self, start_frame: int, frames: int, channels: int, bit_depth: int) -> bytes:
-        total = len(self._samples)
-        idx = np.arange(start_frame, start_frame + frames) % total
-        block = self._samples[idx]
-        if block.shape[1] != channels:
-            mono = (block.astype(np.int64).sum(axis=1) // block.shape[1]).astype(np.int32)
-            block = np.repeat(mono[:, None], channels, axis=1)
-        if bit_depth == 16:
-            return (block >> 16).astype("<i2").tobytes()
-        if bit_depth == 24:
-            return (block >> 8).astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+    def canonical(self, start_frame: int, frames: int) -> bytes:
+        idx = np.arange(start_frame, start_frame + frames) % len(self._samples)
+        return self._samples[idx].astype("<i4").tobytes()
+
+
+def render(kind: str, canonical: bytes, start_frame: int, frames: int, channels: int, bit_depth: int) -> bytes:
+    """Served PCM (little-endian signed, 16 or 24 bit) from a source's canonical bytes."""
+    if bit_depth not in (16, 24):
         raise ValueError(f"bit_depth must be 16 or 24, got {bit_depth}")
+    if kind == "watermark":
+        return watermark.encode(start_frame, frames, channels, bit_depth)
+    source_channels = int(kind.removeprefix("pcm32/"))
+    block = np.frombuffer(canonical, dtype="<i4").reshape(-1, source_channels)
+    if source_channels != channels:
+        mono = (block.astype(np.int64).sum(axis=1) // source_channels).astype(np.int32)
+        block = np.repeat(mono[:, None], channels, axis=1)
+    if bit_depth == 16:
+        return (block >> 16).astype("<i2").tobytes()
+    return (block >> 8).astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
 
 
 def open_source(spec: str, sample_rate: int) -> Source:

@@ -1,11 +1,14 @@
-"""One audio timeline for every session.
+"""One audio timeline for every session, in every process.
 
-Chunk k covers frames [k*F, (k+1)*F). Its timestamp comes from the sample
-count, ``origin_us + (frame - origin_frame) * 1e6 // rate``, so no rounding
-accumulates. The producer keeps the timeline `max_lead_ms` ahead of real time
-and wakes the sessions; each session pulls chunks at its own cursor. Encoded
-messages are cached per format, so each chunk is framed once per format no
-matter how many sessions send it.
+The `Producer` (in the coordinator, or in the one process of embedded mode)
+is the timeline's clock: chunk k covers frames [k*F, (k+1)*F) and its
+timestamp comes from the sample count, ``origin_us + (frame - origin_frame) *
+1e6 // rate``, so no rounding accumulates. It runs `max_lead_ms` ahead of real
+time and hands each chunk, with the source's canonical bytes, to a sink.
+
+A `ChunkStore` is what sessions read: the recent chunks of the timeline, each
+rendered and framed once per format no matter how many sessions send it.
+Each session pulls from it at its own cursor, so nothing queues per session.
 """
 
 from __future__ import annotations
@@ -17,8 +20,7 @@ from dataclasses import dataclass
 
 from harness.protocol import PLAYER_AUDIO, EventLog, encode_binary, now_us
 
-from .config import ServerConfig
-from .sources import Source
+from .sources import Source, render
 
 HISTORY_US = 2_000_000  # chunks kept after they played, for sessions catching up
 
@@ -32,39 +34,40 @@ class Chunk:
     end_us: int
 
 
-class Timeline:
-    def __init__(self, source: Source, config: ServerConfig, log: EventLog) -> None:
+ChunkSink = Callable[[Chunk, bytes], None]
+
+
+class Producer:
+    def __init__(self, source: Source, chunk_ms: int, max_lead_ms: int, start_delay_ms: int, log: EventLog,
+                 sink: ChunkSink) -> None:
         self.source = source
         self.rate = source.sample_rate
-        self.frames_per_chunk = source.sample_rate * config.chunk_ms // 1000
-        self.max_lead_us = config.max_lead_ms * 1000
-        self.start_delay_us = config.start_delay_ms * 1000
-        self.chunk_us = config.chunk_ms * 1000
+        self.frames_per_chunk = source.sample_rate * chunk_ms // 1000
+        self.chunk_us = chunk_ms * 1000
+        self.max_lead_us = max_lead_ms * 1000
+        self.start_delay_us = start_delay_ms * 1000
         self.log = log
-        self.chunks: deque[Chunk] = deque()
-        self._cache: dict[int, dict[tuple[int, int], bytes]] = {}
+        self.sink = sink
         self._next_seq = 0
         self._origin_us = 0
         self._origin_frame = 0
-        self._listeners: set[Callable[[], None]] = set()
+        self._last_end = 0  # end of the last chunk produced, kept across pauses
         self._task: asyncio.Task[None] | None = None
-
-    # --- lifecycle -------------------------------------------------------------
 
     @property
     def running(self) -> bool:
         return self._task is not None
 
     def start(self) -> None:
-        """(Re)start playing: the next chunk plays `start_delay_ms` from now."""
+        """(Re)start: the next chunk plays `start_delay_ms` from now, or right
+        after the last one produced if that is later, so the timeline never
+        overlaps itself and a quick pause/resume continues it seamlessly."""
         if self._task is not None:
             return
-        self._origin_us = now_us() + self.start_delay_us
+        self._origin_us = max(now_us() + self.start_delay_us, self._last_end)
         self._origin_frame = self._next_seq * self.frames_per_chunk
-        self.chunks.clear()
-        self._cache.clear()
-        self.log.emit("timeline_start", origin_us=self._origin_us, origin_frame=self._origin_frame,
-                      rate=self.rate, frames_per_chunk=self.frames_per_chunk, source=self.source.description)
+        self.log.emit("timeline_start", origin_us=self._origin_us, origin_frame=self._origin_frame, rate=self.rate,
+                      frames_per_chunk=self.frames_per_chunk, source=self.source.description)
         self._task = asyncio.create_task(self._produce(), name="timeline")
 
     def stop(self) -> asyncio.Task[None] | None:
@@ -75,62 +78,97 @@ class Timeline:
             self.log.emit("timeline_stop", next_seq=self._next_seq)
         return task
 
+    def _ts(self, frame: int) -> int:
+        return self._origin_us + (frame - self._origin_frame) * 1_000_000 // self.rate
+
+    async def _produce(self) -> None:
+        while True:
+            horizon = now_us() + self.max_lead_us
+            while self._last_end - self.chunk_us < horizon:
+                start = self._next_seq * self.frames_per_chunk
+                end = start + self.frames_per_chunk
+                chunk = Chunk(self._next_seq, start, self.frames_per_chunk, self._ts(start), self._ts(end))
+                self._next_seq += 1
+                self._last_end = chunk.end_us
+                self.sink(chunk, self.source.canonical(start, self.frames_per_chunk))
+            await asyncio.sleep(self.chunk_us / 1_000_000)
+
+
+class ChunkStore:
+    def __init__(self, rate: int, source_kind: str) -> None:
+        self.rate = rate
+        self.source_kind = source_kind
+        self.chunks: deque[Chunk] = deque()   # in timeline order; seqs may skip (IPC drops)
+        self._by_seq: dict[int, Chunk] = {}
+        self._canonical: dict[int, bytes] = {}
+        self._framed: dict[int, dict[tuple[int, int], bytes]] = {}
+        self._listeners: set[Callable[[], None]] = set()
+        self.running = False
+
     def subscribe(self, wake: Callable[[], None]) -> None:
         self._listeners.add(wake)
 
     def unsubscribe(self, wake: Callable[[], None]) -> None:
         self._listeners.discard(wake)
 
-    # --- queries used by sessions -----------------------------------------------
+    def add(self, chunk: Chunk, canonical: bytes) -> None:
+        """The next chunk of the timeline. One that does not continue the last
+        one's time is a restart: what was queued for the old one is dropped."""
+        if self.chunks:
+            last = self.chunks[-1]
+            expected_ts = last.end_us + (chunk.seq - last.seq - 1) * (last.end_us - last.ts_us)
+            if chunk.seq <= last.seq or abs(chunk.ts_us - expected_ts) > 1 + chunk.seq - last.seq:
+                self.clear()
+        self.chunks.append(chunk)
+        self._by_seq[chunk.seq] = chunk
+        self._canonical[chunk.seq] = canonical
+        now = now_us()
+        while self.chunks and self.chunks[0].end_us < now - HISTORY_US:
+            self._forget(self.chunks.popleft().seq)
+        for wake in list(self._listeners):
+            wake()
 
-    def chunk(self, seq: int) -> Chunk | None:
-        if not self.chunks or seq < self.chunks[0].seq or seq > self.chunks[-1].seq:
-            return None
-        return self.chunks[seq - self.chunks[0].seq]
+    def clear(self) -> None:
+        self.chunks.clear()
+        self._by_seq.clear()
+        self._canonical.clear()
+        self._framed.clear()
 
-    @property
-    def first_seq(self) -> int | None:
-        return self.chunks[0].seq if self.chunks else None
+    def _forget(self, seq: int) -> None:
+        self._by_seq.pop(seq, None)
+        self._canonical.pop(seq, None)
+        self._framed.pop(seq, None)
+
+    # --- queries used by sessions ---------------------------------------------------
+
+    def chunk_at_or_after(self, seq: int) -> Chunk | None:
+        """Chunk `seq`, or the next one the store has (chunks lost on the way are skipped)."""
+        found = self._by_seq.get(seq)
+        if found is not None or not self.chunks or seq > self.chunks[-1].seq:
+            return found
+        return next((c for c in self.chunks if c.seq >= seq), None)
 
     def first_seq_at_or_after(self, t_us: int) -> int:
         """The first chunk that starts at or after `t_us` (may not exist yet)."""
         for c in self.chunks:
             if c.ts_us >= t_us:
                 return c.seq
-        return self._next_seq
+        return self.chunks[-1].seq + 1 if self.chunks else 0
 
     def message(self, chunk: Chunk, channels: int, bit_depth: int) -> bytes:
-        """The framed audio message for `chunk` in one format, encoded once."""
-        formats = self._cache.setdefault(chunk.seq, {}) if chunk.seq >= (self.first_seq or 0) else {}
+        """The framed audio message for `chunk` in one format, rendered once."""
+        formats = self._framed.setdefault(chunk.seq, {}) if chunk.seq in self._canonical else {}
         data = formats.get((channels, bit_depth))
         if data is None:
-            pcm = self.source.encode(chunk.start_frame, chunk.frames, channels, bit_depth)
+            pcm = render(self.source_kind, self._canonical.get(chunk.seq, b""), chunk.start_frame, chunk.frames,
+                         channels, bit_depth)
             data = formats[(channels, bit_depth)] = encode_binary(PLAYER_AUDIO, chunk.ts_us, pcm)
         return data
 
     def position_us(self) -> int:
-        """Position of the playhead in the stream, for metadata progress."""
-        frame = self._origin_frame + (now_us() - self._origin_us) * self.rate // 1_000_000
-        return max(0, frame) * 1_000_000 // self.rate
-
-    # --- producer ----------------------------------------------------------------
-
-    def _ts(self, frame: int) -> int:
-        return self._origin_us + (frame - self._origin_frame) * 1_000_000 // self.rate
-
-    async def _produce(self) -> None:
-        while True:
-            now = now_us()
-            produced = False
-            while not self.chunks or self.chunks[-1].ts_us < now + self.max_lead_us:
-                start = self._next_seq * self.frames_per_chunk
-                end = start + self.frames_per_chunk
-                self.chunks.append(Chunk(self._next_seq, start, self.frames_per_chunk, self._ts(start), self._ts(end)))
-                self._next_seq += 1
-                produced = True
-            while self.chunks and self.chunks[0].end_us < now - HISTORY_US:
-                self._cache.pop(self.chunks.popleft().seq, None)
-            if produced:
-                for wake in list(self._listeners):
-                    wake()
-            await asyncio.sleep(self.chunk_us / 1_000_000)
+        """Stream position of the playhead, for metadata progress."""
+        now = now_us()
+        for c in self.chunks:
+            if c.ts_us <= now < c.end_us:
+                return (c.start_frame + (now - c.ts_us) * self.rate // 1_000_000) * 1_000_000 // self.rate
+        return 0

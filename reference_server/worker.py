@@ -1,0 +1,86 @@
+"""A worker process: the reference server fed by the coordinator.
+
+Its ChunkStore is filled from the IPC socket; it reports its demand for audio
+and its counts in a heartbeat; it exits when the coordinator goes away (EOF).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+
+from harness.protocol import now_us
+
+from . import ipc
+from .config import ServerConfig
+from .server import ReferenceServer
+from .timeline import ChunkStore
+
+HELLO_TIMEOUT_S = 10.0
+
+
+async def run_worker(config: ServerConfig, ipc_fd: int, heartbeat_s: float) -> int:
+    sock = socket.socket(fileno=ipc_fd)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        first = await asyncio.wait_for(loop.sock_recv(sock, ipc.MAX_MESSAGE), HELLO_TIMEOUT_S)
+    except TimeoutError:
+        return 3
+    hello = ipc.decode(first)
+    if not isinstance(hello, ipc.Hello):
+        raise RuntimeError(f"worker: first IPC message must be HELLO, got {hello!r}")
+    store = ChunkStore(hello.rate, hello.source_kind)
+
+    def send(message: bytes) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):  # coordinator busy or gone: EOF will tell
+            sock.send(message)
+
+    def report(_wanted: bool = False) -> None:
+        listeners = sum(1 for s in server.sessions.values() if s.player_format is not None)
+        send(ipc.heartbeat(listeners, len(server.sessions), store.running))
+
+    server = ReferenceServer(config, store=store, demand=report)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.stopping.set)
+
+    def on_ipc() -> None:
+        while True:
+            try:
+                data = sock.recv(ipc.MAX_MESSAGE)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                server.log.emit("coordinator_gone")
+                loop.remove_reader(sock)
+                server.stopping.set()
+                return
+            message = ipc.decode(data)
+            if isinstance(message, tuple):
+                store.add(*message)
+            elif isinstance(message, bytes | str):
+                server.cluster = json.loads(message)
+
+    await server.start()
+    send(ipc.ready(server.port))
+    loop.add_reader(sock, on_ipc)
+
+    async def heartbeat() -> None:
+        while True:
+            report()
+            await asyncio.sleep(heartbeat_s)
+
+    beat = asyncio.create_task(heartbeat())
+    server.log.emit("worker_start", t_started_us=now_us())
+    await server.stopping.wait()
+    beat.cancel()
+    with contextlib.suppress(ValueError, OSError):
+        loop.remove_reader(sock)
+    await server.shutdown()
+    sock.close()
+    return 0

@@ -1,0 +1,236 @@
+"""The multi-worker reference server: coordinator, workers, crash handling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from harness.checkers import crash_detected, healthy_players, require, streams_again
+from harness.events import Events
+from harness.probe import ProbeConfig
+from harness.protocol import now_us
+from harness.scenario import Scenario
+from harness.settings import DEFAULT_BOUNDS as BOUNDS
+from harness.topology import reference_server
+
+HEARTBEAT_TIMEOUT_S = 0.5
+
+
+def _run(coro, timeout: float = 90.0):  # noqa: ANN001, ANN202
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def _status(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/api/status", timeout=5) as r:
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
+        return json.loads(r.read())
+
+
+async def _until(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_workers_must_be_a_positive_integer(value: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "reference_server", "--workers", value], capture_output=True,
+                            text=True, timeout=20)
+    assert result.returncode == 2
+    assert "--workers" in result.stderr
+
+
+def test_sigkill_is_noticed_and_clients_move_to_a_live_worker(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server("--workers", "2")
+            workers = server.ready["workers"]
+            start = now_us()
+            survivors = [await sc.probe(workers[0]["url"], ProbeConfig(name=f"a{i}")) for i in range(2)]
+            movers = [await sc.probe(workers[1]["url"], ProbeConfig(name=f"b{i}", reconnect=True)) for i in range(2)]
+            for p in movers:
+                p.url = server.ready["url"]  # reconnect through the coordinator, which redirects
+            await asyncio.sleep(1.5)
+            killed = now_us()
+            os.kill(workers[1]["pid"], signal.SIGKILL)
+            await _until(lambda: all(p.audio_chunks and p.connected_url == workers[0]["url"] for p in movers), 10,
+                         "the moved clients to stream from worker 0")
+            await asyncio.sleep(2.0)
+            end = now_us()
+            status = await asyncio.to_thread(_status, server.ready["http"])
+            assert [w["alive"] for w in status["workers"]] == [True, False]
+            assert status["listeners"] == 4 and status["workers"][0]["listeners"] == 4
+            worker_status = await asyncio.to_thread(_status, workers[0]["url"].replace("ws://", "http://")
+                                                    .removesuffix("/sendspin"))
+            assert worker_status["live_workers"] == 1 and worker_status["this_worker"]["listeners"] == 4
+            events = sc.events()
+            require(crash_detected(events, 1, killed, BOUNDS.crash_detect_us),
+                    *(streams_again(events, p.name, killed, BOUNDS.recovery_us) for p in movers),
+                    *healthy_players(events, survivors, BOUNDS, start, end, fault_us=killed))
+            assert not _alive(workers[1]["pid"])
+
+    _run(body())
+
+
+def test_sigkill_is_noticed_without_clients(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server("--workers", "2")
+            await asyncio.sleep(0.3)
+            killed = now_us()
+            os.kill(server.ready["workers"][0]["pid"], signal.SIGKILL)
+            await asyncio.sleep(0.5)
+            require(crash_detected(sc.events(), 0, killed, BOUNDS.crash_detect_us))
+
+    _run(body())
+
+
+def test_stopped_worker_is_declared_dead_and_others_unaffected(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server("--workers", "2", "--heartbeat-timeout", str(HEARTBEAT_TIMEOUT_S))
+            workers = server.ready["workers"]
+            start = now_us()
+            healthy = [await sc.probe(workers[0]["url"], ProbeConfig(name="a"))]
+            await sc.probe(workers[1]["url"], ProbeConfig(name="frozen"))
+            await asyncio.sleep(1.5)
+            stopped = now_us()
+            os.kill(workers[1]["pid"], signal.SIGSTOP)
+            await asyncio.sleep(HEARTBEAT_TIMEOUT_S + 1.5)
+            end = now_us()
+            events = sc.events()
+            within = int(HEARTBEAT_TIMEOUT_S * 1e6) + BOUNDS.hang_detect_slack_us
+            require(crash_detected(events, 1, stopped, within),
+                    *healthy_players(events, healthy, BOUNDS, start, end, fault_us=stopped))
+            assert "no heartbeat" in events.select("worker_exit")[0]["how"]
+            assert not _alive(workers[1]["pid"]), "a hung worker must be killed, not left stopped"
+
+    _run(body())
+
+
+def test_respawn_restores_capacity_on_the_same_port(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server("--workers", "2", "--respawn")
+            old = server.ready["workers"][1]
+            killed = now_us()
+            os.kill(old["pid"], signal.SIGKILL)
+
+            def back() -> bool:
+                w = _status(server.ready["http"])["workers"][1]
+                return w["alive"] and w["pid"] != old["pid"]
+
+            deadline = time.monotonic() + 2.0
+            while not await asyncio.to_thread(back):
+                assert time.monotonic() < deadline, "capacity not back within 2 s"
+                await asyncio.sleep(0.05)
+            restored_s = (now_us() - killed) / 1e6
+            new = (await asyncio.to_thread(_status, server.ready["http"]))["workers"][1]
+            assert new["port"] == old["port"] and new["restarts"] == 1
+            p = await sc.probe(new["url"], ProbeConfig(name="after"))
+            await _until(lambda: p.audio_chunks > 10, 5, "audio from the respawned worker")
+            print(f"capacity back after {restored_s:.2f} s")
+
+    _run(body())
+
+
+def test_all_workers_dead_exits_nonzero_quickly(tmp_path: Path) -> None:
+    server = reference_server(tmp_path, "--workers", "2")
+    with server:
+        for w in server.ready["workers"]:
+            os.kill(w["pid"], signal.SIGKILL)
+        killed = time.monotonic()
+        code = server.popen.wait(5)
+        exited_s = time.monotonic() - killed
+    assert code == 3
+    assert exited_s < 1.0, f"coordinator took {exited_s:.2f} s to exit"
+    assert "all 2 workers are dead" in server.stderr_path.read_text()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_shuts_everything_down(tmp_path: Path, sig: signal.Signals) -> None:
+    server = reference_server(tmp_path, "--workers", "3")
+    pids = [w["pid"] for w in server.ready["workers"]]
+    server.popen.send_signal(sig)
+    assert server.popen.wait(10) == 0
+    assert not any(_alive(pid) for pid in pids)
+    stops = Events.load(tmp_path).select("worker_stop")
+    assert sorted(r["worker"] for r in stops) == [0, 1, 2] and all(r["code"] == 0 for r in stops)
+
+
+def test_shutdown_with_a_stopped_worker_and_one_dead_mid_send(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server("--workers", "3", "--artwork-bytes", str(32 * 1024 * 1024))
+            workers = server.ready["workers"]
+            await sc.probe(workers[0]["url"], ProbeConfig(name="bulk", roles=["artwork@v1"], rcvbuf=16384,
+                                                          read_rate=1024 * 1024))
+            await asyncio.sleep(0.5)  # mid-send: 32 MiB at 1 MiB/s
+            os.kill(workers[0]["pid"], signal.SIGKILL)
+            os.kill(workers[1]["pid"], signal.SIGSTOP)
+            await asyncio.sleep(0.2)
+            t = time.monotonic()
+            code = await asyncio.to_thread(server.stop)
+            assert code == 0 and time.monotonic() - t < 5
+            assert not any(_alive(w["pid"]) for w in workers)
+
+    _run(body())
+
+
+def test_generation_pauses_without_listeners_and_resumes(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server("--workers", "2")
+            url = server.ready["workers"][1]["url"]
+            first = await sc.probe(url, ProbeConfig(name="first"))
+            await _until(lambda: first.audio_chunks > 5, 5, "audio")
+            await first.close()
+            await asyncio.sleep(0.5)
+            events = sc.events()
+            assert events.select("timeline_stop", proc="coordinator"), "generation did not pause"
+            assert not (await asyncio.to_thread(_status, server.ready["http"]))["playing"]
+            second = await sc.probe(url, ProbeConfig(name="second"))
+            await _until(lambda: second.audio_chunks > 20, 5, "audio after the pause")
+            assert second.audio.gaps == 0 and len(sc.events().select("timeline_start", proc="coordinator")) == 2
+
+    _run(body())
+
+
+def test_clients_on_different_workers_play_in_sync(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server("--workers", "2")
+            workers = server.ready["workers"]
+            await sc.probe(workers[0]["url"], ProbeConfig(name="early"))
+            await asyncio.sleep(1.0)
+            late = await sc.probe(server.ready["url"], ProbeConfig(name="late"))  # redirected
+            joined = now_us()
+            assert late.connected_url == workers[1]["url"], "redirect should pick the emptier worker"
+            await asyncio.sleep(1.0)
+            events = sc.events()
+            late_chunks = events.select("audio", proc="late")
+            assert late_chunks[0]["ts_us"] > joined, "a late joiner got a timestamp in the past"
+            early_by_ts = {r["ts_us"]: r["first"] for r in events.select("audio", proc="early")}
+            common = [r for r in late_chunks if r["ts_us"] in early_by_ts]
+            assert len(common) > 10
+            assert all(early_by_ts[r["ts_us"]] == r["first"] for r in common), "same time, different samples"
+
+    _run(body())
