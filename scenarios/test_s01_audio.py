@@ -1,5 +1,6 @@
 """S01 — handshake and steady audio.
 
+Runs against the single-process server and the multi-worker one.
 Expectation: every client completes the handshake, stays connected, gets a
 server/time for every client/time, reads are prompt, and the watermark audio
 arrives with zero gaps, duplicates or reordering, ahead of its play time.
@@ -25,12 +26,14 @@ formats = st.builds(lambda ch, bits: m.AudioFormat(codec="pcm", channels=ch, sam
                     st.sampled_from([1, 2]), st.sampled_from([16, 24]))
 
 
-@examples(2)
-@given(fmts=st.lists(formats, min_size=1, max_size=3), stagger_ms=st.integers(0, 1500))
-def test_s01_handshake_and_ten_seconds_of_audio(run, fresh_dir, bounds, fmts, stagger_ms):
+@examples(3)
+@given(fmts=st.lists(formats, min_size=1, max_size=3), stagger_ms=st.integers(0, 1500),
+       workers=st.sampled_from([None, 2]))
+def test_s01_handshake_and_ten_seconds_of_audio(run, fresh_dir, bounds, fmts, stagger_ms, workers):
     async def scenario() -> None:
         async with Scenario(fresh_dir()) as sc:
-            server = await sc.server()
+            # One process, or a coordinator whose URL redirects each client to a worker.
+            server = await sc.server(*(("--workers", str(workers)) if workers else ()))
             start = now_us()
             probes = []
             for i, fmt in enumerate(fmts):
