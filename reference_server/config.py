@@ -36,6 +36,7 @@ class ServerConfig:
     sample_rate: int = 48_000
     chunk_ms: int = 25
     max_lead_ms: int = 1_500           # how far ahead of real time the timeline runs
+    batch_ms: int = 100                # chunks are handed to sessions this often (one write per batch)
     start_delay_ms: int = 300          # a (re)joining player's first chunk plays this far in the future
     autoplay: bool = True
 

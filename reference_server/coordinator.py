@@ -39,7 +39,7 @@ from harness.protocol import EventLog, now_us
 from . import ipc
 from .config import ServerConfig
 from .sources import open_source
-from .timeline import Chunk, Producer
+from .timeline import Batch, Producer
 
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 3.0
@@ -85,8 +85,8 @@ class Coordinator:
         self.log = EventLog(log_path, "coordinator")
         source = open_source(config.source, config.sample_rate)
         self.source_hello = ipc.hello(source.sample_rate, source.kind)
-        self.producer = Producer(source, config.chunk_ms, config.max_lead_ms, config.start_delay_ms, self.log,
-                                 self._fan_out)
+        self.producer = Producer(source, config.chunk_ms, config.max_lead_ms, config.start_delay_ms,
+                                 config.batch_ms, self.log, self._fan_out)
         self.stopping = asyncio.Event()
         self.exit_code = 0
         self._http: Server | None = None
@@ -285,19 +285,20 @@ class Coordinator:
         elif not wanted and self.producer.running:
             self.producer.stop()
 
-    def _fan_out(self, chunk: Chunk, canonical: bytes) -> None:
-        message = ipc.chunk(chunk, canonical)
+    def _fan_out(self, batch: Batch) -> None:
+        messages = [(chunk.seq, ipc.chunk(chunk, canonical)) for chunk, canonical in batch]
         for w in self.workers:
-            if not w.alive or w.sock is None:
-                continue
-            try:
-                w.sock.send(message)
-            except BlockingIOError:
-                w.ipc_drops += 1  # the worker is not keeping up: it loses this chunk, we lose nothing
-                if w.ipc_drops == 1 or w.ipc_drops % 100 == 0:
-                    self.log.emit("ipc_drop", worker=w.index, seq=chunk.seq, total=w.ipc_drops)
-            except OSError:
-                self._worker_gone(w, "ipc broken")
+            for seq, message in messages:
+                if not w.alive or w.sock is None:
+                    break
+                try:
+                    w.sock.send(message)
+                except BlockingIOError:
+                    w.ipc_drops += 1  # the worker is not keeping up: it loses this chunk, we lose nothing
+                    if w.ipc_drops == 1 or w.ipc_drops % 100 == 0:
+                        self.log.emit("ipc_drop", worker=w.index, seq=seq, total=w.ipc_drops)
+                except OSError:
+                    self._worker_gone(w, "ipc broken")
 
     # --- status and HTTP ---------------------------------------------------------------
 

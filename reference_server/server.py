@@ -49,8 +49,8 @@ class ReferenceServer:
         if store is None:
             source = open_source(config.source, config.sample_rate)
             store = ChunkStore(source.sample_rate, source.kind)
-            self.producer = Producer(source, config.chunk_ms, config.max_lead_ms, config.start_delay_ms, self.log,
-                                     store.add)
+            self.producer = Producer(source, config.chunk_ms, config.max_lead_ms, config.start_delay_ms,
+                                     config.batch_ms, self.log, store.add_batch)
         self.timeline = store
         self._demand = demand or self._local_demand
         for image_format in ("png", "bmp"):

@@ -4,16 +4,20 @@ The `Producer` (in the coordinator, or in the one process of embedded mode)
 is the timeline's clock: chunk k covers frames [k*F, (k+1)*F) and its
 timestamp comes from the sample count, ``origin_us + (frame - origin_frame) *
 1e6 // rate``, so no rounding accumulates. It runs `max_lead_ms` ahead of real
-time and hands each chunk, with the source's canonical bytes, to a sink.
+time and hands the chunks, with the source's canonical bytes, to a sink in
+batches of `batch_ms`: one write per listener per batch instead of per chunk
+(the batch only decides when chunks are sent, never their timestamps).
 
 A `ChunkStore` is what sessions read: the recent chunks of the timeline, each
-rendered and framed once per format no matter how many sessions send it.
+rendered and framed once per format — down to the WebSocket frame, which is
+the same bytes for every listener — no matter how many sessions send it.
 Each session pulls from it at its own cursor, so nothing queues per session.
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,16 +38,18 @@ class Chunk:
     end_us: int
 
 
-ChunkSink = Callable[[Chunk, bytes], None]
+Batch = list[tuple[Chunk, bytes]]  # chunks in timeline order, each with its canonical bytes
+ChunkSink = Callable[[Batch], None]
 
 
 class Producer:
-    def __init__(self, source: Source, chunk_ms: int, max_lead_ms: int, start_delay_ms: int, log: EventLog,
-                 sink: ChunkSink) -> None:
+    def __init__(self, source: Source, chunk_ms: int, max_lead_ms: int, start_delay_ms: int, batch_ms: int,
+                 log: EventLog, sink: ChunkSink) -> None:
         self.source = source
         self.rate = source.sample_rate
         self.frames_per_chunk = source.sample_rate * chunk_ms // 1000
         self.chunk_us = chunk_ms * 1000
+        self.batch_s = max(batch_ms, chunk_ms) / 1000
         self.max_lead_us = max_lead_ms * 1000
         self.start_delay_us = start_delay_ms * 1000
         self.log = log
@@ -84,14 +90,29 @@ class Producer:
     async def _produce(self) -> None:
         while True:
             horizon = now_us() + self.max_lead_us
+            batch: Batch = []
             while self._last_end - self.chunk_us < horizon:
                 start = self._next_seq * self.frames_per_chunk
                 end = start + self.frames_per_chunk
                 chunk = Chunk(self._next_seq, start, self.frames_per_chunk, self._ts(start), self._ts(end))
                 self._next_seq += 1
                 self._last_end = chunk.end_us
-                self.sink(chunk, self.source.canonical(start, self.frames_per_chunk))
-            await asyncio.sleep(self.chunk_us / 1_000_000)
+                batch.append((chunk, self.source.canonical(start, self.frames_per_chunk)))
+            if batch:
+                self.sink(batch)
+            await asyncio.sleep(self.batch_s)
+
+
+def ws_binary_frame(payload: bytes) -> bytes:
+    """RFC 6455 unmasked, final binary frame."""
+    n = len(payload)
+    if n < 126:
+        head = struct.pack(">BB", 0x82, n)
+    elif n < 65536:
+        head = struct.pack(">BBH", 0x82, 126, n)
+    else:
+        head = struct.pack(">BBQ", 0x82, 127, n)
+    return head + payload
 
 
 class ChunkStore:
@@ -102,16 +123,24 @@ class ChunkStore:
         self._by_seq: dict[int, Chunk] = {}
         self._canonical: dict[int, bytes] = {}
         self._framed: dict[int, dict[tuple[int, int], bytes]] = {}
-        self._listeners: set[Callable[[], None]] = set()
+        self._listeners: set[Callable[[list[Chunk]], None]] = set()
         self.running = False
 
-    def subscribe(self, wake: Callable[[], None]) -> None:
-        self._listeners.add(wake)
+    def subscribe(self, on_chunks: Callable[[list[Chunk]], None]) -> None:
+        self._listeners.add(on_chunks)
 
-    def unsubscribe(self, wake: Callable[[], None]) -> None:
-        self._listeners.discard(wake)
+    def unsubscribe(self, on_chunks: Callable[[list[Chunk]], None]) -> None:
+        self._listeners.discard(on_chunks)
 
-    def add(self, chunk: Chunk, canonical: bytes) -> None:
+    def add_batch(self, batch: Batch) -> None:
+        """Store a batch of chunks, then tell every listener once."""
+        for chunk, canonical in batch:
+            self._add(chunk, canonical)
+        chunks = [chunk for chunk, _ in batch]
+        for on_chunks in list(self._listeners):
+            on_chunks(chunks)
+
+    def _add(self, chunk: Chunk, canonical: bytes) -> None:
         """The next chunk of the timeline. One that does not continue the last
         one's time is a restart: what was queued for the old one is dropped."""
         if self.chunks:
@@ -125,8 +154,6 @@ class ChunkStore:
         now = now_us()
         while self.chunks and self.chunks[0].end_us < now - HISTORY_US:
             self._forget(self.chunks.popleft().seq)
-        for wake in list(self._listeners):
-            wake()
 
     def clear(self) -> None:
         self.chunks.clear()
@@ -155,14 +182,15 @@ class ChunkStore:
                 return c.seq
         return self.chunks[-1].seq + 1 if self.chunks else 0
 
-    def message(self, chunk: Chunk, channels: int, bit_depth: int) -> bytes:
-        """The framed audio message for `chunk` in one format, rendered once."""
+    def frame(self, chunk: Chunk, channels: int, bit_depth: int) -> bytes:
+        """The audio message for `chunk` in one format as a complete WebSocket
+        binary frame (servers do not mask, so every listener gets these bytes)."""
         formats = self._framed.setdefault(chunk.seq, {}) if chunk.seq in self._canonical else {}
         data = formats.get((channels, bit_depth))
         if data is None:
             pcm = render(self.source_kind, self._canonical.get(chunk.seq, b""), chunk.start_frame, chunk.frames,
                          channels, bit_depth)
-            data = formats[(channels, bit_depth)] = encode_binary(PLAYER_AUDIO, chunk.ts_us, pcm)
+            data = formats[(channels, bit_depth)] = ws_binary_frame(encode_binary(PLAYER_AUDIO, chunk.ts_us, pcm))
         return data
 
     def position_us(self) -> int:

@@ -17,7 +17,7 @@ from harness.protocol import now_us
 from . import ipc
 from .config import ServerConfig
 from .server import ReferenceServer
-from .timeline import ChunkStore
+from .timeline import Chunk, ChunkStore
 
 HELLO_TIMEOUT_S = 10.0
 
@@ -48,23 +48,28 @@ async def run_worker(config: ServerConfig, ipc_fd: int, heartbeat_s: float) -> i
         loop.add_signal_handler(sig, server.stopping.set)
 
     def on_ipc() -> None:
-        while True:
-            try:
-                data = sock.recv(ipc.MAX_MESSAGE)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                server.log.emit("coordinator_gone")
-                loop.remove_reader(sock)
-                server.stopping.set()
-                return
-            message = ipc.decode(data)
-            if isinstance(message, tuple):
-                store.add(*message)
-            elif isinstance(message, bytes | str):
-                server.cluster = json.loads(message)
+        batch: list[tuple[Chunk, bytes]] = []
+        try:
+            while True:
+                try:
+                    data = sock.recv(ipc.MAX_MESSAGE)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    data = b""
+                if not data:
+                    server.log.emit("coordinator_gone")
+                    loop.remove_reader(sock)
+                    server.stopping.set()
+                    return
+                message = ipc.decode(data)
+                if isinstance(message, tuple):
+                    batch.append(message)
+                elif isinstance(message, str):
+                    server.cluster = json.loads(message)
+        finally:
+            if batch:  # everything that arrived together goes to the sessions together
+                store.add_batch(batch)
 
     await server.start()
     send(ipc.ready(server.port))
