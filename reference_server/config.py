@@ -16,8 +16,15 @@ README.md ("Reference server: policies").
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.server import Server
+
+from harness.protocol import EventLog
 
 
 @dataclass(kw_only=True)
@@ -63,6 +70,14 @@ class ServerConfig:
 
     stats_interval_s: float = 0.5      # how often each session logs what it holds
 
-    @property
-    def chunk_frames(self) -> int:
-        return self.sample_rate * self.chunk_ms // 1000
+    def announce(self, log: EventLog, listening: Server, **extra: Any) -> int:
+        """Log `ready` and write the readiness file (atomically) for `listening`; returns its port."""
+        host, port = next(iter(listening.sockets)).getsockname()[:2]
+        ready = {"pid": os.getpid(), "host": host, "port": port, "url": f"ws://{host}:{port}{self.path}",
+                 "http": f"http://{host}:{port}", **extra}
+        log.emit("ready", **ready)
+        if self.ready_file is not None:
+            tmp = Path(f"{self.ready_file}.tmp")
+            tmp.write_text(json.dumps(ready))
+            tmp.rename(self.ready_file)
+        return port

@@ -28,7 +28,6 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -117,14 +116,7 @@ class Coordinator:
     async def _serve_http(self) -> None:
         c = self.config
         self._http = await serve(self._refuse_ws, c.host, c.port, process_request=self._on_http)
-        host, port = next(iter(self._http.sockets)).getsockname()[:2]
-        ready = {"pid": os.getpid(), "host": host, "port": port, "url": f"ws://{host}:{port}{c.path}",
-                 "http": f"http://{host}:{port}", "workers": [self._worker_info(w) for w in self.workers]}
-        self.log.emit("ready", **ready)
-        if c.ready_file is not None:
-            tmp = Path(f"{c.ready_file}.tmp")
-            tmp.write_text(json.dumps(ready))
-            tmp.rename(c.ready_file)
+        c.announce(self.log, self._http, workers=[self._worker_info(w) for w in self.workers])
 
     async def _shutdown(self) -> None:
         self.log.emit("shutdown", live_workers=sum(w.alive for w in self.workers))

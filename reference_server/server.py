@@ -7,11 +7,9 @@ import contextlib
 import http
 import itertools
 import json
-import os
 import signal
 import socket
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -77,15 +75,7 @@ class ReferenceServer:
             ping_interval=c.ping_interval_s, ping_timeout=c.ping_timeout_s, write_limit=c.write_limit_bytes,
             close_timeout=2.0,
         )
-        host, port = next(iter(self._server.sockets)).getsockname()[:2]
-        self.port = port
-        ready = {"pid": os.getpid(), "host": host, "port": port, "url": f"ws://{host}:{port}{c.path}",
-                 "http": f"http://{host}:{port}"}
-        self.log.emit("ready", **ready)
-        if c.ready_file is not None:
-            tmp = Path(f"{c.ready_file}.tmp")
-            tmp.write_text(json.dumps(ready))
-            tmp.rename(c.ready_file)
+        self.port = c.announce(self.log, self._server)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
