@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
 import sys
 import tempfile
@@ -110,11 +109,7 @@ async def measure(kind: str, directory: Path, artwork_bytes: int, read_rate: flo
                 name=PROBE, roles=["artwork@v1", m.HARNESS_ROLE], rcvbuf=16384, read_rate=read_rate,
                 time_interval_s=0.05, artwork_channels=[m.ArtworkChannelSupport(
                     source="none", format="png", media_width=1024, media_height=1024)]))
-            # Workaround: the probe's socket has Nagle on (asyncio sets TCP_NODELAY only when
-            # proto == IPPROTO_TCP; the probe creates it with proto 0), which costs its first
-            # client/time a 40 ms delayed-ACK wait. Turn it off, and skip the handshake's echo.
-            probe.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await asyncio.sleep(SETTLE_S)
+            await asyncio.sleep(SETTLE_S)  # skip the handshake's echo
             idle_start = now_us()
             await asyncio.sleep(idle_s)
             bulk_start = now_us()

@@ -41,7 +41,8 @@ def apply_group_volume(volumes: list[int], requested: int) -> list[int]:
 
 
 def group_volume(volumes: list[int]) -> int:
-    return round(sum(volumes) / len(volumes)) if volumes else 0
+    """The rounded (half up) average of the player volumes."""
+    return int(sum(volumes) / len(volumes) + 0.5) if volumes else 0
 
 
 _group_ids = itertools.count(1)
@@ -76,7 +77,8 @@ def switch_cycle(groups: list[Group], member: Member, current: Group) -> list[Gr
     single-client groups, then (players only) a solo group of this client."""
     others = [g for g in groups if g is not current or len(g.members) > 1]
     multi = [g for g in others if len(g.members) > 1 and g.playback_state == "playing"]
-    single = [g for g in others if len(g.members) == 1 and member not in g.members]
+    single = [g for g in others if len(g.members) == 1 and member not in g.members
+              and g.members[0].is_player and g.playback_state == "playing"]
     cycle = multi + single
     if member.is_player:
         cycle.append(current if current.members == [member] else Group.solo(member))

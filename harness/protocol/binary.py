@@ -33,6 +33,8 @@ class BinaryMessage:
 def encode_binary(message_type: int, timestamp_us: int, payload: bytes | memoryview = b"") -> bytes:
     if not 0 <= message_type <= 255:
         raise ProtocolError("binary", "type", f"must be a uint8, got {message_type}")
+    if not -(2**63) <= timestamp_us < 2**63:
+        raise ProtocolError("binary", "timestamp", f"must fit an int64, got {timestamp_us}")
     return HEADER.pack(message_type, timestamp_us) + payload
 
 

@@ -38,5 +38,6 @@ def decode_json(text: str | bytes) -> Message:
     cls = MESSAGE_TYPES.get(message_type)
     if cls is None:
         raise UnknownMessageType(message_type)
-    payload = obj.get("payload", {})
-    return decode_object(cls, payload, message_type, "payload")
+    if "payload" not in obj:
+        raise ProtocolError(message_type, "payload", "required field is missing")
+    return decode_object(cls, obj["payload"], message_type, "payload")

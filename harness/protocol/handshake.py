@@ -67,6 +67,8 @@ class ServerHandshake:
     def receive_binary(self) -> None:
         if self.state is State.AWAITING_HELLO:
             raise ProtocolError("binary", "", "first message must be client/hello")
+        if self.state is State.CLOSING:
+            raise ProtocolError("binary", "", "no message may follow client/goodbye")
 
 
 class ClientHandshake:
