@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,9 +26,6 @@ from harness.topology import reference_server
 HEARTBEAT_TIMEOUT_S = 0.5
 
 
-def _run(coro, timeout: float = 90.0):  # noqa: ANN001, ANN202
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
 
 def _status(url: str) -> dict:
     with urllib.request.urlopen(f"{url}/api/status", timeout=5) as r:
@@ -35,7 +33,7 @@ def _status(url: str) -> dict:
         return json.loads(r.read())
 
 
-async def _until(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
+async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
@@ -58,7 +56,7 @@ def test_workers_must_be_a_positive_integer(value: str) -> None:
     assert "--workers" in result.stderr
 
 
-def test_sigkill_is_noticed_and_clients_move_to_a_live_worker(tmp_path: Path) -> None:
+def test_sigkill_is_noticed_and_clients_move_to_a_live_worker(run, tmp_path: Path) -> None:
     async def body() -> None:
         async with Scenario(tmp_path) as sc:
             server = await sc.server("--workers", "2")
@@ -87,10 +85,10 @@ def test_sigkill_is_noticed_and_clients_move_to_a_live_worker(tmp_path: Path) ->
                     *healthy_players(events, survivors, BOUNDS, start, end, fault_us=killed))
             assert not _alive(workers[1]["pid"])
 
-    _run(body())
+    run(body())
 
 
-def test_sigkill_is_noticed_without_clients(tmp_path: Path) -> None:
+def test_sigkill_is_noticed_without_clients(run, tmp_path: Path) -> None:
     async def body() -> None:
         async with Scenario(tmp_path) as sc:
             server = await sc.server("--workers", "2")
@@ -100,10 +98,10 @@ def test_sigkill_is_noticed_without_clients(tmp_path: Path) -> None:
             await asyncio.sleep(0.5)
             require(crash_detected(sc.events(), 0, killed, BOUNDS.crash_detect_us))
 
-    _run(body())
+    run(body())
 
 
-def test_stopped_worker_is_declared_dead_and_others_unaffected(tmp_path: Path) -> None:
+def test_stopped_worker_is_declared_dead_and_others_unaffected(run, tmp_path: Path) -> None:
     async def body() -> None:
         async with Scenario(tmp_path) as sc:
             server = await sc.server("--workers", "2", "--heartbeat-timeout", str(HEARTBEAT_TIMEOUT_S))
@@ -123,10 +121,10 @@ def test_stopped_worker_is_declared_dead_and_others_unaffected(tmp_path: Path) -
             assert "no heartbeat" in events.select("worker_exit")[0]["how"]
             assert not _alive(workers[1]["pid"]), "a hung worker must be killed, not left stopped"
 
-    _run(body())
+    run(body())
 
 
-def test_respawn_restores_capacity_on_the_same_port(tmp_path: Path) -> None:
+def test_respawn_restores_capacity_on_the_same_port(run, tmp_path: Path) -> None:
     async def body() -> None:
         async with Scenario(tmp_path) as sc:
             server = await sc.server("--workers", "2", "--respawn")
@@ -149,7 +147,7 @@ def test_respawn_restores_capacity_on_the_same_port(tmp_path: Path) -> None:
             await _until(lambda: p.audio_chunks > 10, 5, "audio from the respawned worker")
             print(f"capacity back after {restored_s:.2f} s")
 
-    _run(body())
+    run(body())
 
 
 def test_all_workers_dead_exits_nonzero_quickly(tmp_path: Path) -> None:
@@ -176,7 +174,7 @@ def test_signal_shuts_everything_down(tmp_path: Path, sig: signal.Signals) -> No
     assert sorted(r["worker"] for r in stops) == [0, 1, 2] and all(r["code"] == 0 for r in stops)
 
 
-def test_shutdown_with_a_stopped_worker_and_one_dead_mid_send(tmp_path: Path) -> None:
+def test_shutdown_with_a_stopped_worker_and_one_dead_mid_send(run, tmp_path: Path) -> None:
     async def body() -> None:
         async with Scenario(tmp_path) as sc:
             server = await sc.server("--workers", "3", "--artwork-bytes", str(32 * 1024 * 1024))
@@ -192,10 +190,10 @@ def test_shutdown_with_a_stopped_worker_and_one_dead_mid_send(tmp_path: Path) ->
             assert code == 0 and time.monotonic() - t < 5
             assert not any(_alive(w["pid"]) for w in workers)
 
-    _run(body())
+    run(body())
 
 
-def test_generation_pauses_without_listeners_and_resumes(tmp_path: Path) -> None:
+def test_generation_pauses_without_listeners_and_resumes(run, tmp_path: Path) -> None:
     async def body() -> None:
         async with Scenario(tmp_path) as sc:
             server = await sc.server("--workers", "2")
@@ -211,10 +209,10 @@ def test_generation_pauses_without_listeners_and_resumes(tmp_path: Path) -> None
             await _until(lambda: second.audio_chunks > 20, 5, "audio after the pause")
             assert second.audio.gaps == 0 and len(sc.events().select("timeline_start", proc="coordinator")) == 2
 
-    _run(body())
+    run(body())
 
 
-def test_clients_on_different_workers_play_in_sync(tmp_path: Path) -> None:
+def test_clients_on_different_workers_play_in_sync(run, tmp_path: Path) -> None:
     async def body() -> None:
         async with Scenario(tmp_path) as sc:
             server = await sc.server("--workers", "2")
@@ -233,4 +231,4 @@ def test_clients_on_different_workers_play_in_sync(tmp_path: Path) -> None:
             assert len(common) > 10
             assert all(early_by_ts[r["ts_us"]] == r["first"] for r in common), "same time, different samples"
 
-    _run(body())
+    run(body())

@@ -27,14 +27,11 @@ MiB = 1024 * KiB
 ALL_ROLES = ["player@v1", "controller@v1", "metadata@v1", "artwork@v1", m.HARNESS_ROLE]
 
 
-def _run(coro, timeout: float = 60.0):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
 
 # --- chunked sends ----------------------------------------------------------------------
 
 
-def test_large_message_goes_out_as_256_kib_fragments_with_pongs_between(tmp_path: Path) -> None:
+def test_large_message_goes_out_as_256_kib_fragments_with_pongs_between(run, tmp_path: Path) -> None:
     size = 3 * MiB
 
     async def body() -> None:
@@ -60,13 +57,13 @@ def test_large_message_goes_out_as_256_kib_fragments_with_pongs_between(tmp_path
             assert len(pongs) == 5
             assert any(r["mid_message"] for r in pongs), "no pong arrived between two fragments"
 
-    _run(body())
+    run(body())
 
 
 # --- hardened reads -----------------------------------------------------------------------
 
 
-def test_no_hello_within_timeout_closes_with_4000(tmp_path: Path) -> None:
+def test_no_hello_within_timeout_closes_with_4000(run, tmp_path: Path) -> None:
     async def body() -> None:
         async with Scenario(tmp_path) as sc:
             server = await sc.server("--hello-timeout", "0.5")
@@ -78,7 +75,7 @@ def test_no_hello_within_timeout_closes_with_4000(tmp_path: Path) -> None:
             assert "no client/hello within 0.5 s" in p.close_reason
             assert 0.4 < (now_us() - t) / 1e6 < 2.5
 
-    _run(body())
+    run(body())
 
 
 @pytest.mark.parametrize("first", [
@@ -86,7 +83,7 @@ def test_no_hello_within_timeout_closes_with_4000(tmp_path: Path) -> None:
     b"\x04" + bytes(8),
     "not json",
 ])
-def test_first_message_must_be_client_hello(tmp_path: Path, first: str | bytes) -> None:
+def test_first_message_must_be_client_hello(run, tmp_path: Path, first: str | bytes) -> None:
     async def body() -> None:
         async with Scenario(tmp_path) as sc:
             server = await sc.server()
@@ -98,10 +95,10 @@ def test_first_message_must_be_client_hello(tmp_path: Path, first: str | bytes) 
             reject = sc.events().select("reject", action="close")[0]
             assert reject["code"] == closecodes.PROTOCOL_ERROR and reject["rule"]
 
-    _run(body())
+    run(body())
 
 
-def test_oversized_message_closes_with_1009(tmp_path: Path) -> None:
+def test_oversized_message_closes_with_1009(run, tmp_path: Path) -> None:
     async def body() -> None:
         async with Scenario(tmp_path) as sc:
             server = await sc.server("--max-message-bytes", str(64 * KiB))
@@ -110,10 +107,10 @@ def test_oversized_message_closes_with_1009(tmp_path: Path) -> None:
             await asyncio.wait_for(p.closed.wait(), 3)
             assert p.close_code == closecodes.TOO_BIG
 
-    _run(body())
+    run(body())
 
 
-def test_bad_input_leaves_other_sessions_alone(tmp_path: Path) -> None:
+def test_bad_input_leaves_other_sessions_alone(run, tmp_path: Path) -> None:
     async def body() -> None:
         async with Scenario(tmp_path) as sc:
             server = await sc.server()
@@ -125,13 +122,13 @@ def test_bad_input_leaves_other_sessions_alone(tmp_path: Path) -> None:
             assert len(bad.errors) == 3 and not bad.closed.is_set()
             assert good.audio.samples > 0 and good.audio.gaps == 0 and not good.errors
 
-    _run(body())
+    run(body())
 
 
 # --- HTTP -----------------------------------------------------------------------------------
 
 
-def test_http_status_and_errors(tmp_path: Path) -> None:
+def test_http_status_and_errors(run, tmp_path: Path) -> None:
     async def body() -> None:
         async with Scenario(tmp_path) as sc:
             server = await sc.server()
@@ -144,7 +141,7 @@ def test_http_status_and_errors(tmp_path: Path) -> None:
             assert (await asyncio.to_thread(_get, f"{base}/nope"))[0] == 404
             assert (await asyncio.to_thread(_get, f"{base}/sendspin"))[0] == 426
 
-    _run(body())
+    run(body())
 
 
 def _get(url: str) -> tuple[int, dict[str, str], str]:
@@ -158,7 +155,7 @@ def _get(url: str) -> tuple[int, dict[str, str], str]:
 # --- playback behaviour -------------------------------------------------------------------------
 
 
-def test_controller_commands(tmp_path: Path) -> None:
+def test_controller_commands(run, tmp_path: Path) -> None:
     async def body() -> None:
         async with Scenario(tmp_path) as sc:
             server = await sc.server()
@@ -204,10 +201,10 @@ def test_controller_commands(tmp_path: Path) -> None:
             await asyncio.sleep(0.5)
             assert b.audio.gaps == 0 and b.audio.duplicates == 0
 
-    _run(body())
+    run(body())
 
 
-def test_external_source_moves_client_to_a_solo_group(tmp_path: Path) -> None:
+def test_external_source_moves_client_to_a_solo_group(run, tmp_path: Path) -> None:
     async def body() -> None:
         async with Scenario(tmp_path) as sc:
             server = await sc.server()
@@ -224,11 +221,11 @@ def test_external_source_moves_client_to_a_solo_group(tmp_path: Path) -> None:
             back = await a.wait_type(m.GroupUpdate, 3)
             assert isinstance(back, m.GroupUpdate) and back.group_id == "main"
 
-    _run(body())
+    run(body())
 
 
 @pytest.mark.parametrize(("channels", "bit_depth"), [(1, 16), (2, 24)])
-def test_request_format_switches_the_stream(tmp_path: Path, channels: int, bit_depth: int) -> None:
+def test_request_format_switches_the_stream(run, tmp_path: Path, channels: int, bit_depth: int) -> None:
     async def body() -> None:
         async with Scenario(tmp_path) as sc:
             server = await sc.server()
@@ -245,10 +242,10 @@ def test_request_format_switches_the_stream(tmp_path: Path, channels: int, bit_d
             error = await p.wait_type(m.HarnessError, 3)
             assert isinstance(error, m.HarnessError) and "cannot serve" in error.rule
 
-    _run(body())
+    run(body())
 
 
-def test_audio_never_further_ahead_than_buffer_capacity(tmp_path: Path) -> None:
+def test_audio_never_further_ahead_than_buffer_capacity(run, tmp_path: Path) -> None:
     capacity = 20_000  # about 100 ms of 48 kHz 16-bit stereo
 
     async def body() -> None:
@@ -262,10 +259,10 @@ def test_audio_never_further_ahead_than_buffer_capacity(tmp_path: Path) -> None:
                 ahead = sum(x["bytes"] + 9 for x in chunks[: i + 1] if x["ts_us"] + 25_000 > c["t_us"])
                 assert ahead <= capacity, f"chunk {i}: {ahead} bytes buffered > capacity {capacity}"
 
-    _run(body())
+    run(body())
 
 
-def test_late_joiner_plays_in_sync(tmp_path: Path) -> None:
+def test_late_joiner_plays_in_sync(run, tmp_path: Path) -> None:
     async def body() -> None:
         async with Scenario(tmp_path) as sc:
             server = await sc.server()
@@ -281,10 +278,10 @@ def test_late_joiner_plays_in_sync(tmp_path: Path) -> None:
             assert same and same[0]["first"] == first_late["first"], "same timestamp, different samples"
             assert early.audio.gaps == 0 and late.audio.gaps == 0
 
-    _run(body())
+    run(body())
 
 
-def test_goodbye_closes_normally(tmp_path: Path) -> None:
+def test_goodbye_closes_normally(run, tmp_path: Path) -> None:
     async def body() -> None:
         async with Scenario(tmp_path) as sc:
             server = await sc.server()
@@ -296,10 +293,10 @@ def test_goodbye_closes_normally(tmp_path: Path) -> None:
             assert events.select("goodbye", reason="shutdown")
             assert events.select("close", proc="server")[-1]["sent_code"] == closecodes.NORMAL
 
-    _run(body())
+    run(body())
 
 
-def test_wav_source_is_streamed_verbatim(tmp_path: Path) -> None:
+def test_wav_source_is_streamed_verbatim(run, tmp_path: Path) -> None:
     rate, frames = 48_000, 48_000
     samples = (np.arange(frames * 2, dtype=np.int64) * 7919 % 65536 - 32768).astype("<i2")
     wav_path = tmp_path / "tone.wav"
@@ -330,7 +327,7 @@ def test_wav_source_is_streamed_verbatim(tmp_path: Path) -> None:
                 expect = (pcm + pcm)[frame * 4 : frame * 4 + len(payload)]
                 assert payload == expect, f"chunk at frame {frame} differs from the WAV"
 
-    _run(body())
+    run(body())
 
 
 @pytest.mark.parametrize(("args", "message"), [
