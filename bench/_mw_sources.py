@@ -24,7 +24,7 @@ BLOCK = 4608
 STEP = RATE * 10  # frames written per step (bounded memory)
 
 
-def _samples(n0: int, count: int):  # noqa: ANN202
+def _samples(n0: int, count: int):
     import numpy as np
 
     n = np.arange(n0, n0 + count, dtype=np.int64)

@@ -1,0 +1,15 @@
+"""sendspin-proxy: the fault proxy between Sendspin clients and servers (DESIGN §2–§4).
+
+mitmproxy (reverse mode, a bare Master in its own process) is the shell: listener,
+HTTP upgrade, upstream choice. After the 101 our own relay owns both sockets and
+forwards WebSocket frames untouched unless a fault acts (NOTES: stock mitmproxy
+buffers messages, couples the directions and hides abnormal ends).
+
+  master.py     EmbeddedProxy: start (readiness), close (listener + connections)
+  cli.py        `sendspin-proxy` (serve) and its control-API client subcommands
+  addons/       datapath (the takeover), upstreams (load balancer), control (REST API)
+  relay/        frames, pipe (one direction + fault chain), relay, state (no mitmproxy)
+  faults/       base.py (the interface), one fault per file, registry in __init__
+
+Imports from our code: `harness.protocol` only (never reference_server).
+"""

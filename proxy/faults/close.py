@@ -1,0 +1,100 @@
+"""close: the proxy closes the connection with a given WebSocket close code and reason."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from ..relay import frames as fr
+from .base import Fault, FaultSpecError, Msg, Param
+
+if TYPE_CHECKING:
+    from ..relay.pipe import Pipe
+
+MAX_REASON_BYTES = 123  # a control frame carries at most 125 bytes: 2 for the code
+
+
+def sendable(code: int) -> bool:
+    """RFC 6455 §7.4: codes an endpoint may put on the wire (1004 reserved; 1005, 1006 and
+    1015 only describe a missing code, an abnormal end and a TLS failure)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+class Close(Fault):
+    """Close the connection with a close frame carrying `code` and `reason`, sent by the
+    proxy to both peers (masked towards the server), each as if the other peer had closed;
+    then forwarding stops, FIN follows, and the sockets are closed once both peers sent
+    FIN or after `grace_s`. The close frame never lands inside another frame or between
+    a message's fragments.
+
+    Trigger: `after_s` seconds after the fault meets the connection (its upgrade, or the
+    fault's addition for live connections), or, with `after_s` null, the first data
+    message of the fault's direction that matches the selector (that message is not
+    forwarded). `code` null sends a close frame without a status code. Codes a peer may
+    not send (1004-1006, 1015, outside 1000-4999) need `allow_invalid: true`: a way to
+    check that a receiver fails the connection (1002) on them."""
+
+    kind = "close"
+    needs_messages = True
+    default_direction = "downstream"
+    PARAMS = {  # noqa: RUF012 - class-level declaration, never mutated
+        "code": Param(int, 1000, min=0, max=65535, nullable=True, help="close code (null: no code at all)"),
+        "reason": Param(str, "", help=f"close reason, at most {MAX_REASON_BYTES} UTF-8 bytes"),
+        "after_s": Param(float, None, min=0.0, nullable=True,
+                         help="close this long after meeting the connection; null = at the first selected message"),
+        "grace_s": Param(float, 2.0, min=0.0, help="then the sockets are closed even if a peer did not close"),
+        "allow_invalid": Param(bool, False, help="allow codes RFC 6455 forbids on the wire"),
+    }
+    code: int | None
+    reason: str
+    after_s: float | None
+    grace_s: float
+    allow_invalid: bool
+
+    def validate(self) -> None:
+        if len(self.reason.encode()) > MAX_REASON_BYTES:
+            raise FaultSpecError(f"close: parameter 'reason' must be at most {MAX_REASON_BYTES} UTF-8 bytes "
+                                 f"(a control frame holds 125), got {len(self.reason.encode())}")
+        if self.code is None and self.reason:
+            raise FaultSpecError("close: a reason needs a code (a close frame without a code has no reason)")
+        if self.code is not None and not self.allow_invalid and not sendable(self.code):
+            raise FaultSpecError(f"close: parameter 'code' {self.code} must not be sent on the wire "
+                                 "(RFC 6455 §7.4: 1000-1003, 1007-1014, 3000-4999); set allow_invalid to send it")
+        if self.after_s is not None and not self.sel.matches_everything:
+            raise FaultSpecError("close: after_s (a timed close) and a selector (a close at a message) exclude "
+                                 "each other")
+
+    def new_state(self, pipe: Pipe) -> Any:
+        return SimpleNamespace(timer=None)
+
+    def might_act(self, pipe: Pipe, opcode: int, prefix: bytes | memoryview, header: fr.Header) -> bool:
+        # a timed close leaves every message alone: they stream through untouched
+        return self.after_s is None and super().might_act(pipe, opcode, prefix, header)
+
+    def on_attach(self, pipe: Pipe) -> None:
+        if self.after_s is not None and self.active:
+            self.state(pipe).timer = pipe.later(self.after_s, self._fire, pipe, None)
+
+    def on_message(self, pipe: Pipe, msg: Msg) -> list[Msg | bytes] | None:
+        if self.after_s is not None or not self.selects(pipe, msg):
+            return None
+        self._fire(pipe, msg)
+        return []  # the trigger is not forwarded: the close takes its place
+
+    def _fire(self, pipe: Pipe, msg: Msg | None) -> None:
+        self.state(pipe).timer = None
+        relay = pipe.relay
+        if not self.active or relay.finished or relay.sent or any(p.closed_input for p in relay.pipes.values()):
+            return  # ending already (the other direction's timer, a reset, a shutdown)
+        trigger: dict[str, Any] = {"after_s": self.after_s} if msg is None else {
+            "index": msg.index, "json_type": msg.json_type(), "binary_type": msg.binary_type()}
+        self.record(pipe, code=self.code, reason=self.reason, **trigger)
+        relay.close_with_code(self.code, self.reason, grace_s=self.grace_s)
+
+    def on_detach(self, pipe: Pipe) -> None:
+        # a timer still pending is a close not made yet: removed, expired or counted out,
+        # the connection is left alone
+        st = self.state(pipe)
+        if st.timer is not None:
+            st.timer.cancel()
+            st.timer = None

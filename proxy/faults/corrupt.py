@@ -1,0 +1,42 @@
+"""corrupt: selected messages arrive with one payload byte flipped."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import Fault, Msg, Param
+
+if TYPE_CHECKING:
+    from ..relay.pipe import Pipe
+
+
+class Corrupt(Fault):
+    """XOR one payload byte of each selected data message with `xor` (the length and the
+    framing stay intact, so only a content check can notice). `offset` counts from the
+    start, or from the end when negative (-1 = the last byte); messages too short to have
+    that byte pass untouched. Binary offset 0 is the type byte, 1..8 the timestamp; a
+    flipped byte in text usually breaks the JSON or the UTF-8 (a correct receiver then
+    rejects the message, or fails the connection with 1007)."""
+
+    kind = "corrupt"
+    needs_messages = True
+    default_direction = "downstream"
+    PARAMS = {  # noqa: RUF012 - class-level declaration, never mutated
+        "offset": Param(int, -1, help="payload byte to flip; negative counts from the end"),
+        "xor": Param(int, 0xFF, min=1, max=255, help="the byte is XORed with this (never 0: that changes nothing)"),
+    }
+    offset: int
+    xor: int
+
+    def on_message(self, pipe: Pipe, msg: Msg) -> list[Msg | bytes] | None:
+        if not self.selects(pipe, msg):
+            return None
+        n = len(msg.payload)
+        i = self.offset + n if self.offset < 0 else self.offset
+        if not 0 <= i < n:
+            return None
+        b = bytearray(msg.payload)
+        b[i] ^= self.xor
+        self.record(pipe, index=msg.index, json_type=msg.json_type(), binary_type=msg.binary_type(), size=n,
+                    at=i, was=msg.payload[i], now=b[i])
+        return [msg.replace(bytes(b))]

@@ -1,0 +1,44 @@
+"""down: the proxy refuses new connections (and, optionally, resets the live ones)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import ConnectInfo, Fault, Param
+
+if TYPE_CHECKING:
+    from .base import ProxyServices
+
+
+class Down(Fault):
+    """While active, every new TCP connection is reset right after accept (a RST; the
+    listener stays bound, so the port is kept and comes back with the same address;
+    a refused SYN would need the listener closed). `existing: reset` also resets every
+    live connection when the fault is added, both peers, as if the proxy went away;
+    `keep` leaves them running. `count` counts refused connections ("refuse the next
+    3"). Removing the fault (or `POST /reset`) accepts connections again."""
+
+    kind = "down"
+    uses_selector = False
+    default_direction = "both"
+    allowed_directions = ("both",)  # it acts on connections, not on a direction
+    PARAMS = {  # noqa: RUF012 - class-level declaration, never mutated
+        "existing": Param(str, "keep", choices=("keep", "reset"), help="what happens to live connections"),
+    }
+    existing: str
+
+    def on_added(self, proxy: ProxyServices) -> None:
+        if self.existing != "reset":
+            return
+        for relay in proxy.relays():
+            if relay.finished:
+                continue
+            self.record(None, session=relay.flow_id, counted=False, action="reset_live")
+            for side in ("client", "server"):
+                relay.reset(side)
+
+    def on_connect(self, info: ConnectInfo) -> str | None:
+        if not self.active:
+            return None
+        self.record(None, action="refuse", client=f"{info.client[0]}:{info.client[1]}", seq=info.seq)
+        return f"down (fault {self.name!r})"

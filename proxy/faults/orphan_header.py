@@ -1,0 +1,220 @@
+"""orphan_header: the first part of a two-part unit arrives and the second never does.
+
+DESIGN §4. Three variants, each a different "first part":
+
+`binary` (a): a selected binary message keeps only its first `keep_bytes` bytes
+(9 = type byte + int64 timestamp: a header with no payload; fewer = not even a whole
+header). It arrives as a complete message. A correct receiver rejects it with a
+logged reason and keeps the session.
+
+`fragment` (b): a selected data message is opened with its first fragment (FIN=0;
+`head_bytes` payload bytes, default: the sender's own first fragment, or half the
+message) and its remaining fragments are dropped. Nothing else of this direction's
+data follows until the sender's next data message M (control frames still pass: RFC
+6455 allows them between fragments). What happens at M is `fragment_end`:
+
+  * `none`: M's first frame goes out as it came, with its own opcode, while the
+    fragmented message is still open. RFC 6455 §5.4 allows only continuation (or
+    control) frames there, so a correct receiver fails the connection (close 1002,
+    protocol error): it must neither deliver the partial message nor take M as its
+    continuation. This is the literal "opened and never closed before another
+    message"; a receiver that stays up has glued or lost data silently.
+  * `empty_fin`: an empty FIN=1 continuation closes the sequence just before M, so
+    the WebSocket stream stays valid: the receiver gets a complete message that
+    holds only the orphaned first fragment, then M intact. The Sendspin layer must
+    reject the short message (a header-only binary, truncated JSON) and handle M.
+  * `splice`: M's payload is sent as the continuation (FIN=1): the receiver sees ONE
+    message, first fragment + M's bytes, with the first one's opcode; M itself never
+    arrives. WebSocket cannot tell; a Sendspin receiver must (a binary with JSON in
+    it, a JSON parse error) and must not act on M.
+
+M itself is never made an orphan. If the fault is removed while a sequence is
+open, an empty FIN continuation closes it, so the stream is valid again.
+
+`announce` (c): a JSON message that announces binary data (by default `stream/start`
+or an application message whose type starts with `_` and mentions `upload`, e.g.
+`_harness/upload`; the selector's `json_type` overrides that) is forwarded and the
+binary message(s) that follow are dropped: `binaries` of them (null: every binary
+until the next text message), optionally only those whose type byte is `data_type`.
+The next thing the receiver gets is the next JSON message instead of the data; a
+correct receiver must not take anything later as the announced payload.
+
+The event log gets one `fault` event per orphan made, when it is complete (the
+message after it passed, or the announced data was dropped), with `opened_us` for
+the first part; `count` counts orphans.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from harness.protocol import now_us
+
+from ..relay import frames as fr
+from .base import Fault, FaultSpecError, Msg, Param
+
+if TYPE_CHECKING:
+    from ..relay.pipe import Pipe
+
+HEADER_BYTES = 9  # binary message: type byte + big-endian int64 timestamp
+
+
+def is_announcement_type(t: str | None) -> bool:
+    """Default announcements: stream/start, or an application (`_`) upload header."""
+    return t == "stream/start" or (t is not None and t.startswith("_") and "upload" in t)
+
+
+class OrphanHeader(Fault):
+    """The first part of a two-part unit arrives and the second never does (DESIGN §4):
+    variant `binary` (a header-only binary message), `fragment` (a FIN=0 first fragment
+    whose continuation never comes before the next message) or `announce` (the binary
+    data announced by `stream/start` / an upload header dropped)."""
+
+    kind = "orphan_header"
+    needs_messages = True
+    default_direction = "downstream"
+    PARAMS = {  # noqa: RUF012 - class-level declaration, never mutated
+        "variant": Param(str, "binary", choices=("binary", "fragment", "announce"),
+                         help="binary: header-only binary; fragment: FIN=0 with no continuation; "
+                              "announce: announcing JSON, data dropped"),
+        "keep_bytes": Param(int, HEADER_BYTES, min=0, max=HEADER_BYTES,
+                            help="binary: bytes kept (9 = type + timestamp, fewer = a cut header)"),
+        "head_bytes": Param(int, None, min=0, nullable=True,
+                            help="fragment: payload bytes in the FIN=0 first fragment (null: the sender's "
+                                 "first fragment, or half the message)"),
+        "fragment_end": Param(str, "none", choices=("none", "empty_fin", "splice"),
+                              help="fragment: what the next message does to the open sequence"),
+        "binaries": Param(int, 1, min=1, nullable=True,
+                          help="announce: binary messages dropped after it (null: all until the next text)"),
+        "data_type": Param(int, None, min=0, max=255, nullable=True,
+                           help="announce: only binaries with this type byte are the announced data"),
+    }
+    variant: str
+    keep_bytes: int
+    head_bytes: int | None
+    fragment_end: str
+    binaries: int | None
+    data_type: int | None
+
+    _FOR = {"keep_bytes": "binary", "head_bytes": "fragment", "fragment_end": "fragment",  # noqa: RUF012
+            "binaries": "announce", "data_type": "announce"}
+
+    def validate(self) -> None:
+        # spec() round-trips every parameter, so only a non-default value can be misplaced
+        for p, variant in self._FOR.items():
+            if variant != self.variant and self.params[p] != self.PARAMS[p].default:
+                raise FaultSpecError(f"orphan_header: parameter {p!r} applies to variant {variant!r} only "
+                                     f"(this one is {self.variant!r})")
+        if self.variant == "binary" and self.sel.json_type is not None:
+            raise FaultSpecError("orphan_header: variant 'binary' acts on binary messages; "
+                                 "selector.json_type would never match")
+        if self.variant == "announce" and self.sel.binary_type is not None:
+            raise FaultSpecError("orphan_header: variant 'announce' selects the announcing JSON message; "
+                                 "use data_type for the binary data, not selector.binary_type")
+
+    def new_state(self, pipe: Pipe) -> Any:
+        # fragment: open = an orphan FIN=0 fragment is on the wire; announce: armed =
+        # dropping the data after an announcement
+        return SimpleNamespace(open=False, opened_us=0, index=-1, dropped_bytes=0,
+                               armed=False, remaining=None, dropped=[], json_type=None)
+
+    # --- which messages to buffer ----------------------------------------------------------
+    def might_act(self, pipe: Pipe, opcode: int, prefix: bytes | memoryview, header: fr.Header) -> bool:
+        st = self.state(pipe)
+        if st.open or st.armed:
+            return True  # the message after an orphan: needed even once retired
+        if not self.active:
+            return False
+        if self.variant == "binary":
+            return opcode == fr.BINARY and self.sel.might_match(opcode, prefix, header)
+        if self.variant == "announce":
+            return opcode == fr.TEXT and self.sel.might_match(opcode, prefix, header)
+        return self.sel.might_match(opcode, prefix, header)
+
+    def on_message(self, pipe: Pipe, msg: Msg) -> list[Msg | bytes] | None:
+        if self.variant == "binary":
+            return self._binary(pipe, msg)
+        if self.variant == "fragment":
+            return self._fragment(pipe, msg)
+        return self._announce(pipe, msg)
+
+    # --- (a) header-only binary --------------------------------------------------------------
+    def _binary(self, pipe: Pipe, msg: Msg) -> list[Msg | bytes] | None:
+        if msg.opcode != fr.BINARY or not self.selects(pipe, msg) or len(msg.payload) <= self.keep_bytes:
+            return None
+        self.record(pipe, variant="binary", index=msg.index, binary_type=msg.binary_type(), size=len(msg.payload),
+                    kept=self.keep_bytes, opened_us=now_us())
+        return [msg.replace(msg.payload[:self.keep_bytes])]
+
+    # --- (b) fragment sequence opened, never continued --------------------------------------
+    def _fragment(self, pipe: Pipe, msg: Msg) -> list[Msg | bytes] | None:
+        st = self.state(pipe)
+        if st.open:  # msg is the next message: it ends the orphan, and is not made one itself
+            st.open = False
+            self._log_fragment(pipe, st, closed_by=self.fragment_end, next_index=msg.index)
+            if self.fragment_end == "none":
+                return None  # as it came: a new message inside an open one
+            if self.fragment_end == "empty_fin":
+                return [pipe.encode(fr.CONT, b"", True), msg]
+            return [pipe.encode(fr.CONT, msg.payload, True)]  # splice
+        if not self.selects(pipe, msg):
+            return None
+        p = msg.payload
+        if self.head_bytes is not None:
+            n = min(self.head_bytes, len(p))
+        elif len(msg.sizes) > 1:
+            n = msg.sizes[0]  # the sender's own first fragment
+        else:
+            n = len(p) // 2
+        st.open, st.opened_us, st.index, st.dropped_bytes = True, now_us(), msg.index, len(p) - n
+        return [fr.encode_frame(msg.opcode, p[:n], False, pipe.mask, msg.rsv)]
+
+    def _log_fragment(self, pipe: Pipe, st: Any, **fields: Any) -> None:
+        self.record(pipe, variant="fragment", index=st.index, opened_us=st.opened_us, dropped_bytes=st.dropped_bytes,
+                    **fields)
+
+    # --- (c) announcing JSON, data dropped ----------------------------------------------------
+    def _is_announcement(self, pipe: Pipe, msg: Msg) -> bool:
+        if msg.opcode != fr.TEXT:
+            return False
+        if self.sel.json_type is None and not is_announcement_type(msg.json_type()):
+            return False
+        return self.selects(pipe, msg)
+
+    def _announce(self, pipe: Pipe, msg: Msg) -> list[Msg | bytes] | None:
+        st = self.state(pipe)
+        if st.armed and msg.opcode == fr.BINARY:
+            if self.data_type is not None and msg.binary_type() != self.data_type:
+                return None  # not the announced data (e.g. audio while artwork was announced)
+            st.dropped.append((msg.index, msg.binary_type(), len(msg.payload)))
+            if st.remaining is not None:
+                st.remaining -= 1
+                if st.remaining <= 0:
+                    self._end_announce(pipe, st)
+            return []
+        if msg.opcode == fr.TEXT:
+            if st.armed:  # the next JSON arrives instead of (the rest of) the data
+                self._end_announce(pipe, st)
+            if self._is_announcement(pipe, msg):
+                st.armed, st.remaining, st.dropped = True, self.binaries, []
+                st.index, st.opened_us, st.json_type = msg.index, now_us(), msg.json_type()
+        return None
+
+    def _end_announce(self, pipe: Pipe, st: Any) -> None:
+        st.armed = False
+        if st.dropped:  # nothing dropped (JSON followed JSON anyway): nothing was injected
+            self.record(pipe, variant="announce", index=st.index, json_type=st.json_type, opened_us=st.opened_us,
+                        dropped=[i for i, _, _ in st.dropped], dropped_bytes=sum(n for _, _, n in st.dropped))
+        st.dropped = []
+
+    # --- removal ---------------------------------------------------------------------------------
+    def on_detach(self, pipe: Pipe) -> None:
+        st = self.state(pipe)
+        if st.open:
+            # close the open sequence so the stream is valid again (at a boundary)
+            st.open = False
+            pipe.inject(pipe.encode(fr.CONT, b"", True))
+            self._log_fragment(pipe, st, closed_by="removed")
+        if st.armed:
+            self._end_announce(pipe, st)

@@ -1,0 +1,49 @@
+"""slow_reader: the proxy reads a direction's sender at `rate_bps` bytes/s, or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from typing import TYPE_CHECKING
+
+from .bandwidth import Bandwidth
+from .base import Param
+
+if TYPE_CHECKING:
+    from ..relay.pipe import Pipe
+
+
+class SlowReader(Bandwidth):
+    """Make the receiving peer of a direction look like a slow reader: the proxy reads
+    that direction's sender at `rate_bps` bytes/s (0: never reads again), forwarding what
+    it read at the same pace. Unlike `bandwidth` it reads nothing ahead: once a chunk is
+    read the sender's socket is held until the chunk went out, so TCP backpressure
+    reaches the sender at once (after the kernel buffers) and the proxy holds at most one
+    read (<= 256 KiB) per direction. `direction: downstream` = the client looks slow to
+    the server. `rcvbuf_bytes` shrinks the proxy's receive buffer on the sender's socket
+    so the kernel buffers little too (irreversible for that connection; Linux doubles
+    the value). Removal flushes what was read and lets the sender go at full speed."""
+
+    kind = "slow_reader"
+    default_direction = "downstream"
+    PARAMS = {  # noqa: RUF012 - class-level declaration, never mutated
+        "rate_bps": Param(float, min=0.0, help="bytes per second read from the sender (0: stop reading)"),
+        "rcvbuf_bytes": Param(int, None, min=1024, nullable=True,
+                              help="SO_RCVBUF of the proxy's socket towards the sender (default: unchanged)"),
+    }
+    rate_bps: float
+    rcvbuf_bytes: int | None
+    max_buffer_bytes = 0  # read nothing ahead: the sender is held while anything is queued
+
+    def buffer_limit(self) -> int:
+        return 0
+
+    def on_attach(self, pipe: Pipe) -> None:
+        if self.rcvbuf_bytes is not None:
+            sock = pipe.relay.tr[pipe.src].get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf_bytes)
+        if self.rate_bps <= 0:
+            pipe.hold(self.hold_key())  # reads nothing from now on
+        self.record(pipe, rate_bps=self.rate_bps, rcvbuf_bytes=self.rcvbuf_bytes)

@@ -1,0 +1,161 @@
+"""The embedded mitmproxy: a bare Master in reverse mode with only what we need.
+
+Why bare: DumpMaster exits the process if anything logs an ERROR during start-up, and
+`ctx.master`/`ctx.options` are process-global, so this runs once per process (the CLI
+is its own process). Addons: Core, Proxyserver, NextLayer (no TlsConfig: ws:// only,
+and it would write a CA on every start) + ours: DataPath (our relay after the 101),
+UpstreamPool (load balancer). The control API (aiohttp) shares the loop.
+
+`Master.shutdown()` closes neither the listener nor live connections (NOTES §1), so
+`close()` stops the listener, ends every relay (FIN, then RST after a grace period),
+cancels what mitmproxy still holds, then stops the master.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import options as moptions
+from mitmproxy.addons import core, next_layer, proxyserver
+from mitmproxy.master import Master
+
+from .addons.control import ControlServer
+from .addons.datapath import DataPath
+from .addons.upstreams import UpstreamPool
+from .faults import Fault
+from .relay.state import EventSink, ProxyState
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedProxy:
+    """Start/stop the proxy in the running loop; one per process (mitmproxy's ctx is global)."""
+
+    def __init__(self, upstreams: list[str], *, listen_host: str = "127.0.0.1", listen_port: int = 0,
+                 control_host: str | None = "127.0.0.1", control_port: int = 0, log_dir: Path | None = None,
+                 faults: list[Fault] | None = None, health_interval: float = 0.1, strip_extensions: bool = False,
+                 extra_addons: list[Any] | None = None, proc: str = "proxy") -> None:
+        if not upstreams:
+            raise ValueError("at least one upstream is needed")
+        self.listen_host = listen_host
+        self.listen_port = listen_port
+        self.control_host = control_host
+        self.control_port = control_port
+        self.log_dir = log_dir
+        self.events = EventSink(log_dir / f"{proc}.jsonl" if log_dir is not None else None, proc)
+        self.state = ProxyState(self.events, upstreams)
+        self.initial_faults = faults or []
+        self.health_interval = health_interval
+        self.strip_extensions = strip_extensions
+        self.extra_addons = extra_addons or []
+        self.master: Master | None = None
+        self.datapath: DataPath | None = None
+        self.pool: UpstreamPool | None = None
+        self.control: ControlServer | None = None
+        self.port = 0
+        self.startup_s = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._confdir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.listen_host}:{self.port}"
+
+    async def start(self) -> EmbeddedProxy:
+        t0 = time.perf_counter()
+        if self.log_dir is not None:
+            confdir = self.log_dir / "mitmproxy"
+            confdir.mkdir(parents=True, exist_ok=True)
+        else:  # mitmproxy insists on a confdir; never the user's ~/.mitmproxy
+            self._confdir = tempfile.TemporaryDirectory(prefix="sendspin-proxy-")
+            confdir = Path(self._confdir.name)
+        opts = moptions.Options()
+        self.master = m = Master(opts)  # no termlog, no error check, no dumper
+        self.datapath = DataPath(self.state)
+        self.pool = UpstreamPool(self.state, self.health_interval, self.strip_extensions)
+        m.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer())
+        m.addons.add(self.datapath, self.pool, *self.extra_addons)
+        first = self.state.upstreams[0]
+        opts.update(mode=[f"reverse:http://{first.host}:{first.port}"], listen_host=self.listen_host,
+                    listen_port=self.listen_port, confdir=str(confdir), connection_strategy="lazy")
+        for f in self.initial_faults:
+            self.state.add_fault(f)
+        self._task = asyncio.get_running_loop().create_task(m.run(), name="mitmproxy-master")
+        ps = m.addons.get("proxyserver")
+        deadline = time.monotonic() + 10
+        while not ps.listen_addrs():
+            if self._task.done():
+                exc = self._task.exception()
+                raise RuntimeError(f"mitmproxy stopped before listening: {exc!r}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("mitmproxy did not listen within 10 s")
+            await asyncio.sleep(0.005)
+        self.port = ps.listen_addrs()[0][1]
+        if self.control_host is not None:
+            self.control = ControlServer(self.state, self.control_host, self.control_port)
+            await self.control.start()
+        self.startup_s = time.perf_counter() - t0
+        self.events.emit("ready", listen=self.url, control=self.control.url if self.control else None,
+                         upstreams=[u.url for u in self.state.upstreams], startup_s=round(self.startup_s, 3))
+        return self
+
+    def readiness(self, pid: int) -> dict[str, Any]:
+        return {"pid": pid,
+                "listen": {"host": self.listen_host, "port": self.port, "url": self.url},
+                "control": {"url": self.control.url if self.control else None},
+                "upstreams": [u.url for u in self.state.upstreams],
+                "log": str(self.log_dir / f"{self.events.proc}.jsonl") if self.log_dir else None}
+
+    async def close(self) -> None:
+        m, self.master = self.master, None
+        if m is None:
+            return
+        ps = m.addons.get("proxyserver")
+        for inst in list(ps.servers):  # 1. no new connections
+            if inst.is_running:
+                with contextlib.suppress(Exception):
+                    await inst.stop()
+        if self.control is not None:  # 2. no more API calls changing things
+            await self.control.stop()
+        if self.pool is not None:
+            await self.pool.stop()
+        if self.datapath is not None:  # 3. every relay: FIN, then RST after a grace period
+            await self.datapath.close_all()
+        tasks = []  # 4. what mitmproxy still holds (upgrades in progress, plain HTTP)
+        for h in list(ps.connections.values()):
+            for io in list(h.transports.values()):
+                if io.handler is not None and not io.handler.done():
+                    io.handler.cancel("proxy shutdown")
+                    tasks.append(io.handler)
+        if tasks:
+            await asyncio.wait(tasks, timeout=3)
+        deadline = time.monotonic() + 3
+        while ps.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        m.shutdown()  # 5. the master itself
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, 5)
+        if self.datapath is not None:
+            self.datapath.uninstall()
+        self.state.close()
+        self.events.emit("stopped")
+        self.events.close()
+        if self._confdir is not None:
+            self._confdir.cleanup()
+
+    async def __aenter__(self) -> EmbeddedProxy:
+        try:
+            return await self.start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

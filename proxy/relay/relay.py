@@ -1,0 +1,245 @@
+"""The relay: two sockets, one `Pipe` per direction, endings mirrored as they happened.
+
+No mitmproxy import: the relay works on any two connected asyncio transports (the
+mitmproxy side, `proxy.addons.datapath`, hands over its sockets after the 101).
+
+Endings are transparent: a FIN from one side becomes a FIN to the other (after the
+data before it; half-open connections stay half-open), a RST or socket error on one
+side becomes a RST (SO_LINGER 0 + abort) to the other, and close frames are bytes
+like any other. The connection is closed once both directions have passed their FIN,
+or once one side is gone abnormally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from . import frames as fr
+from .pipe import Pipe, other
+
+SIDES = ("client", "server")
+WRITE_HIGH = 256 * 1024  # per-socket write buffer high-water mark (then the source is held)
+WRITE_LOW = 64 * 1024
+log = logging.getLogger(__name__)
+
+
+class SideProtocol(asyncio.Protocol):
+    """The asyncio protocol of one socket once the relay owns it."""
+
+    def __init__(self, relay: Relay, side: str) -> None:
+        self.relay = relay
+        self.side = side
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.relay.pipe_from(self.side).feed(data)
+        except Exception as e:  # a fault's bug: loud, and the connection ends abnormally
+            self.relay.fail(e)
+
+    def eof_received(self) -> bool:
+        try:
+            self.relay.on_eof(self.side)
+        except Exception as e:
+            self.relay.fail(e)
+        return True  # keep our write side open: half-close, like TCP
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay.on_lost(self.side, exc)
+
+    def pause_writing(self) -> None:  # our buffer towards `side` is full: stop reading its source
+        self.relay.pipe_to(self.side).hold("write-buffer")
+
+    def resume_writing(self) -> None:
+        self.relay.pipe_to(self.side).release("write-buffer")
+
+
+class Relay:
+    def __init__(self, client: asyncio.Transport, server: asyncio.Transport, *, flow_id: str, seq: int = 0,
+                 upstream: Any = None, events: Any = None, path: str = "") -> None:
+        self.loop = asyncio.get_running_loop()
+        self.flow_id = flow_id
+        self.seq = seq  # connection sequence number (1, 2, ...): seeds per-connection randomness
+        self.upstream = upstream  # proxy.relay.state.Upstream or None
+        self.events = events
+        self.path = path
+        self.tr: dict[str, asyncio.Transport] = {"client": client, "server": server}
+        self.pipes: dict[str, Pipe] = {"upstream": Pipe(self, "client"), "downstream": Pipe(self, "server")}
+        self.timers: set[asyncio.TimerHandle] = set()
+        self.ended: dict[str, str] = {}  # side -> how its peer ended: eof | rst | closed
+        self.sent: dict[str, str] = {}  # side -> what the proxy sent it: eof | rst | close
+        self.error: dict[str, str] = {}
+        self.lost: set[str] = set()
+        self._aborted: set[str] = set()
+        self.finished = False
+        self.started_at = self.loop.time()
+        self.done: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        self.on_finish: list[Callable[[Relay], None]] = []
+        self.on_start: list[Callable[[Relay], None]] = []
+
+    # --- lookup -------------------------------------------------------------------------
+    def pipe_from(self, side: str) -> Pipe:
+        return self.pipes["upstream" if side == "client" else "downstream"]
+
+    def pipe_to(self, side: str) -> Pipe:
+        return self.pipes["downstream" if side == "client" else "upstream"]
+
+    # --- life cycle ---------------------------------------------------------------------
+    def start(self, leftovers: dict[str, bytes] | None = None) -> None:
+        """Own both sockets: our protocol on each, then the bytes already read past the
+        upgrade (in order), then the on_start callbacks (faults attach there)."""
+        for side in SIDES:
+            tr = self.tr[side]
+            tr.set_protocol(SideProtocol(self, side))
+            if not tr.is_closing():
+                tr.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        try:
+            for cb in self.on_start:
+                cb(self)
+        except Exception as e:
+            self.fail(e)
+            return
+        for side in SIDES:
+            data = (leftovers or {}).get(side)
+            if data:
+                self.pipe_from(side).feed(data)
+
+    def later(self, delay: float, fn: Callable[..., Any], *args: Any) -> asyncio.TimerHandle:
+        h = self.loop.call_later(delay, self._timer, fn, args)
+        self.timers.add(h)
+        return h
+
+    def _timer(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.timers = {h for h in self.timers if not h.cancelled() and h.when() > self.loop.time()}
+        if not self.finished:
+            try:
+                fn(*args)
+            except Exception as e:
+                self.fail(e)
+
+    def fail(self, exc: BaseException) -> None:
+        """An exception inside the data path (a fault's bug): log it with its traceback,
+        put it in the event log, and end the connection with a RST both ways, so a
+        broken fault is never mistaken for the peer's behaviour."""
+        log.error("relay %s: %r; resetting the connection", self.flow_id, exc, exc_info=exc)
+        if self.events is not None:
+            self.events.emit("error", session=self.flow_id, error=repr(exc))
+        for side in SIDES:
+            self.reset(side)
+
+    # --- endings ------------------------------------------------------------------------
+    def on_eof(self, side: str) -> None:
+        if self.pipe_from(side).eof_in or side in self.lost:
+            return
+        self.ended.setdefault(side, "eof")
+        self.pipe_from(side).feed_eof()  # the FIN follows the data through the fault chain
+        self.check_done()
+
+    def on_lost(self, side: str, exc: BaseException | None) -> None:
+        if side in self.lost:
+            return
+        self.lost.add(side)
+        if exc is not None:
+            self.ended[side] = "rst" if isinstance(exc, ConnectionResetError) else "error"
+            if not isinstance(exc, ConnectionResetError):
+                self.error[side] = repr(exc)
+        elif side not in self._aborted:
+            self.ended.setdefault(side, "closed")
+        if exc is not None or side in self._aborted:
+            # the path through the proxy died abnormally: the other peer must see it so
+            self.reset(other(side))
+        self.check_done()
+
+    def check_done(self) -> None:
+        if self.finished:
+            return
+        up, down = self.pipes["upstream"], self.pipes["downstream"]
+        if up.eof_out and down.eof_out:  # FIN passed both ways: close both sockets (after their buffers)
+            for side in SIDES:
+                tr = self.tr[side]
+                if not tr.is_closing():
+                    tr.close()
+        if len(self.lost) == 2:
+            self._finish()
+
+    def reset(self, side: str) -> None:
+        """TCP RST to `side` (SO_LINGER 0, then abort)."""
+        tr = self.tr[side]
+        if side in self.lost:
+            return
+        self._aborted.add(side)
+        self.sent.setdefault(side, "rst")
+        sock = tr.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        tr.abort()
+
+    def close_with_code(self, code: int | None, reason: str = "", grace_s: float = 2.0) -> None:
+        """A close frame to each side (masked towards the server), then FIN; forwarding
+        stops. The sockets are closed once both peers sent FIN, or after `grace_s`."""
+        for pipe in self.pipes.values():
+            if pipe.closed_input:
+                continue
+
+            def then(p: Pipe = pipe) -> None:
+                p.close_input()
+                p.emit_eof()
+
+            self.sent.setdefault(pipe.dst, "close")
+            pipe.inject(fr.close_frame(code, reason, mask=pipe.mask), then=then)
+        self.later(grace_s, self.shutdown, 0.0)
+
+    def shutdown(self, grace_s: float = 0.0) -> None:
+        """End the connection from the proxy: FIN to both sides now (forwarding stops);
+        close the sockets after `grace_s` (0: now, after their write buffers)."""
+        for pipe in self.pipes.values():
+            if not pipe.closed_input:
+                pipe.close_input()
+                pipe.emit_eof()
+        if grace_s > 0:
+            self.later(grace_s, self.shutdown, 0.0)
+            return
+        for side in SIDES:
+            tr = self.tr[side]
+            if not tr.is_closing():
+                tr.close()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        for h in self.timers:
+            h.cancel()
+        self.timers.clear()
+        result = self.summary()
+        if self.events is not None:
+            self.events.emit("close", session=self.flow_id, **result)
+        for cb in self.on_finish:
+            try:
+                cb(self)
+            except Exception:  # one bad callback must not strand the others
+                log.exception("relay on_finish callback failed")
+        if not self.done.done():
+            self.done.set_result(result)
+
+    # --- observation --------------------------------------------------------------------
+    def side_summary(self, side: str) -> dict[str, Any]:
+        p = self.pipe_from(side)
+        d: dict[str, Any] = {"ended": self.ended.get(side, "open"), "sent": self.sent.get(side)}
+        if p.scanner.close_payload is not None:
+            d["close_code"] = p.scanner.close_code
+            d["close_reason"] = p.scanner.close_reason
+        if side in self.error:
+            d["error"] = self.error[side]
+        return d
+
+    def summary(self) -> dict[str, Any]:
+        return {"client": self.side_summary("client"), "server": self.side_summary("server"),
+                "upstream": self.pipes["upstream"].stats(), "downstream": self.pipes["downstream"].stats(),
+                "seconds": round(self.loop.time() - self.started_at, 3)}
