@@ -308,3 +308,18 @@ def streams_again(events: Events, probe: str, lost_us: int, within_us: int) -> V
     if delay > within_us:
         return _fail(inv, probe, text, events, audio[0], {probe})
     return Verdict(inv, probe, True, text, {"delay_us": delay})
+
+
+# --- the fault itself ----------------------------------------------------------------------------
+
+
+def proxy_fault_applied(events: Events, fault_type: str, after_us: int = 0) -> Verdict:
+    """The proxy logged that it applied a fault of this type: a scenario whose fault
+    never happened has judged nothing."""
+    applied = [r for r in events.select("fault", type=fault_type) if r["t_us"] >= after_us]
+    if not applied:
+        return Verdict("fault injected", fault_type, False, "the proxy logged no application of this fault")
+    first = applied[0]
+    fields = {k: v for k, v in first.items() if k not in ("t_us", "proc", "event", "params", "selector", "seq")}
+    return Verdict("fault injected", fault_type, True, f"{len(applied)} application(s), first: {fields}",
+                   {"applications": len(applied)})

@@ -169,6 +169,12 @@ class ProbeClient:
 
     # --- connection ------------------------------------------------------------------
 
+    @property
+    def local_port(self) -> int | None:
+        """This connection's TCP source port (how a proxy fault targets one client)."""
+        name = self.transport.get_extra_info("sockname") if self.transport is not None else None
+        return name[1] if name else None
+
     def hello(self) -> m.ClientHello:
         c = self.config
         roles = c.roles

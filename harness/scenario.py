@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlsplit
 
 from .events import Events
+from .fault_proxy import FaultProxy, fault_proxy
 from .probe import ProbeClient, ProbeConfig
 from .protocol import EventLog, now_us
 from .topology import ManagedProcess, reference_server
@@ -48,6 +50,24 @@ class Scenario:
         self.servers.append(process)
         return process
 
+    async def proxy(self, upstreams: list[str], *args: str) -> FaultProxy:
+        """The fault proxy in front of `upstreams` (stopped and judged like a server)."""
+        name = "proxy" if not any(s.name == "proxy" for s in self.servers) else f"proxy-{len(self.servers)}"
+        process = await asyncio.to_thread(fault_proxy, self.dir, upstreams, *args, name=name)
+        self.servers.append(process)
+        return FaultProxy(process)
+
+    async def cluster_behind_proxy(self, workers: int, *server_args: str) -> tuple[ManagedProcess, FaultProxy]:
+        """A coordinator with `workers` workers and the fault proxy in front of them,
+        each worker's pid registered (for `worker_crash`). Clients use `proxy.url`."""
+        server = await self.server("--workers", str(workers), *server_args)
+        info = server.ready["workers"]
+        proxy = await self.proxy([w["url"] for w in info])
+        for w in info:
+            await proxy.register_pid(w["worker"], w["pid"])
+        proxy.url += urlsplit(info[0]["url"]).path
+        return server, proxy
+
     async def probe(self, url: str, config: ProbeConfig | None = None, connect: bool = True) -> ProbeClient:
         config = config or ProbeConfig(name=f"probe-{len(self.probes) + 1}")
         log = EventLog(self.dir / f"{config.name}.jsonl", config.name)
@@ -62,7 +82,8 @@ class Scenario:
         await asyncio.gather(*(p.close() for p in self.probes), return_exceptions=True)
 
     def stop_servers(self) -> list[int]:
-        return [server.stop() for server in self.servers]
+        """Last started, first stopped (a proxy before the servers behind it)."""
+        return [server.stop() for server in reversed(self.servers)][::-1]
 
     def _stderr(self, name: str) -> str:
         return (self.dir / f"{name}.stderr").read_text(errors="replace")[-2000:]

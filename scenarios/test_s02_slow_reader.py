@@ -16,7 +16,15 @@ import asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.checkers import closed_by_policy, healthy_players, held_bounded, reads_prompt, require, session_alive
+from harness.checkers import (
+    closed_by_policy,
+    healthy_players,
+    held_bounded,
+    proxy_fault_applied,
+    reads_prompt,
+    require,
+    session_alive,
+)
 from harness.probe import ProbeConfig
 from harness.protocol import closecodes, now_us
 from harness.pytest_plugin import examples
@@ -76,6 +84,39 @@ def test_s02_slow_reader_that_never_resumes_is_closed(run, fresh_dir, bounds, ot
                 *healthy_players(events, players, bounds, start, end, fault_us=stopped),
                 reads_prompt(events, "slow", bounds, end, start_us=stopped),
                 closed_by_policy(events, "slow", closecodes.SLOW_READER, stopped, limit_us),
+                held_bounded(events, "slow", bounds.slow_session_held_bytes),
+            )
+
+    run(scenario())
+
+
+@examples(2)
+@given(others=st.integers(1, 2), pause_s=st.floats(2.0, 4.0), read_rate=st.sampled_from([0, 2_000, 20_000]))
+def test_s02_proxy_makes_a_client_a_slow_reader(run, fresh_dir, bounds, others, pause_s, read_rate):
+    """The same family with the fault made by the proxy in front of a multi-worker
+    server: an unmodified client, whose connection the proxy reads slowly or not at all."""
+    async def scenario() -> None:
+        async with Scenario(fresh_dir()) as sc:
+            _, proxy = await sc.cluster_behind_proxy(2)
+            start = now_us()
+            players = [await sc.probe(proxy.url, ProbeConfig(name=f"player-{i + 1}")) for i in range(others)]
+            slow = await sc.probe(proxy.url, ProbeConfig(name="slow"))
+            await asyncio.sleep(1.0)
+            slow_from = now_us()
+            # No rcvbuf_bytes: shrinking SO_RCVBUF of a live connection makes the kernel drop
+            # in-window segments and both directions back off (NOTES.md), which is no slow reader.
+            fault = await proxy.add({"type": "slow_reader", "direction": "downstream", "rate_bps": read_rate,
+                                     "connections": {"client_port": slow.local_port}})
+            await asyncio.sleep(pause_s)
+            await proxy.remove(fault["name"])
+            await asyncio.sleep(2.5)
+            end = now_us()
+            events = sc.events()
+            require(
+                proxy_fault_applied(events, "slow_reader", slow_from),
+                *healthy_players(events, players, bounds, start, end, fault_us=slow_from),
+                reads_prompt(events, "slow", bounds, end, start_us=slow_from),
+                session_alive(events, "slow", bounds, end),
                 held_bounded(events, "slow", bounds.slow_session_held_bytes),
             )
 

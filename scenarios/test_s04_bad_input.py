@@ -10,13 +10,15 @@ round-trips byte-identical afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from harness.checkers import reads_prompt, rejected, require, session_alive
+from harness.checkers import proxy_fault_applied, reads_prompt, rejected, require, session_alive
+from harness.fault_proxy import ControlError
 from harness.probe import ProbeClient, ProbeConfig
 from harness.protocol import encode_binary, now_us
 from harness.protocol import messages as m
@@ -117,6 +119,56 @@ def test_s04_bad_input_is_rejected_and_session_survives(run, fresh_dir, bounds, 
             end = now_us() + bounds.time_reply_grace_us
             events = sc.events()
             require(session_alive(events, "bad", bounds, end), reads_prompt(events, "bad", bounds, end, start),
+                    *(rejected(events, "bad", text, after_us=t) for text, t in expectations))
+
+    run(scenario())
+
+
+# proxy-made orphans of an upload: (fault parameters, text the server's rejection must contain)
+PROXY_ORPHANS = {
+    "announce": ({"variant": "announce"}, "orphan header"),
+    "cut_header": ({"variant": "binary", "keep_bytes": 5, "binary_type": m.UPLOAD_BINARY_TYPE}, "needs 9 bytes"),
+    "header_only": ({"variant": "binary", "keep_bytes": 9, "binary_type": m.UPLOAD_BINARY_TYPE}, "announced"),
+    "open_fragment": ({"variant": "fragment", "fragment_end": "empty_fin", "head_bytes": 100,
+                       "binary_type": m.UPLOAD_BINARY_TYPE}, "announced"),
+}
+
+
+@examples(2)
+@example(orphans=sorted(PROXY_ORPHANS))  # every kind, every run
+@given(orphans=st.lists(st.sampled_from(sorted(PROXY_ORPHANS)), min_size=1, max_size=4))
+def test_s04_proxy_makes_orphan_headers(run, fresh_dir, bounds, orphans):
+    """The same family with the orphans made by the proxy in front of a multi-worker
+    server: an unmodified client sends well-formed uploads, each followed at once by
+    client/time; the proxy drops or cuts the upload's payload."""
+    async def scenario() -> None:
+        async with Scenario(fresh_dir()) as sc:
+            _, proxy = await sc.cluster_behind_proxy(2, "--payload-timeout", str(PAYLOAD_TIMEOUT_S))
+            start = now_us()
+            p = await sc.probe(proxy.url, ProbeConfig(name="bad", time_interval_s=None))
+            expectations = []
+            for i, kind in enumerate(orphans):
+                params, text = PROXY_ORPHANS[kind]
+                fault = await proxy.add({"type": "orphan_header", "direction": "upstream", "count": 1, **params})
+                t = now_us()
+                errors_before = len(p.errors)
+                p.send_upload(bytes(range(256)) * 8, upload_id=f"orphan-{i}")
+                await _next_command_answered(p)
+                if len(p.errors) == errors_before:
+                    await p.wait_for(lambda msg: isinstance(msg, m.HarnessError), REPLY_TIMEOUT_S)
+                expectations.append((text, t))
+                with contextlib.suppress(ControlError):  # retired after its one orphan already
+                    await proxy.remove(fault["name"])
+            await proxy.reset()
+            data = bytes(range(256)) * 64
+            p.send_upload(data, upload_id="good")
+            result = await p.wait_type(m.HarnessUploadResult, REPLY_TIMEOUT_S)
+            assert isinstance(result, m.HarnessUploadResult)
+            assert result.sha256 == hashlib.sha256(data).hexdigest() and result.size == len(data)
+            end = now_us() + bounds.time_reply_grace_us
+            events = sc.events()
+            require(proxy_fault_applied(events, "orphan_header", start),
+                    session_alive(events, "bad", bounds, end), reads_prompt(events, "bad", bounds, end, start),
                     *(rejected(events, "bad", text, after_us=t) for text, t in expectations))
 
     run(scenario())

@@ -14,9 +14,10 @@ import asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.checkers import closed_by_policy, healthy_players, rejected, require
+from harness.checkers import closed_by_policy, healthy_players, proxy_fault_applied, rejected, require
 from harness.probe import ProbeConfig
 from harness.protocol import closecodes, now_us
+from harness.protocol import messages as m
 from harness.pytest_plugin import examples
 from harness.scenario import Scenario
 
@@ -42,6 +43,42 @@ def test_s05_stalled_payload_times_out(run, fresh_dir, bounds, first_bytes, text
             end = now_us()
             events = sc.events()
             require(
+                closed_by_policy(events, "staller", closecodes.STALLED_PAYLOAD, stalled_at, limit_us),
+                rejected(events, "staller", "stalled payload", after_us=stalled_at),
+                *healthy_players(events, players, bounds, start, end, fault_us=stalled_at),
+            )
+
+    run(scenario())
+
+
+@examples(2)
+@given(head_bytes=st.integers(0, 4096), text=st.booleans(), timeout_s=st.sampled_from([0.5, 1.0]),
+       others=st.integers(1, 2))
+def test_s05_proxy_stalls_a_clients_message(run, fresh_dir, bounds, head_bytes, text, timeout_s, others):
+    """The same family with the stall made by the proxy in front of a multi-worker server:
+    an unmodified client sends a whole upload; the proxy forwards its first fragment
+    (FIN=0) and withholds the rest for good."""
+    async def scenario() -> None:
+        async with Scenario(fresh_dir()) as sc:
+            _, proxy = await sc.cluster_behind_proxy(2, "--payload-timeout", str(timeout_s))
+            start = now_us()
+            players = [await sc.probe(proxy.url, ProbeConfig(name=f"player-{i + 1}")) for i in range(others)]
+            staller = await sc.probe(proxy.url, ProbeConfig(name="staller"))
+            await asyncio.sleep(1.0)  # baseline for the isolation check
+            # text: the upload's JSON header is cut; binary: its payload message
+            selector = {"json_type": "_harness/upload"} if text else {"binary_type": m.UPLOAD_BINARY_TYPE}
+            await proxy.add({"type": "stalled_payload", "direction": "upstream", "head_bytes": head_bytes,
+                             "selector": selector, "connections": {"client_port": staller.local_port}})
+            stalled_at = now_us()
+            staller.send_upload(bytes(range(256)) * 40, upload_id="stalled")
+            limit_us = int(timeout_s * 1e6) + bounds.policy_close_slack_us
+            await asyncio.wait_for(staller.closed.wait(), limit_us / 1e6 + 1)
+            assert staller.close_code == closecodes.STALLED_PAYLOAD, (staller.close_code, staller.close_reason)
+            await asyncio.sleep(1.0)
+            end = now_us()
+            events = sc.events()
+            require(
+                proxy_fault_applied(events, "stalled_payload", stalled_at),
                 closed_by_policy(events, "staller", closecodes.STALLED_PAYLOAD, stalled_at, limit_us),
                 rejected(events, "staller", "stalled payload", after_us=stalled_at),
                 *healthy_players(events, players, bounds, start, end, fault_us=stalled_at),

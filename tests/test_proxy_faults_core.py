@@ -84,6 +84,8 @@ def test_registry_has_the_three_examples_and_describes_them() -> None:
     ({"type": "drop", "toxicity": 2}, "drop: toxicity must be <= 1.0"),
     ({"type": "drop", "count": 0}, "drop: count must be >= 1"),
     ({"type": "drop", "name": "a/b"}, "name must be a non-empty string without '/'"),
+    ({"type": "drop", "connections": {"port": 1}}, "drop: connections: unknown field(s) ['port']"),
+    ({"type": "drop", "connections": {"client_port": "x"}}, "connections.client_port must be an integer"),
 ])
 def test_bad_specs_are_rejected_with_a_message_naming_the_problem(spec: dict[str, Any], message: str) -> None:
     with pytest.raises(FaultSpecError) as e:
@@ -194,6 +196,24 @@ def test_duration_retires_and_toxicity_zero_spares_connections(run: Any) -> None
             tr = await collect(reader, 1, until=lambda t: len(t.frames) >= 1)
             assert sent_values(tr.data()) == [2]
             writer.close()
+
+    run(body(), 20)
+
+
+def test_connections_filter_picks_one_client_by_its_port(run: Any) -> None:
+    async def body() -> None:
+        async with proxied() as px:
+            r1, w1 = await client_connect(px.port)
+            r2, w2 = await client_connect(px.port)
+            port2 = w2.get_extra_info("sockname")[1]
+            f = add(px, {"type": "drop", "connections": {"client_port": [port2]}})
+            assert f.spec()["connections"] == {"client_port": [port2]}
+            for w in (w1, w2):
+                w.write(encode_frame(TEXT, jmsg("x", i=1), mask=True))
+            assert sent_values((await collect(r1, 1, until=lambda t: bool(t.frames))).data()) == [1]
+            assert (await collect(r2, 0.3)).frames == []  # only the chosen client's messages drop
+            for w in (w1, w2):
+                w.close()
 
     run(body(), 20)
 

@@ -173,7 +173,7 @@ class ControlServer:
         for r in self.state.relays():
             s = r.summary()
             # "upstream"/"downstream" are the directions' counters; the server is upstream_index
-            s.update(id=r.flow_id, seq=r.seq, path=r.path,
+            s.update(id=r.flow_id, seq=r.seq, path=r.path, client_port=r.client_port,
                      upstream_index=r.upstream.index if r.upstream is not None else None,
                      upstream_url=r.upstream.url if r.upstream is not None else None)
             out.append(s)

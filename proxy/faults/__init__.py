@@ -19,6 +19,7 @@ from .base import (
     DIRECTIONS,
     REGISTRY,
     ConnectInfo,
+    ConnectionFilter,
     Fault,
     FaultSpecError,
     Msg,
@@ -27,10 +28,10 @@ from .base import (
     Selector,
 )
 
-__all__ = ["DIRECTIONS", "REGISTRY", "ConnectInfo", "Fault", "FaultSpecError", "Msg", "Param", "ProxyServices",
-           "Selector", "build_fault", "fault_types", "load_plan"]
+__all__ = ["DIRECTIONS", "REGISTRY", "ConnectInfo", "ConnectionFilter", "Fault", "FaultSpecError", "Msg", "Param",
+           "ProxyServices", "Selector", "build_fault", "fault_types", "load_plan"]
 
-COMMON = ("type", "name", "direction", "selector", "toxicity", "count", "duration", "params")
+COMMON = ("type", "name", "direction", "selector", "toxicity", "connections", "count", "duration", "params")
 _loaded = False
 
 
@@ -93,9 +94,13 @@ def build_fault(spec: Any) -> Fault:
         raise FaultSpecError(f"{kind}: {e}") from None
     except TypeError as e:  # defensive: from_spec checks the keys already
         raise FaultSpecError(f"{kind}: bad selector: {e}") from None
+    try:
+        connections = ConnectionFilter.from_spec(spec.get("connections"))
+    except FaultSpecError as e:
+        raise FaultSpecError(f"{kind}: {e}") from None
     return cls(name=name, direction=spec.get("direction"), selector=selector,
                toxicity=spec.get("toxicity", 1.0), count=spec.get("count"), duration=spec.get("duration"),
-               **params)
+               connections=connections, **params)
 
 
 def load_plan(path: str | Path) -> list[Fault]:

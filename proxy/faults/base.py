@@ -8,6 +8,7 @@ Spec (JSON/TOML, control API, plan file, CLI) -> `build_fault` in `proxy.faults`
      "direction": "upstream",        # upstream = client->server, downstream = server->client, both
      "selector": {"json_type": "client/time", "nth": 2},   # or the same keys at top level
      "toxicity": 1.0,                # share of CONNECTIONS affected (drawn once per connection)
+     "connections": {"client_port": 51234},   # only these connections (or "upstream": worker index)
      "count": 3,                     # at most 3 applications in total, then the fault retires
      "duration": 10.0,               # seconds after being added, then the fault retires
      "params": {...}}                # the fault's own parameters, or the same keys at top level
@@ -18,7 +19,9 @@ Selector (which messages; see `Selector`): `json_type` (str or list), `binary_ty
 Counters and the random stream are per connection and direction, so a run is
 reproducible whatever other connections do. `toxicity` is Toxiproxy's: the share of
 connections the fault is attached to at all (per connection, seeded by `seed` and the
-connection's sequence number).
+connection's sequence number). `connections` narrows the fault to some connections:
+`client_port` (the client's TCP source port, as `GET /connections` shows it) and/or
+`upstream` (the index of the upstream the connection went to), each an int or a list.
 
 Writing a fault::
 
@@ -327,6 +330,35 @@ def _as_set(where: str, v: Any, t: type) -> frozenset[Any] | None:
     return frozenset(items)
 
 
+class ConnectionFilter:
+    """Which connections a fault attaches to: by client TCP port and/or upstream index."""
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("client_port", "upstream")
+
+    def __init__(self, client_port: int | Sequence[int] | None = None,
+                 upstream: int | Sequence[int] | None = None) -> None:
+        self.client_port = _as_set("connections.client_port", client_port, int)
+        self.upstream = _as_set("connections.upstream", upstream, int)
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> ConnectionFilter | None:
+        if spec is None:
+            return None
+        if not isinstance(spec, Mapping):
+            raise FaultSpecError(f"connections must be an object, got {json.dumps(spec, default=str)}")
+        unknown = sorted(set(spec) - set(cls.FIELDS))
+        if unknown:
+            raise FaultSpecError(f"connections: unknown field(s) {unknown} (known: {list(cls.FIELDS)})")
+        return cls(**spec)
+
+    def matches(self, client_port: int | None, upstream: int | None) -> bool:
+        return ((self.client_port is None or client_port in self.client_port)
+                and (self.upstream is None or upstream in self.upstream))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: sorted(v) for k in self.FIELDS if (v := getattr(self, k)) is not None}
+
+
 @dataclass
 class ConnectInfo:
     """A new TCP connection, before an upstream is chosen (for `Fault.on_connect`)."""
@@ -379,7 +411,7 @@ class Fault:
 
     def __init__(self, name: str | None = None, direction: str | None = None, selector: Selector | None = None,
                  toxicity: float = 1.0, count: int | None = None, duration: float | None = None,
-                 **params: Any) -> None:
+                 connections: ConnectionFilter | None = None, **params: Any) -> None:
         k = self.kind or type(self).__name__
         self.name = name or k
         self.named = name is not None  # an explicit name must be unique; a default one gets numbered
@@ -391,6 +423,7 @@ class Fault:
             raise FaultSpecError(f"{k}: takes no selector (it acts on whole connections)")
         self.sel = selector or Selector()
         self.toxicity = Param(float, min=0.0, max=1.0).check(f"{k}: toxicity", toxicity)
+        self.connections = connections
         self.count = Param(int, min=1, nullable=True).check(f"{k}: count", count)
         self.duration = Param(float, min=0.0, nullable=True).check(f"{k}: duration", duration)
         unknown = sorted(set(params) - set(self.PARAMS))
@@ -457,8 +490,10 @@ class Fault:
     def state(self, pipe: Pipe) -> Any:
         return pipe.state_for(self, lambda: self.new_state(pipe))
 
-    def affects(self, seq: int) -> bool:
-        """Toxicity: is the connection with this sequence number affected at all?"""
+    def affects(self, seq: int, client_port: int | None = None, upstream: int | None = None) -> bool:
+        """Is this connection affected at all? `connections` filter, then toxicity."""
+        if self.connections is not None and not self.connections.matches(client_port, upstream):
+            return False
         if self.toxicity >= 1.0:
             return True
         return random.Random(f"{self.sel.seed}/{self.name}/{seq}").random() < self.toxicity
@@ -494,6 +529,8 @@ class Fault:
             d["selector"] = sel
         if self.toxicity != 1.0:
             d["toxicity"] = self.toxicity
+        if self.connections is not None:
+            d["connections"] = self.connections.to_dict()
         if self.count is not None:
             d["count"] = self.count
         if self.duration is not None:
@@ -519,6 +556,7 @@ class Fault:
 
 
 Fault._BASE_ATTRS = frozenset(
-    {"name", "named", "direction", "sel", "toxicity", "count", "duration", "params", "applied", "retired", "added_us",
-     "events", "proxy", "on_retire", "kind", "active", "state", "record", "retire", "spec", "selects", "affects"}
+    {"name", "named", "direction", "sel", "toxicity", "connections", "count", "duration", "params", "applied",
+     "retired", "added_us", "events", "proxy", "on_retire", "kind", "active", "state", "record", "retire", "spec",
+     "selects", "affects"}
     | {n for n in dir(Fault) if not n.startswith("__")})

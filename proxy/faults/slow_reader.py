@@ -22,7 +22,12 @@ class SlowReader(Bandwidth):
     read (<= 256 KiB) per direction. `direction: downstream` = the client looks slow to
     the server. `rcvbuf_bytes` shrinks the proxy's receive buffer on the sender's socket
     so the kernel buffers little too (irreversible for that connection; Linux doubles
-    the value). Removal flushes what was read and lets the sender go at full speed."""
+    the value). Removal flushes what was read and lets the sender go at full speed.
+
+    Shrinking SO_RCVBUF below the window already advertised makes Linux drop in-window
+    segments; both directions then sit in retransmission backoff (measured: the sender's
+    reads of the other direction delayed 1.4-2.8 s). That is packet loss, not a slow
+    reader: leave `rcvbuf_bytes` unset unless that is what you want to study."""
 
     kind = "slow_reader"
     default_direction = "downstream"

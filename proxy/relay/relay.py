@@ -69,6 +69,8 @@ class Relay:
         self.events = events
         self.path = path
         self.tr: dict[str, asyncio.Transport] = {"client": client, "server": server}
+        peer = client.get_extra_info("peername")
+        self.client_port: int | None = peer[1] if isinstance(peer, tuple) else None
         self.pipes: dict[str, Pipe] = {"upstream": Pipe(self, "client"), "downstream": Pipe(self, "server")}
         self.timers: set[asyncio.TimerHandle] = set()
         self.ended: dict[str, str] = {}  # side -> how its peer ended: eof | rst | closed

@@ -125,7 +125,8 @@ class ProxyState:
             u.active = max(0, u.active - 1)
 
     def _attach(self, f: Fault, relay: Relay) -> None:
-        if not f.active or relay.finished or not f.affects(relay.seq):
+        upstream = relay.upstream.index if relay.upstream is not None else None
+        if not f.active or relay.finished or not f.affects(relay.seq, relay.client_port, upstream):
             return
         for direction, pipe in relay.pipes.items():
             if f.direction in (direction, "both"):
