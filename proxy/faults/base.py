@@ -406,8 +406,8 @@ class Fault:
         if cls.kind in REGISTRY and REGISTRY[cls.kind].__qualname__ != cls.__qualname__:
             raise TypeError(f"fault type {cls.kind!r} registered twice ({REGISTRY[cls.kind]} and {cls})")
         REGISTRY[cls.kind] = cls
-        if not cls.description and cls.__doc__:
-            cls.description = cls.__doc__.strip().split("\n\n")[0].replace("\n", " ")
+        if "description" not in cls.__dict__ and cls.__doc__:  # its own doc, not a parent's
+            cls.description = " ".join(cls.__doc__.strip().split("\n\n")[0].split())
 
     def __init__(self, name: str | None = None, direction: str | None = None, selector: Selector | None = None,
                  toxicity: float = 1.0, count: int | None = None, duration: float | None = None,
