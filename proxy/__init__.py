@@ -10,6 +10,9 @@ buffers messages, couples the directions and hides abnormal ends).
   addons/       datapath (the takeover), upstreams (load balancer), control (REST API)
   relay/        frames, pipe (one direction + fault chain), relay, state (no mitmproxy)
   faults/       base.py (the interface), one fault per file, registry in __init__
+  observe.py    per-direction observer of decoded messages (only with --view / --web)
+  describe.py   messages and faults in words; view.py the terminal view (--view)
+  web.py        mitmweb's UI on the embedded master (--web); contentview.py its Sendspin view
 
 Imports from our code: `harness.protocol` only (never reference_server).
 """

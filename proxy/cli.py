@@ -3,6 +3,7 @@
     sendspin-proxy --listen 127.0.0.1:0 --upstream ws://127.0.0.1:8927 [--upstream ...]
                    [--control 127.0.0.1:0 | --no-control] [--plan FILE] [--ready-file F] [--log-dir D]
                    [--health-interval 0.1] [--strip-extensions] [--quiet]
+                   [--view [all]] [--web [HOST:PORT]] [--web-messages 200]
 
     sendspin-proxy fault types|list|add|update|remove|reset --control URL ...
     sendspin-proxy connections|upstreams|events --control URL
@@ -63,6 +64,13 @@ def serve_parser() -> argparse.ArgumentParser:
     ap.add_argument("--strip-extensions", action="store_true",
                     help="remove Sec-WebSocket-Extensions (no permessage-deflate: faults see plain payloads)")
     ap.add_argument("--quiet", action="store_true", help="log only errors on stderr")
+    ap.add_argument("--view", nargs="?", const="summary", choices=("summary", "all"),
+                    help="print the decoded Sendspin traffic on stdout, audio summed up per second "
+                         "(`--view all`: every message)")
+    ap.add_argument("--web", nargs="?", const=("127.0.0.1", 8081), type=_hostport, metavar="HOST:PORT",
+                    help="serve mitmweb's UI (default 127.0.0.1:8081) with the relayed messages of each connection")
+    ap.add_argument("--web-messages", type=int, default=200, metavar="N",
+                    help="messages kept per connection for --web (older ones are dropped)")
     return ap
 
 
@@ -75,24 +83,43 @@ async def _serve(a: argparse.Namespace) -> int:
     except (FaultSpecError, OSError) as e:
         print(f"sendspin-proxy: {e}", file=sys.stderr)
         return 2
+    if a.web_messages < 1:
+        print("sendspin-proxy: --web-messages must be at least 1", file=sys.stderr)
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    view = None
+    if a.view is not None:
+        from .view import LiveView
+
+        view = LiveView(every_message=a.view == "all")
     try:
         px = EmbeddedProxy(a.upstream, listen_host=a.listen[0], listen_port=a.listen[1],
                            control_host=None if a.no_control else a.control[0], control_port=a.control[1],
                            log_dir=a.log_dir, faults=faults, health_interval=a.health_interval,
-                           strip_extensions=a.strip_extensions, proc=a.proc)
+                           strip_extensions=a.strip_extensions, proc=a.proc, observers=[view] if view else None,
+                           web=a.web, web_max_messages=a.web_messages)
     except ValueError as e:
         print(f"sendspin-proxy: {e}", file=sys.stderr)
         return 2
+    if view is not None:
+        view.start()
     try:
-        await px.start()
-    except (OSError, RuntimeError, TimeoutError) as e:
-        print(f"sendspin-proxy: cannot start: {e}", file=sys.stderr)
-        await px.close()
-        return 3
+        try:
+            await px.start()
+        except (OSError, RuntimeError, TimeoutError) as e:
+            print(f"sendspin-proxy: cannot start: {e}", file=sys.stderr)
+            await px.close()
+            return 3
+        return await _run_until_stopped(a, px, stop)
+    finally:
+        if view is not None:
+            view.close()
+
+
+async def _run_until_stopped(a: argparse.Namespace, px: Any, stop: asyncio.Event) -> int:
     try:
         info = px.readiness(os.getpid())
         if a.ready_file is not None:
@@ -102,6 +129,8 @@ async def _serve(a: argparse.Namespace) -> int:
         if not a.quiet and sys.stderr.isatty():  # a person watching; orchestration reads the ready file
             print(f"sendspin-proxy: listening on {info['listen']['url']}, control {info['control']['url']}, "
                   f"upstreams {info['upstreams']} (ready in {px.startup_s:.2f} s)", file=sys.stderr, flush=True)
+        if info["web"] and not a.quiet:  # the token in it is the UI's password: not in the event log
+            print(f"sendspin-proxy: web UI at {info['web']['url']}", file=sys.stderr, flush=True)
         await stop.wait()
     finally:
         await px.close()
@@ -164,6 +193,10 @@ def client_parser() -> argparse.ArgumentParser:
         p.add_argument("--nth", type=int, help="every nth matching message")
         p.add_argument("--probability", type=float)
         p.add_argument("--seed", type=int)
+        p.add_argument("--client-port", type=int, action="append",
+                       help="only the connection(s) from this client TCP port (repeatable; see `connections`)")
+        p.add_argument("--on-upstream", type=int, action="append", metavar="INDEX",
+                       help="only connections routed to this upstream (repeatable)")
         p.add_argument("--spec", help="a whole JSON spec (merged under the flags)")
     rm = fsub.add_parser("remove", help="remove faults by name", parents=[common])
     rm.add_argument("names", nargs="+")
@@ -191,6 +224,10 @@ def _spec_from(a: argparse.Namespace) -> dict[str, Any]:
         v = getattr(a, k, None)
         if v is not None:
             spec[k] = v
+    for flag, key in (("client_port", "client_port"), ("on_upstream", "upstream")):
+        v = getattr(a, flag)
+        if v is not None:
+            spec.setdefault("connections", {})[key] = v
     for k in SELECTOR_FLAGS:
         v = getattr(a, k)
         if v is not None:
@@ -199,7 +236,14 @@ def _spec_from(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _client(argv: list[str]) -> int:
-    a = client_parser().parse_args(argv)
+    parser = client_parser()
+    # KEY=VALUE may follow the flags too (argparse stops filling `params` at the first flag)
+    a, extra = parser.parse_known_args(argv)
+    stray = [x for x in extra if x.startswith("-") or "=" not in x or not hasattr(a, "params")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        a.params += extra
     if not a.control:
         print("sendspin-proxy: --control URL (or $SENDSPIN_PROXY_CONTROL) is needed", file=sys.stderr)
         return 2

@@ -9,6 +9,10 @@ UpstreamPool (load balancer). The control API (aiohttp) shares the loop.
 `Master.shutdown()` closes neither the listener nor live connections (NOTES §1), so
 `close()` stops the listener, ends every relay (FIN, then RST after a grace period),
 cancels what mitmproxy still holds, then stops the master.
+
+Observation (`--view`, `--web`; proxy/observe.py) is wired in only when asked for: then
+the event sink and the state are their observed subclasses, which show every event and
+every new relay to the consumers; otherwise nothing in the data path changes.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from .addons.control import ControlServer
 from .addons.datapath import DataPath
 from .addons.upstreams import UpstreamPool
 from .faults import Fault
+from .observe import Observation, ObservedProxyState, TappedEventSink, TrafficConsumer
 from .relay.state import EventSink, ProxyState
 
 log = logging.getLogger(__name__)
@@ -40,7 +45,9 @@ class EmbeddedProxy:
     def __init__(self, upstreams: list[str], *, listen_host: str = "127.0.0.1", listen_port: int = 0,
                  control_host: str | None = "127.0.0.1", control_port: int = 0, log_dir: Path | None = None,
                  faults: list[Fault] | None = None, health_interval: float = 0.1, strip_extensions: bool = False,
-                 extra_addons: list[Any] | None = None, proc: str = "proxy") -> None:
+                 extra_addons: list[Any] | None = None, proc: str = "proxy",
+                 observers: list[TrafficConsumer] | None = None, web: tuple[str, int] | None = None,
+                 web_max_messages: int = 200) -> None:
         if not upstreams:
             raise ValueError("at least one upstream is needed")
         self.listen_host = listen_host
@@ -48,8 +55,22 @@ class EmbeddedProxy:
         self.control_host = control_host
         self.control_port = control_port
         self.log_dir = log_dir
-        self.events = EventSink(log_dir / f"{proc}.jsonl" if log_dir is not None else None, proc)
-        self.state = ProxyState(self.events, upstreams)
+        consumers = list(observers or [])
+        self.web: Any = None
+        if web is not None:
+            from .web import WebUI  # imports mitmweb (tornado): only when asked for
+
+            self.web = WebUI(web[0], web[1], max_messages=web_max_messages)
+            consumers.append(self.web)
+        log_path = log_dir / f"{proc}.jsonl" if log_dir is not None else None
+        if consumers:
+            self.observation: Observation | None = Observation(consumers)
+            self.events: EventSink = TappedEventSink(log_path, proc, self.observation)
+            self.state: ProxyState = ObservedProxyState(self.events, upstreams, self.observation)
+        else:
+            self.observation = None
+            self.events = EventSink(log_path, proc)
+            self.state = ProxyState(self.events, upstreams)
         self.initial_faults = faults or []
         self.health_interval = health_interval
         self.strip_extensions = strip_extensions
@@ -81,6 +102,8 @@ class EmbeddedProxy:
         self.pool = UpstreamPool(self.state, self.health_interval, self.strip_extensions)
         m.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer())
         m.addons.add(self.datapath, self.pool, *self.extra_addons)
+        if self.web is not None:
+            self.web.install(m)
         first = self.state.upstreams[0]
         opts.update(mode=[f"reverse:http://{first.host}:{first.port}"], listen_host=self.listen_host,
                     listen_port=self.listen_port, confdir=str(confdir), connection_strategy="lazy")
@@ -100,6 +123,8 @@ class EmbeddedProxy:
         if self.control_host is not None:
             self.control = ControlServer(self.state, self.control_host, self.control_port)
             await self.control.start()
+        if self.web is not None:
+            await self.web.start()
         self.startup_s = time.perf_counter() - t0
         self.events.emit("ready", listen=self.url, control=self.control.url if self.control else None,
                          upstreams=[u.url for u in self.state.upstreams], startup_s=round(self.startup_s, 3))
@@ -110,7 +135,8 @@ class EmbeddedProxy:
                 "listen": {"host": self.listen_host, "port": self.port, "url": self.url},
                 "control": {"url": self.control.url if self.control else None},
                 "upstreams": [u.url for u in self.state.upstreams],
-                "log": str(self.log_dir / f"{self.events.proc}.jsonl") if self.log_dir else None}
+                "log": str(self.log_dir / f"{self.events.proc}.jsonl") if self.log_dir else None,
+                "web": {"url": self.web.url} if self.web is not None else None}
 
     async def close(self) -> None:
         m, self.master = self.master, None
@@ -123,6 +149,8 @@ class EmbeddedProxy:
                     await inst.stop()
         if self.control is not None:  # 2. no more API calls changing things
             await self.control.stop()
+        if self.web is not None:
+            await self.web.stop()
         if self.pool is not None:
             await self.pool.stop()
         if self.datapath is not None:  # 3. every relay: FIN, then RST after a grace period

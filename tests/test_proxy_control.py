@@ -173,10 +173,17 @@ def test_cli_subcommands_and_plan_file(run: Any, tmp_path: Path) -> None:
             assert r.returncode == 0 and json.loads(r.stdout)["fault"]["params"]["latency_ms"] == 7.0
             r = await asyncio.to_thread(cli, "--control", ctl, "fault", "add", "latency", "latency_ms=soon")
             assert r.returncode == 1 and "400: latency: parameter 'latency_ms' must be a number" in r.stderr
+            r = await asyncio.to_thread(cli, "fault", "add", "delay", "--count", "1", "delay_ms=150",
+                                        "--client-port", "5555", "--on-upstream", "0", "--control", ctl)
+            assert r.returncode == 0, r.stderr  # KEY=VALUE after the flags, connections from flags
+            f = json.loads(r.stdout)["fault"]
+            assert f["params"]["delay_ms"] == 150.0 and f["connections"] == {"client_port": [5555], "upstream": [0]}
+            r = await asyncio.to_thread(cli, "fault", "add", "delay", "--count", "1", "oops", "--control", ctl)
+            assert r.returncode == 2 and "unrecognized arguments: oops" in r.stderr
             r = await asyncio.to_thread(cli, "fault", "remove", "tdrop", "--control", ctl)
             assert r.returncode == 0 and json.loads(r.stdout) == {"removed": ["tdrop"]}
             r = await asyncio.to_thread(cli, "fault", "reset", "--control", ctl)
-            assert r.returncode == 0 and json.loads(r.stdout) == {"removed": ["lag"]}
+            assert r.returncode == 0 and sorted(json.loads(r.stdout)["removed"]) == ["delay", "lag"]
             r = await asyncio.to_thread(cli, "upstreams", "--control", ctl)
             assert r.returncode == 0 and len(json.loads(r.stdout)["upstreams"]) == 1
         r = await asyncio.to_thread(cli, "fault", "list", "--control", ctl)  # the proxy is gone now

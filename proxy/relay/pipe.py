@@ -73,6 +73,9 @@ class Pipe:
         self._held_bytes = 0
         self._pending_inject: deque[tuple[bytes, Callable[[], None] | None]] = deque()
         self._states: dict[int, Any] = {}
+        # A traffic observer (--view, --web: proxy/observe.py) sees each chunk as read, before any fault.
+        # None, the default, costs one attribute check per chunk.
+        self.observer: Callable[[bytes | memoryview], None] | None = None
 
     # --- properties ---------------------------------------------------------------------
     @property
@@ -263,6 +266,8 @@ class Pipe:
         self.bytes_in += len(data)
         if self.closed_input:
             return
+        if self.observer is not None:
+            self.observer(data)
         if self._assembler is None and not self._pending_inject:
             self.scanner.advance(data)  # fast path: boundaries only, the chunk as read
             if self._chain:

@@ -1,0 +1,241 @@
+"""Sendspin messages in words, for people: one-line summaries (the terminal view) and the
+names of binary message types. Decoding is `harness.protocol`'s; this only chooses what
+to show. No mitmproxy, no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from harness.protocol import HEADER_SIZE, ProtocolError, UnknownMessageType, binary_role, binary_slot, decode_json
+from harness.protocol.messages import UPLOAD_BINARY_TYPE
+
+ARROW = {"upstream": "c→s", "downstream": "s→c", "both": "c↔s"}  # client to server, server to client
+VALUE_CHARS = 40  # a longer field value is cut (the line stays readable)
+_TYPE_IN_PREFIX = re.compile(rb'"type"\s*:\s*"([^"\\]{1,64})"')
+
+
+def binary_name(message_type: int) -> str:
+    """What a legacy binary type byte means (spec: Binary Message ID Structure)."""
+    role = binary_role(message_type)
+    slot = binary_slot(message_type)
+    if role == "player":
+        return "player audio" if slot == 0 else f"player slot {slot}"
+    if role == "artwork":
+        return f"artwork ch{slot}"
+    if role == "visualizer":
+        return "visualizer" if slot == 0 else f"visualizer slot {slot}"
+    if role == "application":
+        return "_harness upload" if message_type == UPLOAD_BINARY_TYPE else f"application {message_type}"
+    return f"reserved type {message_type}"
+
+
+def is_stream_chunk(message_type: int) -> bool:
+    """Player and visualizer binaries come many per second: the view summarises them."""
+    return binary_role(message_type) in ("player", "visualizer")
+
+
+def size_text(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / 1024 / 1024:.2f} MiB"
+
+
+def ts_text(ts_us: int) -> str:
+    """A Sendspin timestamp (µs on the server's clock) as seconds."""
+    sign = "-" if ts_us < 0 else ""
+    s, us = divmod(abs(ts_us), 1_000_000)
+    return f"{sign}{s}.{us:06d}"
+
+
+def parse_json_object(text: bytes) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def type_from_prefix(head: bytes) -> str | None:
+    """The `type` of a JSON message of which only the start was kept."""
+    m = _TYPE_IN_PREFIX.search(head)
+    return m.group(1).decode("utf-8", "replace") if m else None
+
+
+def validation_error(text: bytes | str) -> str | None:
+    """None if the message decodes with the legacy schema, else what is wrong."""
+    try:
+        decode_json(text)
+    except UnknownMessageType as e:
+        return f"unknown type {e.message_type!r}"
+    except ProtocolError as e:
+        return str(e)
+    return None
+
+
+def _v(value: Any) -> str:
+    if isinstance(value, str):
+        s = value if value and " " not in value and "=" not in value else json.dumps(value)
+    elif isinstance(value, bool) or value is None:
+        s = json.dumps(value)
+    elif isinstance(value, list):
+        s = ",".join(_v(x) for x in value) or "[]"
+    elif isinstance(value, dict):
+        s = "{" + " ".join(f"{k}={_v(x)}" for k, x in value.items()) + "}"
+    else:
+        s = str(value)
+    return s if len(s) <= VALUE_CHARS else s[:VALUE_CHARS - 1] + "…"
+
+
+def _kv(d: Any, *keys: str, **labels: str) -> list[str]:
+    """`key=value` for the keys present in `d` (labels rename: label=key)."""
+    if not isinstance(d, dict):
+        return []
+    out = [f"{k}={_v(d[k])}" for k in keys if k in d]
+    out += [f"{label}={_v(d[k])}" for label, k in labels.items() if k in d]
+    return out
+
+
+def format_text(fmt: Any) -> str:
+    """`pcm/48000/16/2` (codec/sample rate/bit depth/channels) from a format or stream object."""
+    if not isinstance(fmt, dict):
+        return "?"
+    return "/".join(str(fmt.get(k, "?")) for k in ("codec", "sample_rate", "bit_depth", "channels"))
+
+
+def _hello(p: dict[str, Any]) -> list[str]:
+    out = _kv(p, "client_id", "name", roles="supported_roles")
+    player = p.get("player@v1_support")
+    if isinstance(player, dict):
+        fmts = player.get("supported_formats")
+        if isinstance(fmts, list):
+            shown = [format_text(f) for f in fmts[:3]]
+            out.append("formats=" + ",".join(shown) + (f",+{len(fmts) - 3}" if len(fmts) > 3 else ""))
+        out += _kv(player, buffer="buffer_capacity")
+    art = p.get("artwork@v1_support")
+    if isinstance(art, dict) and isinstance(art.get("channels"), list):
+        out.append("artwork=" + ",".join(f"{c.get('format')} {c.get('media_width')}x{c.get('media_height')}"
+                                         for c in art["channels"] if isinstance(c, dict)))
+    return out
+
+
+def _stream_start(p: dict[str, Any]) -> list[str]:
+    out = []
+    if isinstance(p.get("player"), dict):
+        out.append(f"player={format_text(p['player'])}")
+    art = p.get("artwork")
+    if isinstance(art, dict) and isinstance(art.get("channels"), list):
+        out.append("artwork=" + ",".join(f"{c.get('format')} {c.get('width')}x{c.get('height')}"
+                                         for c in art["channels"] if isinstance(c, dict)))
+    if "visualizer" in p:
+        out.append(f"visualizer={_v(p['visualizer'])}")
+    return out
+
+
+def _server_time(p: dict[str, Any]) -> list[str]:
+    out = _kv(p, "client_transmitted")
+    rx, tx = p.get("server_received"), p.get("server_transmitted")
+    if isinstance(rx, int) and isinstance(tx, int):
+        out.append(f"server_held={tx - rx} µs")
+    return out
+
+
+def _server_state(p: dict[str, Any]) -> list[str]:
+    return _kv(p.get("metadata"), "title", "artist", "album") + _kv(p.get("controller"), "volume", "muted")
+
+
+_SUMMARIES: dict[str, Any] = {
+    "client/hello": _hello,
+    "server/hello": lambda p: _kv(p, "server_id", "name", "connection_reason", roles="active_roles"),
+    "client/time": lambda p: _kv(p, "client_transmitted"),
+    "server/time": _server_time,
+    "client/state": lambda p: _kv(p, "state") + _kv(p.get("player"), "volume", "muted", "state"),
+    "server/state": _server_state,
+    "server/command": lambda p: _kv(p.get("player"), "command", "volume", "mute"),
+    "client/command": lambda p: _kv(p.get("controller"), "command", "volume", "mute"),
+    "stream/start": _stream_start,
+    "stream/clear": lambda p: _kv(p, "roles"),
+    "stream/end": lambda p: _kv(p, "roles"),
+    "stream/request-format": lambda p: _kv(p, "player", "artwork"),
+    "group/update": lambda p: _kv(p, "playback_state", "group_id", "group_name"),
+    "client/goodbye": lambda p: _kv(p, "reason"),
+    "_harness/upload": lambda p: _kv(p, "upload_id", "size", "sha256"),
+    "_harness/upload-result": lambda p: _kv(p, "upload_id", "size", "sha256"),
+    "_harness/error": lambda p: _kv(p, "message_type", "field", "rule"),
+}
+
+
+def json_summary(obj: dict[str, Any]) -> tuple[str, str]:
+    """(type, key fields) of a decoded JSON message."""
+    mtype = obj.get("type")
+    name = mtype if isinstance(mtype, str) else "(no type)"
+    payload = obj.get("payload")
+    if not isinstance(payload, dict):
+        return name, "(no payload object)"
+    fn = _SUMMARIES.get(name)
+    # a type we do not know: its first fields
+    fields = fn(payload) if fn is not None else [f"{k}={_v(v)}" for k, v in list(payload.items())[:4]]
+    return name, " ".join(fields)
+
+
+def binary_summary(head: bytes, size: int) -> tuple[str, int | None, str]:
+    """(name, timestamp µs or None, text) of a binary message from its first bytes."""
+    if size < HEADER_SIZE or len(head) < HEADER_SIZE:
+        return "short binary", None, f"{size} B: shorter than the {HEADER_SIZE}-byte header"
+    mtype = head[0]
+    ts = int.from_bytes(head[1:HEADER_SIZE], "big", signed=True)
+    name = binary_name(mtype)
+    return name, ts, f"type={mtype} ts={ts_text(ts)} {size_text(size - HEADER_SIZE)}"
+
+
+ENDED = {"eof": "FIN", "rst": "RST", "closed": "socket closed", "open": "still open"}
+
+
+def close_summary(rec: dict[str, Any]) -> str:
+    """A relay's `close` event in words: what each side sent, how it ended, the message counts."""
+    parts = []
+    for side in ("client", "server"):
+        d = rec.get(side) or {}
+        if "close_code" in d:
+            code = d["close_code"]
+            how = f"close {code}" if code is not None else "close (no code)"
+            if d.get("close_reason"):
+                how += f' "{d["close_reason"]}"'
+        else:
+            how = "no close frame"
+        ended = ENDED.get(d.get("ended", ""), str(d.get("ended")))
+        text = f"{side}: {how}, then {ended}" + (f" ({d['error']})" if d.get("error") else "")
+        if d.get("sent") in ("close", "rst"):  # the proxy ended it (a fault, or shutdown), not the peer
+            text += f", proxy sent it {'a close frame' if d['sent'] == 'close' else 'RST'}"
+        parts.append(text)
+    up, down = rec.get("upstream") or {}, rec.get("downstream") or {}
+    counts = (f"c→s {up.get('messages', 0)} msgs {size_text(int(up.get('bytes', 0)))}, "
+              f"s→c {down.get('messages', 0)} msgs {size_text(int(down.get('bytes', 0)))}")
+    return f"closed after {rec.get('seconds', 0):.1f} s; " + "; ".join(parts) + "; " + counts
+
+
+def fault_applied(rec: dict[str, Any]) -> str:
+    """A `fault` event in words: the fault, what it hit, its own fields."""
+    what = []
+    if rec.get("json_type"):
+        what.append(str(rec["json_type"]))
+    elif rec.get("binary_type") is not None:
+        what.append(binary_name(int(rec["binary_type"])))
+    if rec.get("size") is not None:
+        what.append(size_text(int(rec["size"])))
+    skip = {"t_us", "proc", "session", "event", "seq", "fault", "type", "direction", "params", "selector",
+            "json_type", "binary_type", "index", "size"}
+    extra = [f"{k}={v}" for k, v in rec.items() if k not in skip and v is not None]
+    return " ".join([fault_name(rec.get("fault"), rec.get("type")), *what, *extra])
+
+
+def fault_name(name: Any, kind: Any) -> str:
+    return str(name) if name == kind else f"{name} ({kind})"
+
+
+def plain(v: Any) -> str:
+    return ",".join(str(x) for x in v) if isinstance(v, list) else str(v)
