@@ -25,7 +25,7 @@ def _positive(kind: type, name: str):
 
 # Options only the coordinator takes; everything else is passed on to its workers.
 _COORDINATOR_ONLY = {"--workers": 1, "--respawn": 0, "--ready-file": 1, "--port": 1, "--proc": 1,
-                     "--heartbeat-timeout": 1}
+                     "--heartbeat-timeout": 1, "--stall-timeout": 1}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "without it, one process serves everything")
     p.add_argument("--respawn", action="store_true", help="with --workers: restart a dead worker on its port")
     p.add_argument("--heartbeat-timeout", type=_positive(float, "--heartbeat-timeout"), default=1.0,
-                   help="with --workers: a worker silent this long is hung and is killed (default %(default)s)")
+                   help="with --workers: a STOPPED worker silent this long is hung and is killed "
+                        "(default %(default)s)")
+    p.add_argument("--stall-timeout", type=_positive(float, "--stall-timeout"), default=5.0,
+                   help="with --workers: a RUNNING worker silent this long (deadlocked, or too busy to beat) "
+                        "is killed (default %(default)s)")
     p.add_argument("--source", default=d.source, help="'watermark' or a PCM WAV file (default %(default)s)")
     p.add_argument("--chunk-ms", type=_positive(int, "--chunk-ms"), default=d.chunk_ms)
     p.add_argument("--max-lead-ms", type=_positive(int, "--max-lead-ms"), default=d.max_lead_ms)
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             from .coordinator import Coordinator
 
             coordinator = Coordinator(config, args.workers, worker_argv(argv), respawn=args.respawn,
-                                      heartbeat_timeout_s=args.heartbeat_timeout)
+                                      heartbeat_timeout_s=args.heartbeat_timeout, stall_timeout_s=args.stall_timeout)
             try:
                 return asyncio.run(coordinator.run())
             except RuntimeError as exc:  # a worker that could not start

@@ -6,8 +6,11 @@ timeline and sends it to every live worker over a non-blocking socketpair
 
 - death (SIGKILL, crash) is seen through the process itself — its pidfd
   becomes readable, its end of the socketpair gives EOF — within milliseconds;
-- a hang (SIGSTOP, deadlock) is seen when heartbeats stop for
-  `heartbeat_timeout_s`; the worker is then killed and treated as dead;
+- a hang is seen when heartbeats stop: a stopped process (SIGSTOP; /proc
+  state T) after `heartbeat_timeout_s`, a running one (a deadlock, or a loop
+  merely busy, e.g. with a burst of handshakes) only after `stall_timeout_s`,
+  so an overloaded worker is not killed and its listeners dumped on the others;
+  the worker is then killed and treated as dead;
 - a dead worker leaves the pool and the status at once; with `respawn` it is
   restarted on its port, otherwise the coordinator exits non-zero as soon as
   no worker is left.
@@ -69,9 +72,21 @@ class Worker:
         return self.process.pid if self.process else None
 
 
+STOPPED_STATES = frozenset("Tt")  # /proc/PID/stat: stopped by a signal, or by a tracer
+
+
+def process_state(pid: int | None) -> str:
+    """The one-letter state in /proc/PID/stat ("?" once the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError, TypeError):
+        return "?"
+
+
 class Coordinator:
     def __init__(self, config: ServerConfig, workers: int, worker_argv: list[str], respawn: bool = False,
-                 heartbeat_s: float = 0.1, heartbeat_timeout_s: float = 1.0) -> None:
+                 heartbeat_s: float = 0.1, heartbeat_timeout_s: float = 1.0, stall_timeout_s: float = 5.0) -> None:
         if workers < 1:
             raise ValueError(f"--workers must be at least 1, got {workers}")
         self.config = config
@@ -80,6 +95,7 @@ class Coordinator:
         self.respawn = respawn
         self.heartbeat_s = heartbeat_s
         self.heartbeat_timeout_us = int(heartbeat_timeout_s * 1e6)
+        self.stall_timeout_us = max(self.heartbeat_timeout_us, int(stall_timeout_s * 1e6))
         log_path = config.log_dir / "coordinator.jsonl" if config.log_dir else None
         self.log = EventLog(log_path, "coordinator")
         source = open_source(config.source, config.sample_rate)
@@ -264,8 +280,13 @@ class Coordinator:
             await asyncio.sleep(self.heartbeat_s)
             now = now_us()
             for w in self.workers:
-                if w.alive and now - w.last_heartbeat_us > self.heartbeat_timeout_us:
-                    self._worker_gone(w, f"no heartbeat for {(now - w.last_heartbeat_us) / 1e6:.2f} s")
+                silent_us = now - w.last_heartbeat_us
+                if not w.alive or silent_us <= self.heartbeat_timeout_us:
+                    continue
+                state = process_state(w.pid)
+                if state in STOPPED_STATES or silent_us > self.stall_timeout_us:
+                    how = "stopped" if state in STOPPED_STATES else f"running (state {state}) but silent"
+                    self._worker_gone(w, f"no heartbeat for {silent_us / 1e6:.2f} s, {how}")
             self._broadcast_status()
 
     # --- audio fan-out ------------------------------------------------------------------

@@ -124,6 +124,30 @@ def test_stopped_worker_is_declared_dead_and_others_unaffected(run, tmp_path: Pa
     run(body())
 
 
+def test_a_running_but_silent_worker_is_kept_until_the_stall_timeout(run, tmp_path: Path) -> None:
+    """A heartbeat timeout shorter than the heartbeat period makes every worker "silent"
+    all the time, as an overloaded one is: running workers stay, a stopped one goes."""
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server("--workers", "2", "--heartbeat-timeout", "0.05", "--stall-timeout", "30")
+            workers = server.ready["workers"]
+            start = now_us()
+            players = [await sc.probe(w["url"], ProbeConfig(name=f"p{w['worker']}")) for w in workers]
+            await asyncio.sleep(2.0)
+            assert _status(server.ready["http"])["live_workers"] == 2
+            assert not sc.events().select("worker_exit"), "a running worker was declared dead"
+            stopped = now_us()
+            os.kill(workers[1]["pid"], signal.SIGSTOP)
+            await asyncio.sleep(1.0)
+            end = now_us()
+            events = sc.events()
+            require(crash_detected(events, 1, stopped, 50_000 + BOUNDS.hang_detect_slack_us),
+                    *healthy_players(events, players[:1], BOUNDS, start, end, fault_us=stopped))
+            assert "stopped" in events.select("worker_exit")[0]["how"]
+
+    run(body())
+
+
 def test_respawn_restores_capacity_on_the_same_port(run, tmp_path: Path) -> None:
     async def body() -> None:
         async with Scenario(tmp_path) as sc:
