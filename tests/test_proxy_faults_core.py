@@ -86,6 +86,8 @@ def test_registry_has_the_three_examples_and_describes_them() -> None:
     ({"type": "drop", "name": "a/b"}, "name must be a non-empty string without '/'"),
     ({"type": "drop", "connections": {"port": 1}}, "drop: connections: unknown field(s) ['port']"),
     ({"type": "drop", "connections": {"client_port": "x"}}, "connections.client_port must be an integer"),
+    ({"type": "worker_crash", "connections": {"upstream": 0}}, "worker_crash: takes no 'connections'"),
+    ({"type": "down", "connections": {"upstream": 0}}, "down: 'connections.upstream' cannot apply"),
 ])
 def test_bad_specs_are_rejected_with_a_message_naming_the_problem(spec: dict[str, Any], message: str) -> None:
     with pytest.raises(FaultSpecError) as e:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import ConnectInfo, Fault, Param
+from .base import ConnectInfo, Fault, FaultSpecError, Param
 
 if TYPE_CHECKING:
     from .base import ProxyServices
@@ -27,18 +27,23 @@ class Down(Fault):
     }
     existing: str
 
+    def validate(self) -> None:
+        if self.connections is not None and self.connections.upstream is not None:
+            raise FaultSpecError("down: 'connections.upstream' cannot apply: a refused connection has no upstream "
+                                 "yet (client_port can)")
+
     def on_added(self, proxy: ProxyServices) -> None:
         if self.existing != "reset":
             return
         for relay in proxy.relays():
-            if relay.finished:
+            if relay.finished or not self.affects(relay.seq, relay.client_port):
                 continue
             self.record(None, session=relay.flow_id, counted=False, action="reset_live")
             for side in ("client", "server"):
                 relay.reset(side)
 
     def on_connect(self, info: ConnectInfo) -> str | None:
-        if not self.active:
+        if not self.active or not self.affects(info.seq, info.client[1]):
             return None
         self.record(None, action="refuse", client=f"{info.client[0]}:{info.client[1]}", seq=info.seq)
         return f"down (fault {self.name!r})"

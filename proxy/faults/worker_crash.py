@@ -50,6 +50,10 @@ class WorkerCrash(Fault):
     seed: int
     resume: bool
 
+    def validate(self) -> None:
+        if self.connections is not None:
+            raise FaultSpecError("worker_crash: takes no 'connections' (it acts on a worker; pick it with 'upstream')")
+
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         # proxy-wide state of this one fault object (not per connection)
