@@ -64,6 +64,7 @@ import json
 import os
 import platform
 import pstats
+import shlex
 import shutil
 import signal
 import socket
@@ -87,6 +88,7 @@ RTT_BYTES = 100
 ROUND_TIMEOUT_S = 120.0
 START_TIMEOUT_S = 30.0
 GOAL_RATIO = 0.5
+PROXY_ARGS: list[str] = []  # --proxy-args, for every sendspin-proxy this run starts
 GOAL_ADDED_P50_US = 500
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -555,7 +557,7 @@ async def start_sendspin_proxy(children: Children, work: Path, upstream: str, na
                                wrap: list[str] | None = None) -> tuple[Child, str]:
     ready = work / f"{name}.ready.json"
     argv = [*(wrap or [sys.executable]), "-m", "proxy", "--listen", "127.0.0.1:0", "--upstream", upstream,
-            "--ready-file", str(ready), "--quiet"]
+            "--ready-file", str(ready), "--quiet", *PROXY_ARGS]
     c = children.spawn(name, argv)
     info = await wait_ready_file(c, ready)
     return c, info["listen"]["url"].rstrip("/")
@@ -884,6 +886,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--profile", action="store_true", help="py-spy (or cProfile) the proxies afterwards")
     ap.add_argument("--no-mitmdump", action="store_true", help="leave out the plain mitmproxy column")
     ap.add_argument("--no-relay-baseline", action="store_true", help="leave out the bare asyncio relay column")
+    ap.add_argument("--proxy-args", default="", help="extra sendspin-proxy arguments, e.g. '--socket-buffer 0'")
     ap.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--tcp-relay", type=int, metavar="UPSTREAM_PORT", help=argparse.SUPPRESS)
     ap.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
@@ -900,6 +903,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(serve_echo(args.ready_file))
     if args.tcp_relay:
         return asyncio.run(serve_relay(args.ready_file, args.tcp_relay))
+    PROXY_ARGS[:] = shlex.split(args.proxy_args)
 
     def interrupted(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)

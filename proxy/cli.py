@@ -61,6 +61,9 @@ def serve_parser() -> argparse.ArgumentParser:
     ap.add_argument("--log-dir", type=Path, help="event log (proxy.jsonl) and mitmproxy confdir go here")
     ap.add_argument("--proc", default="proxy", help="process name in the event log (file PROC.jsonl)")
     ap.add_argument("--health-interval", type=float, default=0.1, help="upstream TCP probe period, s (0: off)")
+    ap.add_argument("--socket-buffer", type=int, default=128 * 1024, metavar="BYTES",
+                    help="SO_RCVBUF/SO_SNDBUF of the proxy's sockets, set before data flows, so faults that "
+                         "hold a sender give backpressure at once (default %(default)s; 0: kernel autotuning)")
     ap.add_argument("--strip-extensions", action="store_true",
                     help="remove Sec-WebSocket-Extensions (no permessage-deflate: faults see plain payloads)")
     ap.add_argument("--quiet", action="store_true", help="log only errors on stderr")
@@ -99,8 +102,8 @@ async def _serve(a: argparse.Namespace) -> int:
         px = EmbeddedProxy(a.upstream, listen_host=a.listen[0], listen_port=a.listen[1],
                            control_host=None if a.no_control else a.control[0], control_port=a.control[1],
                            log_dir=a.log_dir, faults=faults, health_interval=a.health_interval,
-                           strip_extensions=a.strip_extensions, proc=a.proc, observers=[view] if view else None,
-                           web=a.web, web_max_messages=a.web_messages)
+                           strip_extensions=a.strip_extensions, socket_buffer=a.socket_buffer, proc=a.proc,
+                           observers=[view] if view else None, web=a.web, web_max_messages=a.web_messages)
     except ValueError as e:
         print(f"sendspin-proxy: {e}", file=sys.stderr)
         return 2

@@ -4,7 +4,8 @@ Why bare: DumpMaster exits the process if anything logs an ERROR during start-up
 `ctx.master`/`ctx.options` are process-global, so this runs once per process (the CLI
 is its own process). Addons: Core, Proxyserver, NextLayer (no TlsConfig: ws:// only,
 and it would write a CA on every start) + ours: DataPath (our relay after the 101),
-UpstreamPool (load balancer). The control API (aiohttp) shares the loop.
+UpstreamPool (load balancer), SocketBuffers (small fixed kernel buffers, so a held sender
+meets backpressure at once). The control API (aiohttp) shares the loop.
 
 `Master.shutdown()` closes neither the listener nor live connections (NOTES §1), so
 `close()` stops the listener, ends every relay (FIN, then RST after a grace period),
@@ -31,12 +32,14 @@ from mitmproxy.master import Master
 
 from .addons.control import ControlServer
 from .addons.datapath import DataPath
+from .addons.sockets import SocketBuffers
 from .addons.upstreams import UpstreamPool
 from .faults import Fault
 from .observe import Observation, ObservedProxyState, TappedEventSink, TrafficConsumer
 from .relay.state import EventSink, ProxyState
 
 log = logging.getLogger(__name__)
+DEFAULT_SOCKET_BUFFER = 128 * 1024  # SO_RCVBUF/SO_SNDBUF of the proxy's sockets (addons/sockets.py)
 
 
 class EmbeddedProxy:
@@ -45,6 +48,7 @@ class EmbeddedProxy:
     def __init__(self, upstreams: list[str], *, listen_host: str = "127.0.0.1", listen_port: int = 0,
                  control_host: str | None = "127.0.0.1", control_port: int = 0, log_dir: Path | None = None,
                  faults: list[Fault] | None = None, health_interval: float = 0.1, strip_extensions: bool = False,
+                 socket_buffer: int = DEFAULT_SOCKET_BUFFER,
                  extra_addons: list[Any] | None = None, proc: str = "proxy",
                  observers: list[TrafficConsumer] | None = None, web: tuple[str, int] | None = None,
                  web_max_messages: int = 200) -> None:
@@ -74,6 +78,7 @@ class EmbeddedProxy:
         self.initial_faults = faults or []
         self.health_interval = health_interval
         self.strip_extensions = strip_extensions
+        self.socket_buffer = socket_buffer
         self.extra_addons = extra_addons or []
         self.master: Master | None = None
         self.datapath: DataPath | None = None
@@ -101,7 +106,7 @@ class EmbeddedProxy:
         self.datapath = DataPath(self.state)
         self.pool = UpstreamPool(self.state, self.health_interval, self.strip_extensions)
         m.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer())
-        m.addons.add(self.datapath, self.pool, *self.extra_addons)
+        m.addons.add(self.datapath, self.pool, SocketBuffers(self.socket_buffer), *self.extra_addons)
         if self.web is not None:
             self.web.install(m)
         first = self.state.upstreams[0]

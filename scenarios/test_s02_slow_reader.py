@@ -121,3 +121,52 @@ def test_s02_proxy_makes_a_client_a_slow_reader(run, fresh_dir, bounds, others, 
             )
 
     run(scenario())
+
+
+@examples(1)
+@given(others=st.integers(1, 2))
+def test_s02_proxy_never_reads_again_and_the_server_closes(run, fresh_dir, bounds, others):
+    """The proxy stops reading one client's downstream for good: the server closes that
+    session with 4001, the others play on. The proxy's kernel buffers hold seconds of
+    audio (autotuned while it read), so the policy clock starts when the server's own
+    send buffer stops draining (its session_stats), not when the fault was added."""
+    async def scenario() -> None:
+        async with Scenario(fresh_dir()) as sc:
+            _, proxy = await sc.cluster_behind_proxy(2, "--slow-reader-close", str(SLOW_READER_CLOSE_S))
+            start = now_us()
+            players = [await sc.probe(proxy.url, ProbeConfig(name=f"player-{i + 1}")) for i in range(others)]
+            slow = await sc.probe(proxy.url, ProbeConfig(name="slow"))
+            await asyncio.sleep(1.0)  # baseline for the isolation check
+            stopped = now_us()
+            await proxy.add({"type": "slow_reader", "direction": "downstream", "rate_bps": 0,
+                             "connections": {"client_port": slow.local_port}})
+            closed = await _server_closes(sc, "slow", timeout_s=20.0)
+            await asyncio.sleep(0.5)
+            end = now_us()
+            events = sc.events()
+            proc, session = events.server_session("slow")
+            backlog = next((r["t_us"] for r in events.select("session_stats", proc=proc, session=session)
+                            if r["t_us"] > stopped and r["write_buffer"] > 0), closed)
+            limit_us = int(SLOW_READER_CLOSE_S * 1e6) + bounds.policy_close_slack_us
+            require(
+                proxy_fault_applied(events, "slow_reader", stopped),
+                *healthy_players(events, players, bounds, start, end, fault_us=stopped),
+                reads_prompt(events, "slow", bounds, closed, start_us=stopped),
+                closed_by_policy(events, "slow", closecodes.SLOW_READER, backlog, limit_us),
+                held_bounded(events, "slow", bounds.slow_session_held_bytes),
+            )
+
+    run(scenario())
+
+
+async def _server_closes(sc: Scenario, probe: str, timeout_s: float) -> int:
+    """When the server began closing this probe's session (t_us); waits for it."""
+    deadline = now_us() + int(timeout_s * 1e6)
+    while now_us() < deadline:
+        events = sc.events()
+        found = events.server_session(probe)
+        closes = events.select("close_begin", proc=found[0], session=found[1]) if found else []
+        if closes:
+            return closes[0]["t_us"]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the server did not close {probe}'s session within {timeout_s} s")

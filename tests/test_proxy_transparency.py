@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import os
 import random
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from websockets.asyncio.server import serve as ws_serve
 from harness.probe import ProbeClient, ProbeConfig
 from harness.protocol import EventLog
 from harness.topology import reference_server
+from proxy.faults import build_fault
 
 
 def fds() -> int:
@@ -317,6 +319,47 @@ def test_directions_are_independent_a_non_reading_client_still_sends(run: Any) -
             assert max(a - s for a, s in zip(arrivals, sent, strict=True)) < 0.1
             held = px.state.relays()[0].pipes["downstream"].holds
             assert "write-buffer" in held  # the flood is held back at the proxy, with backpressure
+            rst(writer)
+
+    run(body(), 20)
+
+
+def test_a_held_sender_meets_backpressure_within_the_proxys_socket_buffers(run: Any) -> None:
+    """The server streams to a client that reads, then the proxy stops reading the server
+    (slow_reader at 0 B/s): the server is blocked after a few hundred KiB (the proxy's
+    fixed socket buffers; addons/sockets.py). End to end, with autotuned buffers a
+    worker did not feel a slow_reader for over 20 s (NOTES.md §2; S02 proxy)."""
+    written = [0]
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, info: dict[str, Any]) -> None:
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+        chunk = encode_frame(BINARY, b"f" * 65536)
+        deadline = time.monotonic() + 10
+        with contextlib.suppress(ConnectionError):
+            while time.monotonic() < deadline:
+                writer.write(chunk)
+                await writer.drain()
+                written[0] += len(chunk)
+
+    async def body() -> None:
+        async with RawUpstream(script) as upstream, in_process_proxy([f"ws://127.0.0.1:{upstream.port}"]) as px:
+            reader, writer = await client_connect(px.port)
+
+            async def drain_all() -> None:
+                with contextlib.suppress(ConnectionError):
+                    while await reader.read(1 << 20):
+                        pass
+
+            sink = asyncio.create_task(drain_all())
+            await asyncio.sleep(0.5)  # full speed: the kernel autotunes the buffers it may
+            px.state.add_fault(build_fault({"type": "slow_reader", "rate_bps": 0}))
+            before = written[0]
+            await asyncio.sleep(1.0)
+            absorbed = written[0] - before
+            assert absorbed < 1024 * 1024, f"the server wrote {absorbed} bytes into a proxy that reads nothing"
+            assert px.state.relays()[0].tr["server"].get_extra_info("socket").getsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * 128 * 1024  # Linux doubles what was set
+            sink.cancel()
             rst(writer)
 
     run(body(), 20)
