@@ -7,7 +7,8 @@ buffers messages, couples the directions and hides abnormal ends).
 
   master.py     EmbeddedProxy: start (readiness), close (listener + connections)
   cli.py        `sendspin-proxy` (serve) and its control-API client subcommands
-  addons/       datapath (the takeover), upstreams (load balancer), control (REST API)
+  addons/       datapath (the takeover), upstreams (load balancer), sockets (fixed kernel buffers),
+                control (REST API)
   relay/        frames, pipe (one direction + fault chain), relay, state (no mitmproxy)
   faults/       base.py (the interface), one fault per file, registry in __init__
   observe.py    per-direction observer of decoded messages (only with --view / --web)
