@@ -144,38 +144,33 @@ class Pipe:
             tr.write(data)
             self.bytes_out += len(data)
 
-    def emit(self, data: bytes | memoryview, after: Fault | None = None) -> None:
-        """Into the byte chain after `after` (None: from its start), then to the socket.
-        A fault no longer in the chain (removed) sends straight to the socket."""
+    def _next_fault(self, after: Fault | None) -> Fault | None:
+        """The byte fault after `after` (None: the first); None past the end, or when
+        `after` is no longer in the chain (removed: it sends straight to the socket)."""
         chain = self._chain
         if after is None:
-            i = 0
-        else:
-            try:
-                i = chain.index(after) + 1
-            except ValueError:
-                i = len(chain)
-        if i >= len(chain):
+            return chain[0] if chain else None
+        try:
+            i = chain.index(after) + 1
+        except ValueError:
+            return None
+        return chain[i] if i < len(chain) else None
+
+    def emit(self, data: bytes | memoryview, after: Fault | None = None) -> None:
+        """Into the byte chain after `after` (None: from its start), then to the socket."""
+        f = self._next_fault(after)
+        if f is None:
             self.write(data)
-            return
-        f = chain[i]
-        f.on_bytes(self, data, self._nexts[id(f)])
+        else:
+            f.on_bytes(self, data, self._nexts[id(f)])
 
     def emit_eof(self, after: Fault | None = None) -> None:
         """The source's FIN, through the byte chain (so it follows queued data)."""
-        chain = self._chain
-        if after is None:
-            i = 0
-        else:
-            try:
-                i = chain.index(after) + 1
-            except ValueError:
-                i = len(chain)
-        if i >= len(chain):
+        f = self._next_fault(after)
+        if f is None:
             self._write_eof()
-            return
-        f = chain[i]
-        f.on_eof(self, self._eof_nexts[id(f)])
+        else:
+            f.on_eof(self, self._eof_nexts[id(f)])
 
     def _write_eof(self) -> None:
         if self._withholds:
