@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .relay import frames as fr
+from harness.protocol import wsframes as fr
+
 from .relay.relay import Relay
 from .relay.state import EventSink, ProxyState
 

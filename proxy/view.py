@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from harness.protocol import HEADER_SIZE, PLAYER_AUDIO
+from harness.protocol import wsframes as fr
 
 from .describe import (
     ARROW,
@@ -50,7 +51,6 @@ from .describe import (
     validation_error,
 )
 from .observe import MessageObserver, ObservedMessage
-from .relay import frames as fr
 from .relay.relay import Relay
 
 LINE_QUEUE = 10_000

@@ -39,12 +39,12 @@ from mitmproxy.master import Master
 from mitmproxy.websocket import WebSocketMessage
 
 from harness.protocol import HEADER_SIZE
+from harness.protocol import wsframes as fr
 
 from . import contentview  # noqa: F401 - registers the Sendspin content view
 from .contentview import trim
 from .describe import ARROW, close_summary, fault_applied, is_stream_chunk
 from .observe import ObservedMessage
-from .relay import frames as fr
 from .relay.relay import Relay
 
 MESSAGE_BYTES = 64 * 1024

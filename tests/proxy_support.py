@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.relay.frames import BINARY, CLOSE, CONT, PING, PONG, TEXT, encode_frame, mask_bytes
+from harness.protocol.wsframes import BINARY, CLOSE, CONT, PING, PONG, TEXT, encode_frame, mask_bytes
 
 __all__ = ["BINARY", "CLOSE", "CONT", "PING", "PONG", "TEXT", "Frame", "RawUpstream", "Trace", "client_connect",
            "collect", "echo", "encode_frame", "in_process_proxy", "read_end", "read_frame", "rst"]

@@ -28,10 +28,10 @@ from proxy_support import in_process_proxy
 
 from harness.probe import ProbeClient, ProbeConfig
 from harness.protocol import encode_binary
+from harness.protocol.wsframes import BINARY, CLOSE, CONT, PING, TEXT, encode_frame
 from harness.topology import ManagedProcess, reference_server, spawn
 from proxy.contentview import trim
 from proxy.observe import MessageObserver, ObservedMessage
-from proxy.relay.frames import BINARY, CLOSE, CONT, PING, TEXT, encode_frame
 from proxy.view import LineWriter, LiveView
 
 WAIT_S = 10.0  # generous: a condition normally holds within a second

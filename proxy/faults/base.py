@@ -100,7 +100,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from ..relay import frames as fr
+from harness.protocol import wsframes as fr
 
 if TYPE_CHECKING:
     from ..relay.pipe import Pipe

@@ -5,7 +5,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from ..relay import frames as fr
+from harness.protocol import wsframes as fr
+
 from .base import Fault, FaultSpecError, Msg, Param
 
 if TYPE_CHECKING:

@@ -50,8 +50,8 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from harness.protocol import now_us
+from harness.protocol import wsframes as fr
 
-from ..relay import frames as fr
 from .base import Fault, FaultSpecError, Msg, Param
 
 if TYPE_CHECKING:

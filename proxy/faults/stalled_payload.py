@@ -7,7 +7,8 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from ..relay import frames as fr
+from harness.protocol import wsframes as fr
+
 from .base import Fault, Msg, Param
 
 if TYPE_CHECKING:

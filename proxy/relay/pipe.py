@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import frames as fr
+from harness.protocol import wsframes as fr
 
 if TYPE_CHECKING:
     from ..faults.base import Fault, Msg

@@ -20,7 +20,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from . import frames as fr
+from harness.protocol import wsframes as fr
+
 from .pipe import Pipe, other
 
 SIDES = ("client", "server")
