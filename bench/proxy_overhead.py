@@ -59,7 +59,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import platform
@@ -68,7 +67,6 @@ import shlex
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -77,6 +75,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from harness.topology import (
+    Child,
+    ChildSet,
+    await_ready_file,
+    cpu_times,
+    machine_ticks,
+    wait_exit,
+    wait_listening,
+)
 
 MiB = 1024 * 1024
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,7 +98,6 @@ START_TIMEOUT_S = 30.0
 GOAL_RATIO = 0.5
 PROXY_ARGS: list[str] = []  # --proxy-args, for every sendspin-proxy this run starts
 GOAL_ADDED_P50_US = 500
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------------------------- echo server
@@ -221,102 +228,11 @@ async def serve_relay(ready_file: Path, upstream_port: int) -> int:
 # ---------------------------------------------------------------------------------------------- processes
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the benchmark process dies (PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
-
-
-@dataclass
-class Child:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def tail(self, n: int = 2000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-
-class Children:
-    """Every child in its own process group; `kill_all` ends them whatever state they are in."""
+class Children(ChildSet):
+    """Every child in its own process group, started in ROOT, SIGKILLed if this process dies."""
 
     def __init__(self, work: Path) -> None:
-        self.work = work
-        self.items: list[Child] = []
-
-    def spawn(self, name: str, argv: list[str]) -> Child:
-        log = self.work / f"{name}.log"
-        with open(log, "wb") as out:
-            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=ROOT,
-                                     start_new_session=True, preexec_fn=_die_with_parent)
-        child = Child(name, popen, log)
-        self.items.append(child)
-        return child
-
-    @staticmethod
-    def _killpg(pid: int, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
-
-    def kill_all(self, grace_s: float = 5.0) -> None:
-        for c in self.items:
-            if c.popen.poll() is None:
-                self._killpg(c.pid, signal.SIGTERM)
-        end = time.monotonic() + grace_s
-        for c in self.items:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                c.popen.wait(max(0.0, end - time.monotonic()))
-        for c in self.items:  # the leader and anything it left in its group
-            self._killpg(c.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                c.popen.wait(5)
-
-
-async def wait_exit(child: Child, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while child.popen.poll() is None:
-        if time.monotonic() > end:
-            return False
-        await asyncio.sleep(0.02)
-    return True
-
-
-async def wait_ready_file(child: Child, path: Path, timeout: float = START_TIMEOUT_S) -> dict[str, Any]:
-    end = time.monotonic() + timeout
-    while not path.exists():
-        if child.popen.poll() is not None:
-            raise RuntimeError(f"{child.name} exited with {child.popen.returncode} before it was ready:\n"
-                               f"{child.tail()}")
-        if time.monotonic() > end:
-            raise RuntimeError(f"{child.name} wrote no readiness file within {timeout} s:\n{child.tail()}")
-        await asyncio.sleep(0.02)
-    return json.loads(path.read_text())
-
-
-async def wait_listening(child: Child, port: int, timeout: float = START_TIMEOUT_S) -> None:
-    end = time.monotonic() + timeout
-    while True:
-        if child.popen.poll() is not None:
-            raise RuntimeError(f"{child.name} exited with {child.popen.returncode}:\n{child.tail()}")
-        try:
-            _, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
-        except (OSError, TimeoutError):
-            if time.monotonic() > end:
-                raise RuntimeError(f"{child.name} not listening on {port} within {timeout} s:\n"
-                                   f"{child.tail()}") from None
-            await asyncio.sleep(0.05)
-            continue
-        w.close()
-        with contextlib.suppress(OSError):
-            await asyncio.wait_for(w.wait_closed(), 1.0)
-        return
+        super().__init__(work, cwd=ROOT, die_with_parent=True)
 
 
 def free_port() -> int:
@@ -326,26 +242,6 @@ def free_port() -> int:
 
 
 # ---------------------------------------------------------------------------------------------- CPU accounting
-
-
-def cpu_times(pid: int | None) -> tuple[float, float]:
-    """(user, system) CPU seconds of `pid` (None: this process)."""
-    if pid is None:
-        t = os.times()
-        return t.user, t.system
-    try:
-        data = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0, 0.0
-    f = data[data.rindex(")") + 2:].split()
-    return int(f[11]) / CLK_TCK, int(f[12]) / CLK_TCK
-
-
-def machine_ticks() -> tuple[int, int, int]:
-    """(busy, irq+softirq, total) jiffies over all CPUs."""
-    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    total = sum(v[:8])
-    return total - v[3] - v[4], v[5] + v[6], total
 
 
 class CpuAcc:
@@ -541,7 +437,7 @@ async def start_echo(children: Children, work: Path) -> tuple[Child, str]:
     ready = work / "echo.ready.json"
     c = children.spawn("echo-server", [sys.executable, str(Path(__file__).resolve()), "--echo-server",
                                        "--ready-file", str(ready)])
-    info = await wait_ready_file(c, ready)
+    info = await await_ready_file(c, ready, START_TIMEOUT_S)
     return c, info["url"]
 
 
@@ -549,7 +445,7 @@ async def start_relay(children: Children, work: Path, upstream_port: int) -> tup
     ready = work / "relay.ready.json"
     c = children.spawn("asyncio-relay", [sys.executable, str(Path(__file__).resolve()), "--tcp-relay",
                                          str(upstream_port), "--ready-file", str(ready)])
-    info = await wait_ready_file(c, ready)
+    info = await await_ready_file(c, ready, START_TIMEOUT_S)
     return c, info["url"]
 
 
@@ -559,7 +455,7 @@ async def start_sendspin_proxy(children: Children, work: Path, upstream: str, na
     argv = [*(wrap or [sys.executable]), "-m", "proxy", "--listen", "127.0.0.1:0", "--upstream", upstream,
             "--ready-file", str(ready), "--quiet", *PROXY_ARGS]
     c = children.spawn(name, argv)
-    info = await wait_ready_file(c, ready)
+    info = await await_ready_file(c, ready, START_TIMEOUT_S)
     return c, info["listen"]["url"].rstrip("/")
 
 
@@ -576,12 +472,11 @@ async def start_mitmdump(children: Children, work: Path, upstream_port: int) -> 
                                                    "--listen-host", "127.0.0.1", "--listen-port", str(port),
                                                    "--set", f"confdir={confdir}", "-q"])
         try:
-            await wait_listening(c, port)
+            await wait_listening(c, port, START_TIMEOUT_S)
             return c, f"ws://127.0.0.1:{port}"
         except RuntimeError as e:
             last = e
-            Children._killpg(c.pid, signal.SIGKILL)
-            await wait_exit(c, 5)
+            await c.astop(signal.SIGKILL, 5)
     raise RuntimeError(f"mitmdump could not be started: {last}")
 
 
@@ -657,8 +552,7 @@ async def py_spy_during(children: Children, work: Path, target: Child, label: st
         with contextlib.suppress(ProcessLookupError):
             spy.popen.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
         if not await wait_exit(spy, 20):
-            Children._killpg(spy.pid, signal.SIGKILL)
-            await wait_exit(spy, 5)
+            await spy.astop(signal.SIGKILL, 5)
     if not out.exists():
         raise RuntimeError(f"py-spy wrote no profile:\n{spy.tail()}")
     return summarize_collapsed(out.read_text(), 15), result

@@ -401,13 +401,16 @@ class ChildSet:
     """Children started by one run; `kill_all` ends them whatever state they are in.
 
     `on_spawn` is called with each new child's pid (its process group), e.g. to record
-    the groups where an outer process can kill them if this one dies."""
+    the groups where an outer process can kill them if this one dies; `spawn_defaults`
+    are `spawn_child` keywords for every child (cwd, env, die_with_parent)."""
 
-    def __init__(self, work: Path | None = None, on_spawn: Callable[[int], None] | None = None) -> None:
+    def __init__(self, work: Path | None = None, on_spawn: Callable[[int], None] | None = None,
+                 **spawn_defaults: Any) -> None:
         self.work = work
         self.items: list[Child] = []
         self.pgids: list[int] = []
         self.on_spawn = on_spawn
+        self.spawn_defaults = spawn_defaults  # keyword arguments of `spawn_child` for every child
 
     def track(self, pgid: int) -> None:
         """Also end process group `pgid` (a child started some other way) in `kill_all`."""
@@ -419,7 +422,7 @@ class ChildSet:
         """`spawn_child`; with no `output`, it logs into WORK/NAME.log (inherited without a WORK)."""
         if output is None and self.work is not None:
             output = self.work / f"{name}.log"
-        child = spawn_child(name, argv, output, **kw)
+        child = spawn_child(name, argv, output, **{**self.spawn_defaults, **kw})
         self.items.append(child)
         self.track(child.pid)
         return child
