@@ -1,7 +1,9 @@
 """Load generator for bench/multiworker.py: many cheap Sendspin PCM listeners in one process.
 
-Like bench/listeners.py (raw WebSocket over asyncio.Protocol, only frame headers
-parsed), plus what a side-by-side needs:
+Raw WebSocket over asyncio.Protocol (frames built by harness.protocol.wsframes;
+of what arrives only the frame headers are parsed, inline: this loop runs once per
+chunk per listener, thousands of times a second), each listener doing the legacy
+handshake as a PCM player, plus what a side-by-side needs:
 
 - `client/state` is sent after `server/hello` arrives (sendspin 7.5.0 wants it
   after the hello; ours takes it either way);
@@ -29,6 +31,8 @@ import sys
 import time
 from urllib.parse import urlsplit
 
+from harness.protocol.wsframes import BINARY, CLOSE, PING, PONG, TEXT, encode_frame
+
 CHUNK_US = 25_000        # 1200 frames at 48 kHz
 FRAME_BYTES = 4          # 16-bit stereo
 AUDIO_TYPE = 4           # binary message type of player audio (legacy profile)
@@ -38,11 +42,8 @@ _TS = struct.Struct(">q")
 
 
 def client_frame(opcode: int, data: bytes) -> bytes:
-    mask = os.urandom(4)
-    n = len(data)
-    length = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n)
-    head = bytes([0x80 | opcode]) + length
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+    """A masked client-to-server frame (harness.protocol.wsframes)."""
+    return encode_frame(opcode, data, mask=True)
 
 
 def hello(name: str) -> bytes:
@@ -50,10 +51,10 @@ def hello(name: str) -> bytes:
                "player@v1_support": {"supported_formats": [{"codec": "pcm", "channels": 2, "sample_rate": 48000,
                                                             "bit_depth": 16}],
                                      "buffer_capacity": 32_000_000, "supported_commands": ["volume", "mute"]}}
-    return client_frame(1, json.dumps({"type": "client/hello", "payload": payload}).encode())
+    return client_frame(TEXT, json.dumps({"type": "client/hello", "payload": payload}).encode())
 
 
-STATE = client_frame(1, json.dumps({"type": "client/state", "payload": {
+STATE = client_frame(TEXT, json.dumps({"type": "client/state", "payload": {
     "state": "synchronized", "player": {"volume": 100, "muted": False}}}).encode())
 
 
@@ -134,7 +135,7 @@ class Listener(asyncio.Protocol):
                 break
             p = pos + hdr
             op = b0 & 0x0F
-            if op == 2 and n >= 13 and buf[p] == AUDIO_TYPE:
+            if op == BINARY and n >= 13 and buf[p] == AUDIO_TYPE:
                 ts = _TS.unpack_from(buf, p + 1)[0]
                 frames = (n - 9) // FRAME_BYTES
                 lo, hi = _HH.unpack_from(buf, p + 9)
@@ -158,12 +159,12 @@ class Listener(asyncio.Protocol):
                     self.gap_us += ts - self.last_ts - CHUNK_US
                 self.last_ts = ts
                 self.chunks += 1
-            elif op == 1 and not self.state_sent and b'"server/hello"' in buf[p : p + n]:
+            elif op == TEXT and not self.state_sent and b'"server/hello"' in buf[p : p + n]:
                 self.state_sent = True
                 self.transport.write(STATE)
-            elif op == 9:  # ping: answer, or a keepalive drops us
-                self.transport.write(client_frame(10, bytes(buf[p : p + n])))
-            elif op == 8:
+            elif op == PING:  # ping: answer, or a keepalive drops us
+                self.transport.write(client_frame(PONG, bytes(buf[p : p + n])))
+            elif op == CLOSE:
                 self.transport.close()
             pos = p + n
         if pos:
