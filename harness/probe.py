@@ -29,10 +29,10 @@ from .protocol import (
     BinaryMessage,
     ClientHandshake,
     EventLog,
-    LegacyProfile,
     Message,
     ProtocolError,
     binary_role,
+    get_profile,
     now_us,
     peek_type,
     watermark,
@@ -56,6 +56,7 @@ class ProbeConfig:
     connect_timeout_s: float = 5.0
     reconnect: bool = False               # after losing the connection, connect again (RECONNECT_BACKOFF_S)
     max_message_bytes: int | None = 256 * 1024 * 1024
+    profile: str = "legacy"               # the wire revision (harness.protocol.get_profile)
 
 
 MAX_REDIRECTS = 3
@@ -137,7 +138,8 @@ class ProbeClient:
         self.config = config or ProbeConfig()
         self.name = self.config.name
         self.log = log or EventLog(None, self.name)
-        self.profile = LegacyProfile()
+        self.profile = get_profile(self.config.profile)
+        self.codec = self.profile.session("client")  # per connection: a new one on every (re)connect
         self.ws = ClientProtocol(parse_uri(url), max_size=self.config.max_message_bytes)
         self.transport: asyncio.Transport | None = None
         self.handshake: ClientHandshake | None = None
@@ -191,6 +193,7 @@ class ProbeClient:
         """Fresh per-connection state; what the probe measured so far stays."""
         self.ws = ClientProtocol(parse_uri(url), max_size=self.config.max_message_bytes)
         self.transport = None
+        self.codec = self.profile.session("client")
         self.handshake = None
         self.closed = asyncio.Event()
         self._opened = asyncio.Event()
@@ -283,7 +286,7 @@ class ProbeClient:
     # --- sending ---------------------------------------------------------------------
 
     def send(self, message: Message) -> None:
-        data = self.profile.encode(message)
+        data = self.codec.encode(message)
         if isinstance(data, str):
             self.ws.send_text(data.encode())
         else:
@@ -333,7 +336,8 @@ class ProbeClient:
         payload=False, the header alone: an orphan header)."""
         self.send(m.HarnessUpload(upload_id=upload_id, size=len(data), sha256=hashlib.sha256(data).hexdigest()))
         if payload:
-            self.send_raw(self.profile.encode_binary(m.UPLOAD_BINARY_TYPE, now_us(), data), "upload_payload")
+            head, body = self.codec.encode_binary(m.UPLOAD_BINARY_TYPE, now_us(), data)
+            self.send_raw(head + body, "upload_payload")
         else:
             self.log.emit("misbehave", self.name, kind="orphan_header", upload_id=upload_id, bytes=len(data))
 
@@ -451,7 +455,7 @@ class ProbeClient:
 
     def _on_text(self, text: str, t: int, sizes: list[int]) -> None:
         try:
-            message = self.profile.decode(text)
+            message = self.codec.decode(text)
             assert isinstance(message, Message)
             if self.handshake is not None:
                 self.handshake.receive(message)
@@ -494,7 +498,7 @@ class ProbeClient:
         try:
             if self.handshake is not None:
                 self.handshake.receive_binary()
-            message = self.profile.decode(data)
+            message = self.codec.decode(data)
         except ProtocolError as exc:
             self.log.emit("reject", self.name, type=exc.message_type, field=exc.field, rule=exc.rule, bytes=len(data))
             return

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
+
+PlaybackState = Literal["playing", "stopped"]
 
 
 class Member(Protocol):
-    session_id: str
-    is_player: bool
+    """What groups need of a client (a server session, or a test's stand-in)."""
+
+    @property
+    def session_id(self) -> str: ...
+
+    @property
+    def is_player(self) -> bool: ...
+
     volume: int
     muted: bool
 
@@ -52,7 +60,7 @@ _group_ids = itertools.count(1)
 class Group:
     group_id: str
     name: str
-    playback_state: str = "stopped"
+    playback_state: PlaybackState = "stopped"
     members: list[Member] = field(default_factory=list)
 
     @classmethod

@@ -5,6 +5,11 @@ waits on the writer. The writer sends control messages first, then artwork,
 then audio pulled from the shared timeline; anything larger than
 `fragment_bytes` goes out as fragments, draining between them, so pings and
 the peer's inbound traffic are never held behind one big write.
+
+Messages are encoded and decoded by the connection's `SessionCodec` (from the
+wire profile), in wire order; which audio goes when is the `AudioPacer`'s
+call. The session reaches playback only through `PlaybackPort`, and playback
+reaches the session only as a `playback.Listener`.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import contextlib
 import hashlib
 from collections import deque
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -23,13 +28,14 @@ from websockets.protocol import State
 from harness.protocol import (
     UNSET,
     BinaryMessage,
+    EventLog,
     Message,
     ProtocolError,
     ServerHandshake,
+    SessionCodec,
     activate_roles,
     artwork_type,
     closecodes,
-    encode_binary,
     fragment,
     now_us,
     peek_type,
@@ -38,11 +44,29 @@ from harness.protocol import messages as m
 from harness.protocol.handshake import IMPLEMENTED_ROLES, unknown_roles
 
 from .artwork import make_image
+from .config import ServerConfig
 from .groups import Group
-from .timeline import Chunk
+from .pacing import AudioPacer
+from .timeline import Chunk, ChunkStore
 
-if TYPE_CHECKING:
-    from .server import ReferenceServer
+
+class PlaybackPort(Protocol):
+    """What a session asks of playback (groups, commands, the timeline)."""
+
+    @property
+    def timeline(self) -> ChunkStore: ...
+
+    def join(self, session: Session) -> None: ...
+
+    def leave(self, session: Session) -> None: ...
+
+    def group_changed(self, group: Group | None) -> None: ...
+
+    def controller_command(self, session: Session, cmd: m.ControllerCommand) -> None: ...
+
+    def external_source(self, session: Session) -> None: ...
+
+    def choose_format(self, formats: list[m.AudioFormat]) -> m.PlayerStream | None: ...
 
 
 class StalledPayload(Exception):
@@ -53,11 +77,12 @@ class StalledPayload(Exception):
 
 
 class Session:
-    def __init__(self, server: ReferenceServer, ws: ServerConnection, session_id: str) -> None:
-        self.server = server
-        self.config = server.config
-        self.log = server.log
-        self.profile = server.profile
+    def __init__(self, ws: ServerConnection, session_id: str, playback: PlaybackPort, codec: SessionCodec,
+                 config: ServerConfig, log: EventLog) -> None:
+        self.playback = playback
+        self.codec = codec
+        self.config = config
+        self.log = log
         self.ws = ws
         self.session_id = session_id
         self.handshake = ServerHandshake()
@@ -71,15 +96,11 @@ class Session:
         # outbound
         self._control: deque[tuple[Message, int]] = deque()
         self._control_bytes = 0
-        self._artwork: dict[int, tuple[bytes, bytes]] = {}  # channel -> (9-byte header, shared image bytes)
+        self._artwork: dict[int, tuple[int, bytes]] = {}  # channel -> (timestamp µs, shared image bytes)
         self._wake = asyncio.Event()
         self.player_format: m.PlayerStream | None = None
-        self._cursor: int | None = None
-        self._inflight: deque[tuple[int, int]] = deque()  # (play end µs, bytes) of audio sent, not yet due
-        self._inflight_bytes = 0
-        self._capacity = 0  # the client's buffer_capacity
-        self.audio_sent = 0
-        self.audio_skipped = 0
+        self._pacer = AudioPacer(playback.timeline, config.start_delay_ms * 1000, self._skipped,
+                                 None if codec.shared_audio else codec.audio_frame)
         # progress tracking for the slow-reader watchdog
         self._sending = False
         self._unsent = 0  # bytes of the message being sent not yet handed to the transport (shared storage)
@@ -96,6 +117,13 @@ class Session:
     def is_player(self) -> bool:
         return self.has_role("player")
 
+    @property
+    def audio_sent(self) -> int:
+        return self._pacer.sent
+
+    @property
+    def audio_skipped(self) -> int:
+        return self._pacer.skipped
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -109,8 +137,8 @@ class Session:
                 asyncio.create_task(self._writer(), name=f"{self.session_id}-writer"),
                 asyncio.create_task(self._watchdog(), name=f"{self.session_id}-watchdog"),
             ]
-            self.server.timeline.subscribe(self.on_chunks)
-            self.server.join(self)
+            self.playback.timeline.subscribe(self.on_chunks)
+            self.playback.join(self)
             await self._reader()
         except ConnectionClosed:
             pass
@@ -118,8 +146,8 @@ class Session:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self.server.timeline.unsubscribe(self.on_chunks)
-            self.server.leave(self)
+            self.playback.timeline.unsubscribe(self.on_chunks)
+            self.playback.leave(self)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.ws.wait_closed(), 3.0)
             sent = self.ws.protocol.close_sent
@@ -144,7 +172,7 @@ class Session:
         try:
             if isinstance(data, bytes):
                 self.handshake.receive_binary()
-            message = self.profile.decode(data)
+            message = self.codec.decode(data)
             assert isinstance(message, Message)
             self.handshake.receive(message)
         except ProtocolError as exc:
@@ -152,7 +180,7 @@ class Session:
             return False
         assert isinstance(message, m.ClientHello)
         self.hello = message
-        self._capacity = message.player_support.buffer_capacity if message.player_support else 0
+        self._pacer.capacity = message.player_support.buffer_capacity if message.player_support else 0
         self.log.emit("recv", self.session_id, t_us=t_received, type=message.TYPE, client_id=message.client_id,
                       roles=message.supported_roles)
         self.active_roles = activate_roles(message.supported_roles, IMPLEMENTED_ROLES)
@@ -236,7 +264,7 @@ class Session:
         pending, self._pending_upload = self._pending_upload, None
         self.log.emit("recv", self.session_id, t_us=t_received, type="binary", bytes=len(data), fragments=fragments)
         try:
-            message = self.profile.decode(data)
+            message = self.codec.decode(data)
         except ProtocolError as exc:
             self.reject(exc, bytes=len(data))
             return
@@ -265,7 +293,7 @@ class Session:
             self.reject(ProtocolError(header.TYPE, "", f"orphan header: upload {header.upload_id!r} announced a "
                                        f"binary payload, next message was JSON {peek_type(data)}"))
         try:
-            message = self.profile.decode(data)
+            message = self.codec.decode(data)
             assert isinstance(message, Message)
             self.handshake.receive(message)
         except ProtocolError as exc:
@@ -291,7 +319,7 @@ class Session:
                 if not self.has_role("controller"):
                     self.reject(ProtocolError(message.TYPE, "payload.controller", "client has no controller role"))
                 else:
-                    self.server.controller_command(self, cmd)
+                    self.playback.controller_command(self, cmd)
             case m.StreamRequestFormat():
                 self._request_format(message)
             case m.HarnessUpload():
@@ -311,13 +339,13 @@ class Session:
         if state is not UNSET:
             previous, self.state = self.state, state
             if state == "external_source" and previous != "external_source":
-                self.server.external_source(self)
+                self.playback.external_source(self)
         if message.player is not UNSET:
             if message.player.volume is not UNSET:
                 self.volume = message.player.volume
             if message.player.muted is not UNSET:
                 self.muted = message.player.muted
-            self.server.group_changed(self.group)
+            self.playback.group_changed(self.group)
 
     def _request_format(self, message: m.StreamRequestFormat) -> None:
         if message.player is not UNSET:
@@ -325,15 +353,15 @@ class Session:
                 self.reject(ProtocolError(message.TYPE, "payload.player", "client has no player role"))
             else:
                 req = message.player
-                current = self.player_format or m.PlayerStream(codec="pcm", sample_rate=self.server.timeline.rate,
+                current = self.player_format or m.PlayerStream(codec="pcm", sample_rate=self.playback.timeline.rate,
                                                                  channels=2, bit_depth=16)
                 fmt = m.AudioFormat(
                     codec=req.codec or current.codec, sample_rate=req.sample_rate or current.sample_rate,  # type: ignore[arg-type]
                     channels=req.channels or current.channels, bit_depth=req.bit_depth or current.bit_depth)
-                chosen = self.server.choose_format([fmt])
+                chosen = self.playback.choose_format([fmt])
                 if chosen is None:
                     self.reject(ProtocolError(message.TYPE, "payload.player", f"cannot serve {fmt}; the server "
-                                               f"serves pcm at {self.server.timeline.rate} Hz, 16/24-bit"))
+                                               f"serves pcm at {self.playback.timeline.rate} Hz, 16/24-bit"))
                 else:
                     self.start_player_stream(chosen)
         if message.artwork is not UNSET:
@@ -342,10 +370,10 @@ class Session:
             elif message.artwork.source != "none":
                 self.send_artwork(message.artwork.channel, message.artwork.format or "png")
 
-    # --- outbound API used by the server ---------------------------------------------------
+    # --- outbound API used by playback -----------------------------------------------------
 
     def enqueue(self, message: Message) -> None:
-        size = len(self.profile.encode(message))
+        size = self.codec.encoded_size(message)
         self._control.append((message, size))
         self._control_bytes += size
         self._wake.set()
@@ -355,33 +383,33 @@ class Session:
 
     def start_player_stream(self, fmt: m.PlayerStream) -> None:
         self.player_format = fmt
-        self._cursor = None
+        self._pacer.restart()
         self.enqueue(m.StreamStart(player=fmt))
 
     def end_streams(self, roles: list[str] | None = None) -> None:
         if roles is None or "player" in roles:
             self.player_format = None
-            self._cursor = None
+            self._pacer.restart()
         self.enqueue(m.StreamEnd(roles=roles if roles is not None else UNSET))
 
     def clear_player(self) -> None:
-        self._cursor = None
+        self._pacer.restart()
         self.enqueue(m.StreamClear(roles=["player"]))
 
     def send_artwork(self, channel: int, image_format: str) -> None:
         image = make_image(image_format, self.config.artwork_bytes)
         self.enqueue(m.StreamStart(artwork=m.ArtworkStream(channels=[m.ArtworkStreamChannel(
             source="album", format=image.format, width=image.width, height=image.height)])))  # type: ignore[arg-type]
-        self._artwork[channel] = (encode_binary(artwork_type(channel), now_us()), image.data)
+        self._artwork[channel] = (now_us(), image.data)
         self.log.emit("artwork_queued", self.session_id, channel=channel, bytes=len(image.data), sha256=image.sha256)
         self._wake.set()
 
     # --- writing -----------------------------------------------------------------------------
 
     async def _send_now(self, message: Message) -> None:
-        await self._send(self.profile.encode(message), message.TYPE)
+        await self._send(self.codec.encode(message), message.TYPE)
 
-    async def _send(self, data: str | bytes, kind: str, payload: bytes = b"") -> None:
+    async def _send(self, data: str | bytes, kind: str, payload: bytes | memoryview = b"") -> None:
         """Send `data` + `payload` as one message; `payload` (shared, possibly
         large) is fragmented by views, never copied whole."""
         size = len(data) + len(payload)
@@ -429,8 +457,9 @@ class Session:
                 continue
             if self._artwork:
                 channel = next(iter(self._artwork))
-                header, image = self._artwork.pop(channel)
-                await self._send(header, f"artwork/{channel}", image)
+                timestamp, image = self._artwork.pop(channel)
+                header, body = self.codec.encode_binary(artwork_type(channel), timestamp, image)
+                await self._send(header, f"artwork/{channel}", body)
                 continue
             audio, wait_s = self._next_audio()
             if audio is not None:
@@ -441,38 +470,11 @@ class Session:
                 await asyncio.wait_for(self._wake.wait(), wait_s)
 
     def _next_audio(self) -> tuple[bytes | None, float | None]:
-        """The audio message due now, else (None, how long to wait; None = until woken)."""
-        if self.player_format is None or self.group is None or self.group.playback_state != "playing":
-            return None, None
-        timeline = self.server.timeline
-        now = now_us()
-        if self._cursor is None:
-            # Join (or rejoin after clear): future timestamps only, far enough
-            # ahead for the client to buffer before the first one plays.
-            self._cursor = timeline.first_seq_at_or_after(now + self.config.start_delay_ms * 1000)
-        # Skip what the store no longer (or never) had and what is due already.
-        chunk = timeline.chunk_at_or_after(self._cursor)
-        while chunk is not None and chunk.ts_us < now:
-            chunk = timeline.chunk_at_or_after(chunk.seq + 1)
-        if chunk is None:
-            return None, None  # woken when the timeline produces
-        if chunk.seq > self._cursor:
-            self._skip(chunk.seq - self._cursor)
-            self._cursor = chunk.seq
-        while self._inflight and self._inflight[0][0] <= now:
-            self._inflight_bytes -= self._inflight.popleft()[1]
+        """The audio frame due now, else (None, how long to wait; None = until woken)."""
         fmt = self.player_format
-        frame = timeline.frame(chunk, fmt.channels, fmt.bit_depth)
-        if self._inflight and self._inflight_bytes + len(frame) > self._capacity:
-            return None, max(0.001, (self._inflight[0][0] - now) / 1e6)
-        self._commit_audio(chunk, frame)
-        return frame, None
-
-    def _commit_audio(self, chunk: Chunk, frame: bytes) -> None:
-        self._cursor = chunk.seq + 1
-        self._inflight.append((chunk.end_us, len(frame)))
-        self._inflight_bytes += len(frame)
-        self.audio_sent += 1
+        if fmt is None or self.group is None or self.group.playback_state != "playing":
+            return None, None
+        return self._pacer.next_due(fmt, now_us())
 
     def on_chunks(self, chunks: list[Chunk]) -> None:
         """The store has new chunks. A caught-up, idle session writes their
@@ -480,23 +482,15 @@ class Session:
         no copy; anything else wakes the writer task, which catches up by the
         rules. Stops at the first chunk the fast path may not take."""
         fmt = self.player_format
-        if (fmt is None or self._cursor != chunks[0].seq or self._sending or self._control or self._artwork
-                or self.group is None or self.group.playback_state != "playing"
+        if (fmt is None or not self._pacer.continues_at(chunks[0].seq) or self._sending or self._control
+                or self._artwork or self.group is None or self.group.playback_state != "playing"
                 or self.ws.protocol.state is not State.OPEN
                 or self.ws.transport.get_write_buffer_size() > self.config.write_limit_bytes):
             self._wake.set()
             return
-        now = now_us()
-        while self._inflight and self._inflight[0][0] <= now:
-            self._inflight_bytes -= self._inflight.popleft()[1]
-        frames = []
-        for chunk in chunks:
-            frame = self.server.timeline.frame(chunk, fmt.channels, fmt.bit_depth)
-            if chunk.ts_us < now or (self._inflight and self._inflight_bytes + len(frame) > self._capacity):
-                self._wake.set()
-                break
-            self._commit_audio(chunk, frame)
-            frames.append(frame)
+        frames = self._pacer.take(chunks, fmt, now_us())
+        if len(frames) < len(chunks):
+            self._wake.set()
         if frames:
             self.ws.transport.writelines(frames)
 
@@ -514,9 +508,8 @@ class Session:
             finally:
                 self._sending = False
 
-    def _skip(self, count: int) -> None:
-        self.audio_skipped += count
-        self.log.emit("audio_skip", self.session_id, chunks=count, total=self.audio_skipped)
+    def _skipped(self, count: int, total: int) -> None:
+        self.log.emit("audio_skip", self.session_id, chunks=count, total=total)
 
     # --- watchdog: stats and the slow-reader policy -----------------------------------------
 

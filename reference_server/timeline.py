@@ -9,20 +9,20 @@ batches of `batch_ms`: one write per listener per batch instead of per chunk
 (the batch only decides when chunks are sent, never their timestamps).
 
 A `ChunkStore` is what sessions read: the recent chunks of the timeline, each
-rendered and framed once per format — down to the WebSocket frame, which is
-the same bytes for every listener — no matter how many sessions send it.
-Each session pulls from it at its own cursor, so nothing queues per session.
+rendered and prepared by the wire profile once per format, no matter how many
+sessions send it (legacy: down to the WebSocket frame, which is the same bytes
+for every listener). Each session pulls from it at its own cursor, so nothing
+queues per session.
 """
 
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from harness.protocol import PLAYER_AUDIO, EventLog, encode_binary, now_us
+from harness.protocol import EventLog, Profile, now_us
 
 from .sources import Source, render
 
@@ -103,26 +103,15 @@ class Producer:
             await asyncio.sleep(self.batch_s)
 
 
-def ws_binary_frame(payload: bytes) -> bytes:
-    """RFC 6455 unmasked, final binary frame."""
-    n = len(payload)
-    if n < 126:
-        head = struct.pack(">BB", 0x82, n)
-    elif n < 65536:
-        head = struct.pack(">BBH", 0x82, 126, n)
-    else:
-        head = struct.pack(">BBQ", 0x82, 127, n)
-    return head + payload
-
-
 class ChunkStore:
-    def __init__(self, rate: int, source_kind: str) -> None:
+    def __init__(self, rate: int, source_kind: str, profile: Profile) -> None:
         self.rate = rate
         self.source_kind = source_kind
+        self._prepare = profile.prepare_audio
         self.chunks: deque[Chunk] = deque()   # in timeline order; seqs may skip (IPC drops)
         self._by_seq: dict[int, Chunk] = {}
         self._canonical: dict[int, bytes] = {}
-        self._framed: dict[int, dict[tuple[int, int], bytes]] = {}
+        self._prepared: dict[int, dict[tuple[int, int], bytes]] = {}
         self._listeners: set[Callable[[list[Chunk]], None]] = set()
         self.running = False
 
@@ -159,12 +148,12 @@ class ChunkStore:
         self.chunks.clear()
         self._by_seq.clear()
         self._canonical.clear()
-        self._framed.clear()
+        self._prepared.clear()
 
     def _forget(self, seq: int) -> None:
         self._by_seq.pop(seq, None)
         self._canonical.pop(seq, None)
-        self._framed.pop(seq, None)
+        self._prepared.pop(seq, None)
 
     # --- queries used by sessions ---------------------------------------------------
 
@@ -182,15 +171,16 @@ class ChunkStore:
                 return c.seq
         return self.chunks[-1].seq + 1 if self.chunks else 0
 
-    def frame(self, chunk: Chunk, channels: int, bit_depth: int) -> bytes:
-        """The audio message for `chunk` in one format as a complete WebSocket
-        binary frame (servers do not mask, so every listener gets these bytes)."""
-        formats = self._framed.setdefault(chunk.seq, {}) if chunk.seq in self._canonical else {}
+    def prepared(self, chunk: Chunk, channels: int, bit_depth: int) -> bytes:
+        """`chunk` in one format as the wire profile prepares audio for every
+        session (legacy: the complete WebSocket binary frame; servers do not
+        mask, so every listener gets these bytes). Made once per format."""
+        formats = self._prepared.setdefault(chunk.seq, {}) if chunk.seq in self._canonical else {}
         data = formats.get((channels, bit_depth))
         if data is None:
             pcm = render(self.source_kind, self._canonical.get(chunk.seq, b""), chunk.start_frame, chunk.frames,
                          channels, bit_depth)
-            data = formats[(channels, bit_depth)] = ws_binary_frame(encode_binary(PLAYER_AUDIO, chunk.ts_us, pcm))
+            data = formats[(channels, bit_depth)] = self._prepare(chunk.ts_us, pcm)
         return data
 
     def position_us(self) -> int:

@@ -12,11 +12,11 @@ import json
 import signal
 import socket
 
-from harness.protocol import now_us
+from harness.protocol import get_profile, now_us
 
 from . import ipc
 from .config import ServerConfig
-from .server import ReferenceServer
+from .server import PROFILE, ReferenceServer
 from .timeline import Chunk, ChunkStore
 
 HELLO_TIMEOUT_S = 10.0
@@ -33,15 +33,16 @@ async def run_worker(config: ServerConfig, ipc_fd: int, heartbeat_s: float) -> i
     hello = ipc.decode(first)
     if not isinstance(hello, ipc.Hello):
         raise RuntimeError(f"worker: first IPC message must be HELLO, got {hello!r}")
-    store = ChunkStore(hello.rate, hello.source_kind)
+    store = ChunkStore(hello.rate, hello.source_kind, get_profile(PROFILE))
 
     def send(message: bytes) -> None:
         with contextlib.suppress(BlockingIOError, OSError):  # coordinator busy or gone: EOF will tell
             sock.send(message)
 
     def report(_wanted: bool = False) -> None:
-        listeners = sum(1 for s in server.sessions.values() if s.player_format is not None)
-        send(ipc.heartbeat(listeners, len(server.sessions), store.running))
+        sessions = server.playback.sessions
+        listeners = sum(1 for s in sessions.values() if s.player_format is not None)
+        send(ipc.heartbeat(listeners, len(sessions), store.running))
 
     server = ReferenceServer(config, store=store, demand=report)
     for sig in (signal.SIGTERM, signal.SIGINT):

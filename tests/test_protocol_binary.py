@@ -24,9 +24,12 @@ from harness.protocol import (
     binary_slot,
     decode_binary,
     encode_binary,
+    encode_json,
     fragment,
     get_profile,
 )
+from harness.protocol import messages as m
+from harness.protocol.wsframes import BINARY, encode_frame, parse_header
 
 PHASES = (Phase.explicit, Phase.generate, Phase.shrink)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -331,14 +334,45 @@ def test_fragment_with_header_hypothesis(data: bytes, header: bytes, extra: int)
 
 
 def test_legacy_profile_binary() -> None:
-    profile = get_profile("legacy")
-    data = profile.encode_binary(8, -5, b"img")
+    codec = get_profile("legacy").session("server")
+    head, body = codec.encode_binary(8, -5, b"img")
+    data = head + body
     assert data == encode_binary(8, -5, b"img")
-    decoded = profile.decode(data)
+    decoded = codec.decode(data)
     assert isinstance(decoded, BinaryMessage)
     assert (decoded.type, decoded.timestamp_us, bytes(decoded.payload)) == (8, -5, b"img")
     with pytest.raises(ProtocolError):
-        profile.decode(b"\x04\x00")
+        codec.decode(b"\x04\x00")
+
+
+def test_legacy_binary_body_is_the_callers_payload_never_a_copy() -> None:
+    image = bytes(300_000)
+    head, body = get_profile("legacy").session("server").encode_binary(artwork_type(1), 42, image)
+    assert head == encode_binary(artwork_type(1), 42)
+    assert body is image
+
+
+def test_legacy_audio_is_prepared_once_as_a_shared_websocket_frame() -> None:
+    profile = get_profile("legacy")
+    pcm = bytes(range(256)) * 20  # > 125 bytes: a 16-bit length
+    frame = profile.prepare_audio(1_234_567, pcm)
+    header = parse_header(frame)
+    assert header is not None
+    assert (header.fin, header.opcode, header.masked) == (True, BINARY, False)
+    assert header.size + header.length == len(frame)
+    message = decode_binary(frame[header.size:])
+    assert (message.type, message.timestamp_us, bytes(message.payload)) == (PLAYER_AUDIO, 1_234_567, pcm)
+    assert frame == encode_frame(BINARY, encode_binary(PLAYER_AUDIO, 1_234_567, pcm))
+    for side in ("server", "client"):
+        codec = profile.session(side)
+        assert codec.shared_audio
+        assert codec.audio_frame(frame) is frame  # every listener writes the same bytes
+
+
+def test_legacy_session_codec_sizes_without_sending() -> None:
+    codec = get_profile("legacy").session("server")
+    message = m.ServerTime(client_transmitted=1, server_received=2, server_transmitted=3)
+    assert codec.encoded_size(message) == len(codec.encode(message)) == len(encode_json(message))
 
 
 def test_header_struct_is_network_order() -> None:

@@ -1,42 +1,122 @@
-"""The seam between wire revisions. Callers hold a Profile and never look at
-framing themselves, so the `noise` revision slots in beside `legacy`."""
+"""The seam between wire revisions. Callers hold a Profile, obtained by name
+(`get_profile("legacy")`), and never look at framing themselves, so the
+`noise` revision slots in beside `legacy`.
+
+Two levels, because a revision may keep state per connection:
+
+- `Profile` (one per process, stateless): `session(side)` opens the codec of
+  one connection, and `prepare_audio(ts, pcm)` renders an audio chunk once
+  into the form every listener's codec starts from.
+- `SessionCodec` (one per connection, may hold keys and nonces): `encode`,
+  `decode`, `encode_binary` (as head + body, so a large shared payload is
+  never copied) and `audio_frame`, the bytes to write for one prepared chunk.
+  Calls happen in wire order: `encode` when a message is sent (not when it is
+  queued; `encoded_size` measures without advancing anything), `decode` as
+  messages arrive.
+
+Legacy: cleartext, stateless. `prepare_audio` returns the complete WebSocket
+frame (server frames are unmasked, so the bytes are the same for everyone) and
+its codec says `shared_audio`: `audio_frame` is the identity, so a server may
+write the prepared bytes as they are, to any number of sessions.
+
+A per-session encrypted revision (Noise: after a handshake every message is
+its own AEAD ciphertext under the connection's keys, sent as one WebSocket
+binary message) returns the plaintext audio message from `prepare_audio`; its
+codec has `shared_audio = False` and `audio_frame` encrypts and frames it for
+that one listener; `encode` returns bytes; `encode_binary` returns the whole
+ciphertext as head and an empty body.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
-from .binary import BinaryMessage, decode_binary, encode_binary
+from .binary import PLAYER_AUDIO, BinaryMessage, decode_binary, encode_binary
 from .codec import decode_json, encode_json
 from .messages import Message
+from .wsframes import BINARY, encode_frame
 
 WireData = str | bytes  # str = WebSocket text message, bytes = binary message
+BinaryParts = tuple[bytes, bytes | memoryview]  # one binary message = head + body (body: shared, never copied)
+Side = Literal["client", "server"]
+
+
+class SessionCodec(Protocol):
+    """The codec of one connection; per-connection state (keys, nonces) lives here."""
+
+    @property
+    def shared_audio(self) -> bool:
+        """True: `audio_frame(prepared)` is `prepared` itself, the same bytes for every session."""
+        ...
+
+    def encode(self, message: Message) -> WireData: ...
+
+    def encoded_size(self, message: Message) -> int:
+        """The bytes `encode(message)` would send, without advancing any state."""
+        ...
+
+    def encode_binary(self, message_type: int, timestamp_us: int, payload: bytes | memoryview) -> BinaryParts: ...
+
+    def decode(self, data: WireData) -> Message | BinaryMessage: ...
+
+    def audio_frame(self, prepared: bytes) -> bytes:
+        """The complete WebSocket frame (server to client) carrying one chunk that
+        `Profile.prepare_audio` prepared."""
+        ...
 
 
 class Profile(Protocol):
     name: str
 
-    def encode(self, message: Message) -> WireData: ...
+    def session(self, side: Side) -> SessionCodec: ...
 
-    def encode_binary(self, message_type: int, timestamp_us: int, payload: bytes | memoryview) -> bytes: ...
+    def prepare_audio(self, timestamp_us: int, pcm: bytes | memoryview) -> bytes:
+        """One player audio chunk, rendered once per format, shared by every session."""
+        ...
 
-    def decode(self, data: WireData) -> Message | BinaryMessage: ...
 
-
-class LegacyProfile:
+class LegacySession:
     """Cleartext revision: JSON in text messages, binary = type + int64 µs + payload."""
 
-    name = "legacy"
+    shared_audio = True
 
     def encode(self, message: Message) -> WireData:
         return encode_json(message)
 
-    def encode_binary(self, message_type: int, timestamp_us: int, payload: bytes | memoryview) -> bytes:
-        return encode_binary(message_type, timestamp_us, payload)
+    def encoded_size(self, message: Message) -> int:
+        return len(encode_json(message))
+
+    def encode_binary(self, message_type: int, timestamp_us: int, payload: bytes | memoryview) -> BinaryParts:
+        return encode_binary(message_type, timestamp_us), payload
 
     def decode(self, data: WireData) -> Message | BinaryMessage:
         if isinstance(data, str):
             return decode_json(data)
         return decode_binary(data)
+
+    def audio_frame(self, prepared: bytes) -> bytes:
+        return prepared
+
+
+_LEGACY_SESSION = LegacySession()  # no per-connection state: every connection shares one
+
+
+class LegacyProfile:
+    name = "legacy"
+
+    def session(self, side: Side) -> LegacySession:
+        return _LEGACY_SESSION
+
+    def prepare_audio(self, timestamp_us: int, pcm: bytes | memoryview) -> bytes:
+        return encode_frame(BINARY, encode_binary(PLAYER_AUDIO, timestamp_us, pcm))
+
+    # Stateless shortcuts, legacy only (a per-session revision has no codec without a session).
+
+    def encode(self, message: Message) -> WireData:
+        return _LEGACY_SESSION.encode(message)
+
+    def decode(self, data: WireData) -> Message | BinaryMessage:
+        return _LEGACY_SESSION.decode(data)
 
 
 PROFILES: dict[str, Profile] = {"legacy": LegacyProfile()}

@@ -1,0 +1,103 @@
+"""Audio pacing for one session: which chunk goes next, and whether it may go now.
+
+A session reads the shared `ChunkStore` at its own cursor. The rules, written
+once here and used by both ways audio leaves a session (the writer task, and
+the producer callback that writes a batch straight to a caught-up session):
+
+- join (or rejoin after a clear) at the first chunk starting `start_delay`
+  from now, so the client can buffer before it plays;
+- skip what the store no longer has and what is due already (`on_skip`);
+- keep the audio sent but not yet played within the client's
+  `buffer_capacity` (in-flight accounting: drained as chunks' play ends pass).
+
+No I/O here: the caller writes the frames it is given.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from harness.protocol import messages as m
+
+from .timeline import Chunk, ChunkStore
+
+SkipHook = Callable[[int, int], None]  # (chunks skipped now, total skipped)
+
+
+class AudioPacer:
+    def __init__(self, store: ChunkStore, start_delay_us: int, on_skip: SkipHook,
+                 seal: Callable[[bytes], bytes] | None = None) -> None:
+        """`seal`: the session codec's per-listener step from prepared audio to
+        the frame to write; None when the prepared bytes are written as they are."""
+        self.store = store
+        self.start_delay_us = start_delay_us
+        self.capacity = 0  # the client's buffer_capacity
+        self.sent = 0
+        self.skipped = 0
+        self._on_skip = on_skip
+        self._seal = seal
+        self._cursor: int | None = None
+        self._inflight: deque[tuple[int, int]] = deque()  # (play end µs, bytes) of audio sent, not yet due
+        self._inflight_bytes = 0
+
+    def restart(self) -> None:
+        """A new stream or a clear: the next chunk is chosen as on joining."""
+        self._cursor = None
+
+    def continues_at(self, seq: int) -> bool:
+        """The session is caught up: chunk `seq` is the next one it sends."""
+        return self._cursor == seq
+
+    def next_due(self, fmt: m.PlayerStream, now: int) -> tuple[bytes | None, float | None]:
+        """The frame to send now, else (None, how long to wait; None = until the store has more)."""
+        store = self.store
+        if self._cursor is None:
+            self._cursor = store.first_seq_at_or_after(now + self.start_delay_us)
+        # Skip what the store no longer (or never) had and what is due already.
+        chunk = store.chunk_at_or_after(self._cursor)
+        while chunk is not None and chunk.ts_us < now:
+            chunk = store.chunk_at_or_after(chunk.seq + 1)
+        if chunk is None:
+            return None, None
+        if chunk.seq > self._cursor:
+            self.skipped += chunk.seq - self._cursor
+            self._on_skip(chunk.seq - self._cursor, self.skipped)
+            self._cursor = chunk.seq
+        self._drain(now)
+        prepared = store.prepared(chunk, fmt.channels, fmt.bit_depth)
+        if not self._fits(prepared):
+            return None, max(0.001, (self._inflight[0][0] - now) / 1e6)
+        return self._commit(chunk, prepared), None
+
+    def take(self, chunks: list[Chunk], fmt: m.PlayerStream, now: int) -> list[bytes]:
+        """Frames for the new `chunks` (which continue at the cursor), in order,
+        stopping at the first that is due already or does not fit; fewer frames
+        than chunks means the rest is left to `next_due`."""
+        self._drain(now)
+        store = self.store
+        frames = []
+        for chunk in chunks:
+            prepared = store.prepared(chunk, fmt.channels, fmt.bit_depth)
+            if chunk.ts_us < now or not self._fits(prepared):
+                break
+            frames.append(self._commit(chunk, prepared))
+        return frames
+
+    def _drain(self, now: int) -> None:
+        """Forget audio whose play time has passed: the client has played it."""
+        inflight = self._inflight
+        while inflight and inflight[0][0] <= now:
+            self._inflight_bytes -= inflight.popleft()[1]
+
+    def _fits(self, prepared: bytes) -> bool:
+        """Within buffer_capacity; with nothing in flight, any chunk goes."""
+        return not self._inflight or self._inflight_bytes + len(prepared) <= self.capacity
+
+    def _commit(self, chunk: Chunk, prepared: bytes) -> bytes:
+        frame = prepared if self._seal is None else self._seal(prepared)
+        self._cursor = chunk.seq + 1
+        self._inflight.append((chunk.end_us, len(frame)))
+        self._inflight_bytes += len(frame)
+        self.sent += 1
+        return frame
