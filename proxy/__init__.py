@@ -9,8 +9,12 @@ buffers messages, couples the directions and hides abnormal ends).
   cli.py        `sendspin-proxy` (serve) and its control-API client subcommands
   addons/       datapath (the takeover), upstreams (load balancer), sockets (fixed kernel buffers),
                 control (REST API)
-  relay/        frames, pipe (one direction + fault chain), relay, state (no mitmproxy)
-  faults/       base.py (the interface), one fault per file, registry in __init__
+  state.py      ProxyState: event sink, upstreams, live relays, the fault table (attaches faults)
+  relay/        the data path, no mitmproxy and no fault class: pipe (one direction + fault
+                chain), relay (two sockets), message (Msg), hooks (what a pipe calls on an
+                attached fault), connection (Connection/Channel: all a fault may read and do)
+  faults/       fault.py (spec + per-pipe state), selector.py, params.py; one fault per file;
+                the catalogue (build_fault, load_plan) in __init__
   observe.py    per-direction observer of decoded messages (only with --view / --web)
   describe.py   messages and faults in words; view.py the terminal view (--view)
   web.py        mitmweb's UI on the embedded master (--web); contentview.py its Sendspin view

@@ -36,7 +36,7 @@ from .addons.sockets import SocketBuffers
 from .addons.upstreams import UpstreamPool
 from .faults import Fault
 from .observe import Observation, ObservedProxyState, TappedEventSink, TrafficConsumer
-from .relay.state import EventSink, ProxyState
+from .state import EventSink, ProxyState
 
 log = logging.getLogger(__name__)
 DEFAULT_SOCKET_BUFFER = 128 * 1024  # SO_RCVBUF/SO_SNDBUF of the proxy's sockets (addons/sockets.py)

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from harness.protocol import wsframes as fr
 
 from .relay.relay import Relay
-from .relay.state import EventSink, ProxyState
+from .state import EventSink, ProxyState
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,10 @@
 """Raw WebSocket peers for the proxy tests: they write and see individual frames (FIN,
 opcode, exact sizes, masks) and tell EOF, RST and close frames apart, which a WebSocket
 library hides. Plus `in_process_proxy`, the proxy embedded in the test's own loop.
-127.0.0.1 only; every wait has a timeout."""
+127.0.0.1 only; every wait has a timeout.
+
+Then the helpers of the fault tests (test_proxy_faults_*.py): upstream scripts, the
+control API, event filters, and the transparency check after `POST /reset`."""
 
 from __future__ import annotations
 
@@ -9,12 +12,16 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import aiohttp
 
 from harness.protocol.wsframes import BINARY, CLOSE, CONT, PING, PONG, TEXT, encode_frame, mask_bytes
 
@@ -241,3 +248,182 @@ async def in_process_proxy(upstreams: list[str], **kw: Any) -> AsyncIterator[Any
     px = EmbeddedProxy(upstreams, **kw)
     async with px:
         yield px
+
+
+KiB = 1024
+MiB = 1024 * KiB
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, dict[str, Any]], Awaitable[None]]
+
+
+# --- fault tests: helpers ------------------------------------------------------------------------------------
+
+
+def jmsg(t: str, **kw: Any) -> bytes:
+    return json.dumps({"type": t, "payload": kw}).encode()
+
+
+def audio(i: int, n: int = 1000, btype: int = 4) -> bytes:
+    return struct.pack(">Bq", btype, i * 25_000) + bytes([i % 256]) * n
+
+
+STREAM = [encode_frame(BINARY, audio(0)), encode_frame(BINARY, audio(1)), encode_frame(BINARY, audio(2)),
+          encode_frame(TEXT, jmsg("server/state"))]  # three audio chunks and a JSON message
+
+
+def desc(frames: list[Frame]) -> list[tuple[int, int, int]]:
+    """(FIN, opcode, payload size) of each frame."""
+    return [(int(f.fin), f.opcode, len(f.payload)) for f in frames]
+
+
+def sender(frames: list[bytes], gap_s: float = 0.0) -> Script:
+    """Upstream: on the client's first frame ("go"), send `frames` (gap_s apart), then stay."""
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, info: dict[str, Any]) -> None:
+        await read_frame(reader)
+        for f in frames:
+            writer.write(f)
+            await writer.drain()
+            if gap_s:
+                await asyncio.sleep(gap_s)
+        tr = await collect(reader, 10, stop_after_close=True)
+        if tr.end == "close-frame":  # answer a close, as a server does
+            writer.write(encode_frame(CLOSE, tr.frames[-1].payload))
+    return script
+
+
+class Recorder:
+    """Upstream that echoes and records what it received and when (and how it ended)."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[float, Frame]] = []
+        self.ends: list[str] = []
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, info: dict[str, Any]) -> None:
+        try:
+            while True:
+                f = await read_frame(reader)
+                self.got.append((time.monotonic(), f))
+                if f.opcode == CLOSE:
+                    writer.write(encode_frame(CLOSE, f.payload))
+                    await writer.drain()
+                    self.ends.append("close-frame")
+                    await read_end(reader, 3)
+                    return
+                writer.write(encode_frame(f.opcode, f.payload, f.fin))
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            self.ends.append("eof")
+        except ConnectionResetError:
+            self.ends.append("rst")
+
+    def payloads(self) -> list[bytes]:
+        return [f.payload for _, f in self.got if f.opcode in (TEXT, BINARY, CONT)]
+
+
+@contextlib.asynccontextmanager
+async def routed_proxy(routes: dict[str, Script] | None = None) -> AsyncIterator[Any]:
+    """A raw upstream (path -> script; anything else echoes) behind the in-process proxy."""
+    table = dict(routes or {})
+
+    async def dispatch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, info: dict[str, Any]) -> None:
+        await table.get(info["path"], echo)(reader, writer, info)
+
+    async with RawUpstream(dispatch) as up, in_process_proxy([f"ws://127.0.0.1:{up.port}"]) as px:
+        yield px
+
+
+async def api(px: Any, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(timeout=timeout) as s, s.request(method, px.control.url + path, json=body) as r:
+        return r.status, await r.json()
+
+
+async def post_fault(px: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    status, body = await api(px, "POST", "/faults", spec)
+    assert status == 201, body
+    return dict(body["fault"])
+
+
+def fault_events(px: Any, kind: str) -> list[dict[str, Any]]:
+    return [e for e in px.events.since(0, limit=10_000) if e["event"] == "fault" and e["type"] == kind]
+
+
+async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def reset_and_check_transparent(px: Any) -> None:
+    """POST /reset, then: no fault left on any live pipe, and a new connection carries
+    fragments, a ping, text and a close handshake exactly as sent."""
+    status, body = await api(px, "POST", "/reset")
+    assert status == 200, body
+    assert not px.state.faults
+    for relay in px.state.relays():
+        for pipe in relay.pipes.values():
+            assert not pipe.faults and not pipe.withholding, pipe.stats()
+            assert not (pipe.holds - {"write-buffer"}), pipe.stats()
+    reader, writer = await client_connect(px.port, "/echo")
+    try:
+        text = "h\u00e9llo".encode()
+        writer.write(encode_frame(BINARY, b"F" * 3000, fin=False, mask=True)
+                     + encode_frame(CONT, b"G" * 2000, fin=False, mask=True) + encode_frame(CONT, b"H" * 10, mask=True)
+                     + encode_frame(PING, b"p", mask=True) + encode_frame(TEXT, text, mask=True)
+                     + encode_frame(CLOSE, struct.pack("!H", 4001) + b"bye", mask=True))
+        tr = await collect(reader, 3)
+        assert desc(tr.frames) == [(0, BINARY, 3000), (0, CONT, 2000), (1, CONT, 10), (1, PONG, 1),
+                                   (1, TEXT, len(text)), (1, CLOSE, 5)], tr.frames
+        assert tr.frames[4].payload == text and (tr.frames[5].close_code, tr.frames[5].close_reason) == (4001, "bye")
+        assert tr.end == "eof"
+    finally:
+        writer.close()
+
+
+class Flood:
+    """Upstream: pushes 64 KiB binary frames (up to `total`) as fast as the socket takes
+    them, while recording every frame the client sends (the other direction)."""
+
+    def __init__(self, total: int = 16 * MiB) -> None:
+        self.total = total
+        self.pushed = 0
+        self.got: list[tuple[float, bytes]] = []
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, info: dict[str, Any]) -> None:
+        chunk = encode_frame(BINARY, b"f" * (64 * KiB))
+
+        async def push() -> None:
+            with contextlib.suppress(ConnectionError):
+                while self.pushed < self.total:
+                    writer.write(chunk)
+                    await writer.drain()
+                    self.pushed += len(chunk)
+
+        task = asyncio.create_task(push())
+        try:
+            while True:
+                f = await read_frame(reader)
+                self.got.append((time.monotonic(), f.payload))
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class Drain:
+    """A client reader that reads everything as fast as it can and counts it."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.n = 0
+        self.task = asyncio.create_task(self._run(reader))
+
+    async def _run(self, reader: asyncio.StreamReader) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(256 * KiB):
+                self.n += len(data)
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task

@@ -28,8 +28,8 @@ from proxy_support import (
     read_frame,
 )
 
-from proxy.faults import FaultSpecError, build_fault, fault_types, load_plan
-from proxy.faults.base import Fault, Selector
+from proxy.faults import Fault, FaultSpecError, FaultState, Selector, build_fault, fault_types, load_plan
+from proxy.relay.message import Msg
 
 
 def jmsg(t: str, **kw: Any) -> bytes:
@@ -222,22 +222,13 @@ def test_connections_filter_picks_one_client_by_its_port(run: Any) -> None:
 
 def test_selector_probability_is_seeded_and_per_connection() -> None:
     """Same seed, same choices on every connection: a run is reproducible."""
-    class FakePipe:
-        def __init__(self) -> None:
-            self.st: dict[int, Any] = {}
-
-        def state_for(self, key: object, factory: Any) -> Any:
-            return self.st.setdefault(id(key), factory())
-
-    from proxy.faults.base import Msg
-
     sel = Selector(binary_type=[4, 5], probability=0.5, seed=7)
     picks = []
     for _ in range(2):
-        pipe = FakePipe()
-        picks.append([sel.match(pipe, Msg(BINARY, bytes([4]) + b"x" * 8, i)) for i in range(40)])  # type: ignore[arg-type]
+        pipe = sel.new_state()  # one per pipe (connection and direction)
+        picks.append([sel.match(pipe, Msg(BINARY, bytes([4]) + b"x" * 8, i)) for i in range(40)])
     assert picks[0] == picks[1] and 5 < sum(picks[0]) < 35
-    assert not sel.match(FakePipe(), Msg(BINARY, bytes([6]), 0))  # type: ignore[arg-type]
+    assert not sel.match(sel.new_state(), Msg(BINARY, bytes([6]), 0))
 
 
 # --- latency ------------------------------------------------------------------------------------
@@ -400,11 +391,13 @@ def test_relay_close_with_code_reaches_both_peers(run: Any) -> None:
 
 
 def test_a_fault_that_raises_resets_the_connection_and_says_why(run: Any) -> None:
+    class BrokenState(FaultState["Broken"]):
+        def on_message(self, msg: Any) -> Any:
+            raise ValueError("bug in a fault")
+
     class Broken(Fault):  # no `kind`: not registered
         needs_messages = True
-
-        def on_message(self, pipe: Any, msg: Any) -> Any:
-            raise ValueError("bug in a fault")
+        State = BrokenState
 
     async def body() -> None:
         async with proxied() as px:

@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from ..faults import FaultSpecError, Selector, build_fault, fault_types
-from ..relay.state import ProxyState
+from ..state import ProxyState
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -35,7 +35,7 @@ from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import websocket as mitm_websocket
 
 from ..relay.relay import SIDES, WRITE_HIGH, Relay
-from ..relay.state import ProxyState
+from ..state import ProxyState
 
 log = logging.getLogger(__name__)
 UPSTREAM_KEY = "sendspin_upstream"  # flow.metadata: index of the chosen upstream

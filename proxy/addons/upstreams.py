@@ -31,8 +31,8 @@ from mitmproxy.proxy import server_hooks
 
 from harness.protocol import now_us
 
-from ..faults.base import ConnectInfo
-from ..relay.state import ProxyState, Upstream
+from ..faults import ConnectInfo
+from ..state import ProxyState, Upstream
 from .datapath import UPSTREAM_KEY
 
 SEQ_KEY = "sendspin_seq"

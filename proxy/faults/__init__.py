@@ -2,7 +2,9 @@
 
 `build_fault(spec)` turns a JSON/TOML spec into a Fault (errors name what was wrong),
 `load_plan(path)` reads a plan file (a JSON list, or TOML with `[[fault]]` tables),
-`fault_types()` lists what exists. See base.py for the interface and the spec format.
+`fault_types()` lists what exists. The interface and the spec format: fault.py (spec +
+per-pipe state), selector.py (which messages, which connections), params.py (parameter
+schema). Every other module here is one fault.
 """
 
 from __future__ import annotations
@@ -15,22 +17,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .base import (
-    DIRECTIONS,
-    REGISTRY,
-    ConnectInfo,
-    ConnectionFilter,
-    Fault,
-    FaultSpecError,
-    Msg,
-    Param,
-    ProxyServices,
-    Selector,
-)
+from ..relay.message import Msg
+from .fault import DIRECTIONS, REGISTRY, ConnectInfo, Fault, FaultState, ProxyServices
+from .params import FaultSpecError, Param
+from .selector import ConnectionFilter, Selector
 
-__all__ = ["DIRECTIONS", "REGISTRY", "ConnectInfo", "ConnectionFilter", "Fault", "FaultSpecError", "Msg", "Param",
-           "ProxyServices", "Selector", "build_fault", "fault_types", "load_plan"]
+__all__ = ["DIRECTIONS", "REGISTRY", "ConnectInfo", "ConnectionFilter", "Fault", "FaultSpecError", "FaultState", "Msg",
+           "Param", "ProxyServices", "Selector", "build_fault", "fault_types", "load_plan"]
 
+_INTERFACE = {"fault", "selector", "params"}  # the modules that are not a fault
 COMMON = ("type", "name", "direction", "selector", "toxicity", "connections", "count", "duration", "params")
 _loaded = False
 
@@ -42,7 +37,7 @@ def _load_all() -> None:
     if _loaded:
         return
     for mod in pkgutil.iter_modules(__path__):
-        if not mod.name.startswith("_") and mod.name != "base":
+        if not mod.name.startswith("_") and mod.name not in _INTERFACE:
             importlib.import_module(f"{__name__}.{mod.name}")
     _loaded = True
 
@@ -53,7 +48,7 @@ def fault_types() -> dict[str, type[Fault]]:
 
 
 def build_fault(spec: Any) -> Fault:
-    """A Fault from its spec (see base.py). Selector and parameter keys may also sit at
+    """A Fault from its spec (see fault.py). Selector and parameter keys may also sit at
     the top level; FaultSpecError names the type, the field and the rule."""
     if not isinstance(spec, Mapping):
         raise FaultSpecError(f"a fault spec must be an object, got {json.dumps(spec, default=str)[:80]}")

@@ -2,19 +2,86 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Callable
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .base import Fault, Param
-
-if TYPE_CHECKING:
-    from ..relay.pipe import Pipe
+from ..relay.connection import Channel
+from .fault import Fault, FaultState
+from .params import Param
 
 MIN_QUANTUM = 1
 MAX_QUANTUM = 64 * 1024
 TICKS_PER_S = 20  # pacing granularity: about 20 writes a second, so small rates stay smooth
+
+
+class BandwidthState(FaultState["Bandwidth"]):
+    """The pacing engine on one pipe (slow_reader reuses it with a zero buffer)."""
+
+    def __init__(self, fault: Bandwidth, conn: Channel) -> None:
+        super().__init__(fault, conn)
+        # q holds (data, nxt) for bytes and (None, eof_nxt) for the FIN, in arrival order
+        self.q: deque[tuple[bytes | None, Callable[..., None]]] = deque()
+        self.buffered = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def on_bytes(self, data: bytes | memoryview, nxt: Callable[[Any], None]) -> None:
+        self.q.append((bytes(data), nxt))  # a copy: a view would pin the transport's whole read chunk
+        self.buffered += len(data)
+        if self.buffered > self.fault.buffer_limit():
+            self.conn.hold(self.fault.hold_key())
+        if self.timer is None:
+            self._pump()
+
+    def on_eof(self, nxt: Callable[[], None]) -> None:
+        if not self.q:
+            nxt()
+            return
+        self.q.append((None, nxt))  # the FIN waits for the data before it
+
+    def _pump(self) -> None:
+        """Send one quantum, then sleep for as long as it takes at `rate_bps`."""
+        self.timer = None
+        q = self.q
+        while q and q[0][0] is None:  # a FIN at the head goes at once
+            q.popleft()[1]()
+        rate = self.fault.rate_bps
+        if not q or rate <= 0:
+            self._maybe_release()
+            return
+        data, nxt = q[0]
+        assert data is not None
+        n = self.fault.quantum()
+        if len(data) > n:
+            q[0] = (data[n:], nxt)
+            data = data[:n]
+        else:
+            q.popleft()
+        self.buffered -= len(data)
+        self._maybe_release()
+        nxt(data)
+        self.timer = self.conn.later(len(data) / rate, self._pump)
+
+    def _maybe_release(self) -> None:
+        # hysteresis: read again once half the allowance is free (a zero allowance: once
+        # empty); at rate 0 nothing drains, so a hold (slow_reader's from attach) stays
+        if self.fault.rate_bps > 0 and self.buffered <= self.fault.buffer_limit() // 2:
+            self.conn.release(self.fault.hold_key())
+
+    def detach(self) -> None:
+        # removed or retired: nothing is lost, what is queued goes out now, in order
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        while self.q:
+            data, _nxt = self.q.popleft()
+            if data is None:
+                self.conn.emit_eof(after=self)
+            else:
+                self.conn.emit(data, after=self)
+        self.buffered = 0
+        self.conn.release(self.fault.hold_key())
 
 
 class Bandwidth(Fault):
@@ -34,10 +101,10 @@ class Bandwidth(Fault):
         "max_buffer_bytes": Param(int, None, min=0, nullable=True,
                                   help="queued bytes above which the sender is held (default: 1 s, >= 64 KiB)"),
     }
+    State = BandwidthState
     rate_bps: float
     max_buffer_bytes: int | None
 
-    # --- the pacing engine (slow_reader reuses it with a zero buffer) --------------------------
     def buffer_limit(self) -> int:
         if self.max_buffer_bytes is not None:
             return self.max_buffer_bytes
@@ -49,66 +116,7 @@ class Bandwidth(Fault):
     def hold_key(self) -> str:
         return f"{self.kind}:{self.name}"
 
-    def new_state(self, pipe: Pipe) -> Any:
-        # q holds (data, nxt) for bytes and (None, eof_nxt) for the FIN, in arrival order
-        return SimpleNamespace(q=deque(), buffered=0, timer=None)
-
-    def on_attach(self, pipe: Pipe) -> None:
-        self.record(pipe, rate_bps=self.rate_bps)
-
-    def on_bytes(self, pipe: Pipe, data: bytes | memoryview, nxt: Callable[[Any], None]) -> None:
-        st = self.state(pipe)
-        st.q.append((bytes(data), nxt))  # a copy: a view would pin the transport's whole read chunk
-        st.buffered += len(data)
-        if st.buffered > self.buffer_limit():
-            pipe.hold(self.hold_key())
-        if st.timer is None:
-            self._pump(pipe, st)
-
-    def on_eof(self, pipe: Pipe, nxt: Callable[[], None]) -> None:
-        st = self.state(pipe)
-        if not st.q:
-            nxt()
-            return
-        st.q.append((None, nxt))  # the FIN waits for the data before it
-
-    def _pump(self, pipe: Pipe, st: Any) -> None:
-        """Send one quantum, then sleep for as long as it takes at `rate_bps`."""
-        st.timer = None
-        while st.q and st.q[0][0] is None:  # a FIN at the head goes at once
-            st.q.popleft()[1]()
-        if not st.q or self.rate_bps <= 0:
-            self._maybe_release(pipe, st)
-            return
-        data, nxt = st.q[0]
-        n = self.quantum()
-        if len(data) > n:
-            st.q[0] = (data[n:], nxt)
-            data = data[:n]
-        else:
-            st.q.popleft()
-        st.buffered -= len(data)
-        self._maybe_release(pipe, st)
-        nxt(data)
-        st.timer = pipe.later(len(data) / self.rate_bps, self._pump, pipe, st)
-
-    def _maybe_release(self, pipe: Pipe, st: Any) -> None:
-        # hysteresis: read again once half the allowance is free (a zero allowance: once
-        # empty); at rate 0 nothing drains, so a hold (slow_reader's from on_attach) stays
-        if self.rate_bps > 0 and st.buffered <= self.buffer_limit() // 2:
-            pipe.release(self.hold_key())
-
-    def on_detach(self, pipe: Pipe) -> None:
-        # removed or retired: nothing is lost, what is queued goes out now, in order
-        st = self.state(pipe)
-        if st.timer is not None:
-            st.timer.cancel()
-            st.timer = None
-        while st.q:
-            data, _nxt = st.q.popleft()
-            if data is None:
-                pipe.emit_eof(after=self)
-            else:
-                pipe.emit(data, after=self)
-        st.buffered = 0
-        pipe.release(self.hold_key())
+    def attach(self, conn: Channel) -> BandwidthState:
+        st = BandwidthState(self, conn)
+        st.record(rate_bps=self.rate_bps)
+        return st

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+import asyncio
+from typing import Any
 
 from harness.protocol import wsframes as fr
 
-from .base import Fault, FaultSpecError, Msg, Param
-
-if TYPE_CHECKING:
-    from ..relay.pipe import Pipe
+from ..relay.connection import Channel
+from ..relay.message import Msg
+from .fault import Fault, FaultState
+from .params import FaultSpecError, Param
 
 MAX_REASON_BYTES = 123  # a control frame carries at most 125 bytes: 2 for the code
 
@@ -19,6 +19,41 @@ def sendable(code: int) -> bool:
     """RFC 6455 §7.4: codes an endpoint may put on the wire (1004 reserved; 1005, 1006 and
     1015 only describe a missing code, an abnormal end and a TLS failure)."""
     return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+class CloseState(FaultState["Close"]):
+    def __init__(self, fault: Close, conn: Channel) -> None:
+        super().__init__(fault, conn)
+        self.timer: asyncio.TimerHandle | None = None
+        if fault.after_s is not None and fault.active:
+            self.timer = conn.later(fault.after_s, self._fire, None)
+
+    def might_act(self, opcode: int, prefix: bytes | memoryview, header: fr.Header) -> bool:
+        # a timed close leaves every message alone: they stream through untouched
+        return self.fault.after_s is None and super().might_act(opcode, prefix, header)
+
+    def on_message(self, msg: Msg) -> list[Msg | bytes] | None:
+        if self.fault.after_s is not None or not self.selects(msg):
+            return None
+        self._fire(msg)
+        return []  # the trigger is not forwarded: the close takes its place
+
+    def _fire(self, msg: Msg | None) -> None:
+        self.timer = None
+        f, conn = self.fault, self.conn
+        if not f.active or conn.ending:
+            return  # ending already (the other direction's timer, a reset, a shutdown)
+        trigger: dict[str, Any] = {"after_s": f.after_s} if msg is None else {
+            "index": msg.index, "json_type": msg.json_type(), "binary_type": msg.binary_type()}
+        self.record(code=f.code, reason=f.reason, **trigger)
+        conn.close(f.code, f.reason, grace_s=f.grace_s)
+
+    def detach(self) -> None:
+        # a timer still pending is a close not made yet: removed, expired or counted out,
+        # the connection is left alone
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class Close(Fault):
@@ -46,6 +81,7 @@ class Close(Fault):
         "grace_s": Param(float, 2.0, min=0.0, help="then the sockets are closed even if a peer did not close"),
         "allow_invalid": Param(bool, False, help="allow codes RFC 6455 forbids on the wire"),
     }
+    State = CloseState
     code: int | None
     reason: str
     after_s: float | None
@@ -64,38 +100,3 @@ class Close(Fault):
         if self.after_s is not None and not self.sel.matches_everything:
             raise FaultSpecError("close: after_s (a timed close) and a selector (a close at a message) exclude "
                                  "each other")
-
-    def new_state(self, pipe: Pipe) -> Any:
-        return SimpleNamespace(timer=None)
-
-    def might_act(self, pipe: Pipe, opcode: int, prefix: bytes | memoryview, header: fr.Header) -> bool:
-        # a timed close leaves every message alone: they stream through untouched
-        return self.after_s is None and super().might_act(pipe, opcode, prefix, header)
-
-    def on_attach(self, pipe: Pipe) -> None:
-        if self.after_s is not None and self.active:
-            self.state(pipe).timer = pipe.later(self.after_s, self._fire, pipe, None)
-
-    def on_message(self, pipe: Pipe, msg: Msg) -> list[Msg | bytes] | None:
-        if self.after_s is not None or not self.selects(pipe, msg):
-            return None
-        self._fire(pipe, msg)
-        return []  # the trigger is not forwarded: the close takes its place
-
-    def _fire(self, pipe: Pipe, msg: Msg | None) -> None:
-        self.state(pipe).timer = None
-        relay = pipe.relay
-        if not self.active or relay.finished or relay.sent or any(p.closed_input for p in relay.pipes.values()):
-            return  # ending already (the other direction's timer, a reset, a shutdown)
-        trigger: dict[str, Any] = {"after_s": self.after_s} if msg is None else {
-            "index": msg.index, "json_type": msg.json_type(), "binary_type": msg.binary_type()}
-        self.record(pipe, code=self.code, reason=self.reason, **trigger)
-        relay.close_with_code(self.code, self.reason, grace_s=self.grace_s)
-
-    def on_detach(self, pipe: Pipe) -> None:
-        # a timer still pending is a close not made yet: removed, expired or counted out,
-        # the connection is left alone
-        st = self.state(pipe)
-        if st.timer is not None:
-            st.timer.cancel()
-            st.timer = None

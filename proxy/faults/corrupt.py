@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from ..relay.message import Msg
+from .fault import Fault, FaultState
+from .params import Param
 
-from .base import Fault, Msg, Param
 
-if TYPE_CHECKING:
-    from ..relay.pipe import Pipe
+class CorruptState(FaultState["Corrupt"]):
+    def on_message(self, msg: Msg) -> list[Msg | bytes] | None:
+        if not self.selects(msg):
+            return None
+        n = len(msg.payload)
+        offset = self.fault.offset
+        i = offset + n if offset < 0 else offset
+        if not 0 <= i < n:
+            return None
+        b = bytearray(msg.payload)
+        b[i] ^= self.fault.xor
+        self.record(msg, at=i, was=msg.payload[i], now=b[i])
+        return [msg.replace(bytes(b))]
 
 
 class Corrupt(Fault):
@@ -25,18 +37,6 @@ class Corrupt(Fault):
         "offset": Param(int, -1, help="payload byte to flip; negative counts from the end"),
         "xor": Param(int, 0xFF, min=1, max=255, help="the byte is XORed with this (never 0: that changes nothing)"),
     }
+    State = CorruptState
     offset: int
     xor: int
-
-    def on_message(self, pipe: Pipe, msg: Msg) -> list[Msg | bytes] | None:
-        if not self.selects(pipe, msg):
-            return None
-        n = len(msg.payload)
-        i = self.offset + n if self.offset < 0 else self.offset
-        if not 0 <= i < n:
-            return None
-        b = bytearray(msg.payload)
-        b[i] ^= self.xor
-        self.record(pipe, index=msg.index, json_type=msg.json_type(), binary_type=msg.binary_type(), size=n,
-                    at=i, was=msg.payload[i], now=b[i])
-        return [msg.replace(bytes(b))]

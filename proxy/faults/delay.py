@@ -2,15 +2,58 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+import asyncio
+from collections.abc import Callable
 
-from .base import Fault, Msg, Param
+from ..relay.connection import Channel
+from ..relay.message import Msg
+from .fault import Fault, FaultState
+from .params import Param
 
-if TYPE_CHECKING:
-    import asyncio
 
-    from ..relay.pipe import Pipe
+class DelayState(FaultState["Delay"]):
+    def __init__(self, fault: Delay, conn: Channel) -> None:
+        super().__init__(fault, conn)
+        # timer handle -> the action that ends that delay (run early on removal)
+        self.pending: dict[asyncio.TimerHandle, Callable[[], None]] = {}
+
+    def on_message(self, msg: Msg) -> list[Msg | bytes] | None:
+        if not self.selects(msg):
+            return None
+        f, conn = self.fault, self.conn
+        self.record(msg, delay_ms=f.delay_ms, reorder=f.reorder)
+        holder: list[asyncio.TimerHandle] = []
+        if f.reorder:
+            frame = conn.encode(msg.opcode, msg.payload)
+
+            def send() -> None:
+                self.pending.pop(holder[0], None)
+                conn.inject(frame)  # at a message boundary: never inside another message
+
+            holder.append(conn.later(f.delay_ms / 1000.0, send))
+            self.pending[holder[0]] = send
+            return []
+        # Head of line: the message goes into the withheld output, with whatever follows.
+        # One key per delayed message, so overlapping delays each keep the line closed.
+        key = f"delay:{f.name}:{msg.index}"
+        conn.withhold(key)
+        conn.hold(key)
+
+        def lift() -> None:
+            self.pending.pop(holder[0], None)
+            conn.release(key)
+            conn.unwithhold(key)
+
+        holder.append(conn.later(f.delay_ms / 1000.0, lift))
+        self.pending[holder[0]] = lift
+        return None  # unchanged: its original bytes, masks and fragments, just later
+
+    def detach(self) -> None:
+        if self.fault.retired == "count":
+            return  # counted applications run their course (their timers do not need us)
+        for handle, action in list(self.pending.items()):
+            handle.cancel()
+            action()
 
 
 class Delay(Fault):
@@ -32,49 +75,6 @@ class Delay(Fault):
         "delay_ms": Param(float, 1000.0, min=0.0, help="how long each selected message is held back"),
         "reorder": Param(bool, False, help="false: everything behind it waits too; true: later messages overtake it"),
     }
+    State = DelayState
     delay_ms: float
     reorder: bool
-
-    def new_state(self, pipe: Pipe) -> Any:
-        # pending: timer handle -> the action that ends that delay (run early on removal)
-        return SimpleNamespace(pending={})
-
-    def on_message(self, pipe: Pipe, msg: Msg) -> list[Msg | bytes] | None:
-        if not self.selects(pipe, msg):
-            return None
-        self.record(pipe, index=msg.index, json_type=msg.json_type(), binary_type=msg.binary_type(),
-                    size=len(msg.payload), delay_ms=self.delay_ms, reorder=self.reorder)
-        st = self.state(pipe)
-        holder: list[asyncio.TimerHandle] = []
-        if self.reorder:
-            frame = pipe.encode(msg.opcode, msg.payload)
-
-            def send() -> None:
-                st.pending.pop(holder[0], None)
-                pipe.inject(frame)  # at a message boundary: never inside another message
-
-            holder.append(pipe.later(self.delay_ms / 1000.0, send))
-            st.pending[holder[0]] = send
-            return []
-        # Head of line: the message goes into the withheld output, with whatever follows.
-        # One key per delayed message, so overlapping delays each keep the line closed.
-        key = f"delay:{self.name}:{msg.index}"
-        pipe.withhold(key)
-        pipe.hold(key)
-
-        def lift() -> None:
-            st.pending.pop(holder[0], None)
-            pipe.release(key)
-            pipe.unwithhold(key)
-
-        holder.append(pipe.later(self.delay_ms / 1000.0, lift))
-        st.pending[holder[0]] = lift
-        return None  # unchanged: its original bytes, masks and fragments, just later
-
-    def on_detach(self, pipe: Pipe) -> None:
-        if self.retired == "count":
-            return  # counted applications run their course (their timers do not need us)
-        st = self.state(pipe)
-        for handle, action in list(st.pending.items()):
-            handle.cancel()
-            action()

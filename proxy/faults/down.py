@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from .base import ConnectInfo, Fault, FaultSpecError, Param
-
-if TYPE_CHECKING:
-    from .base import ProxyServices
+from .fault import ConnectInfo, Fault, ProxyServices
+from .params import FaultSpecError, Param
 
 
 class Down(Fault):
@@ -35,12 +31,11 @@ class Down(Fault):
     def on_added(self, proxy: ProxyServices) -> None:
         if self.existing != "reset":
             return
-        for relay in proxy.relays():
-            if relay.finished or not self.affects(relay.seq, relay.client_port):
+        for conn in proxy.connections():
+            if conn.finished or not self.affects(conn.seq, conn.client_port):
                 continue
-            self.record(None, session=relay.flow_id, counted=False, action="reset_live")
-            for side in ("client", "server"):
-                relay.reset(side)
+            self.record(None, session=conn.session, counted=False, action="reset_live")
+            conn.abort()  # both peers
 
     def on_connect(self, info: ConnectInfo) -> str | None:
         if not self.active or not self.affects(info.seq, info.client[1]):

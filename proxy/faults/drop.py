@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from ..relay.message import Msg
+from .fault import Fault, FaultState
 
-from .base import Fault, Msg
 
-if TYPE_CHECKING:
-    from ..relay.pipe import Pipe
+class DropState(FaultState["Drop"]):
+    def on_message(self, msg: Msg) -> list[Msg | bytes] | None:
+        if not self.selects(msg):
+            return None
+        self.record(msg)
+        return []
 
 
 class Drop(Fault):
@@ -16,10 +20,4 @@ class Drop(Fault):
     kind = "drop"
     needs_messages = True
     default_direction = "downstream"
-
-    def on_message(self, pipe: Pipe, msg: Msg) -> list[Msg | bytes] | None:
-        if not self.selects(pipe, msg):
-            return None
-        self.record(pipe, index=msg.index, json_type=msg.json_type(), binary_type=msg.binary_type(),
-                    size=len(msg.payload))
-        return []
+    State = DropState

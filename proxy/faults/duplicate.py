@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from ..relay.message import Msg
+from .fault import Fault, FaultState
+from .params import Param
 
-from .base import Fault, Msg, Param
 
-if TYPE_CHECKING:
-    from ..relay.pipe import Pipe
+class DuplicateState(FaultState["Duplicate"]):
+    def on_message(self, msg: Msg) -> list[Msg | bytes] | None:
+        if not self.selects(msg):
+            return None
+        copies = self.fault.copies
+        self.record(msg, copies=copies)
+        # the copies keep msg.index, so later faults' selectors answer for them as for the original
+        return [msg] * (1 + copies)
 
 
 class Duplicate(Fault):
@@ -21,12 +28,5 @@ class Duplicate(Fault):
     PARAMS = {  # noqa: RUF012 - class-level declaration, never mutated
         "copies": Param(int, 1, min=1, max=1000, help="extra copies after the original"),
     }
+    State = DuplicateState
     copies: int
-
-    def on_message(self, pipe: Pipe, msg: Msg) -> list[Msg | bytes] | None:
-        if not self.selects(pipe, msg):
-            return None
-        self.record(pipe, index=msg.index, json_type=msg.json_type(), binary_type=msg.binary_type(),
-                    size=len(msg.payload), copies=self.copies)
-        # the copies keep msg.index, so later faults' selectors answer for them as for the original
-        return [msg] * (1 + self.copies)

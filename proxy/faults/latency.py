@@ -2,16 +2,84 @@
 
 from __future__ import annotations
 
-import random
+import asyncio
 from collections import deque
 from collections.abc import Callable
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .base import Fault, FaultSpecError, Param
+from ..relay.connection import Channel
+from .fault import Fault, FaultState
+from .params import FaultSpecError, Param
 
-if TYPE_CHECKING:
-    from ..relay.pipe import Pipe
+
+class LatencyState(FaultState["Latency"]):
+    def __init__(self, fault: Latency, conn: Channel) -> None:
+        super().__init__(fault, conn)
+        # queue of (due time, data or None for EOF, continuation)
+        self.q: deque[tuple[float, bytes | None, Callable[..., None]]] = deque()
+        self.buffered = 0
+        self.last_due = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.rng = conn.rng(fault.seed)
+        self.hold_key = f"latency:{fault.name}"
+        self.record(latency_ms=fault.latency_ms, jitter_ms=fault.jitter_ms)
+
+    def _due(self) -> float:
+        f = self.fault
+        now = self.conn.now()
+        j = self.rng.uniform(-f.jitter_ms, f.jitter_ms) if f.jitter_ms else 0.0
+        self.last_due = max(now + (f.latency_ms + j) / 1000.0, self.last_due)
+        return self.last_due
+
+    def on_bytes(self, data: bytes | memoryview, nxt: Callable[[Any], None]) -> None:
+        if self.fault.latency_ms == 0 and not self.q:
+            nxt(data)
+            return
+        self.q.append((self._due(), bytes(data), nxt))
+        self.buffered += len(data)
+        if self.buffered > self.fault.max_buffer_bytes:
+            self.conn.hold(self.hold_key)
+        self._arm()
+
+    def on_eof(self, nxt: Callable[[], None]) -> None:
+        if not self.q:
+            nxt()
+            return
+        self.q.append((self.last_due, None, nxt))  # the FIN follows the queued data
+        self._arm()
+
+    def _arm(self) -> None:
+        # one timer per pipe, for the head of the queue (not one per chunk)
+        if self.timer is None and self.q:
+            self.timer = self.conn.later(max(0.0, self.q[0][0] - self.conn.now()), self._pop)
+
+    def _pop(self) -> None:
+        self.timer = None
+        now = self.conn.now()
+        while self.q and self.q[0][0] <= now + 0.0005:
+            _, data, nxt = self.q.popleft()
+            if data is None:
+                nxt()
+                continue
+            self.buffered -= len(data)
+            nxt(data)
+        if self.buffered <= self.fault.max_buffer_bytes // 2:
+            self.conn.release(self.hold_key)
+        self._arm()
+
+    def detach(self) -> None:
+        # removed: what is queued goes out now, in order (nothing is lost)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        while self.q:
+            _, data, _nxt = self.q.popleft()
+            if data is None:
+                self.conn.emit_eof(after=self)
+            else:
+                self.conn.emit(data, after=self)
+        self.buffered = 0
+        self.conn.release(self.hold_key)
 
 
 class Latency(Fault):
@@ -29,6 +97,7 @@ class Latency(Fault):
         "max_buffer_bytes": Param(int, 4 << 20, min=1, help="queued bytes above which the source is held"),
         "seed": Param(int, 0, help="random stream for the jitter (per connection and direction)"),
     }
+    State = LatencyState
     latency_ms: float
     jitter_ms: float
     max_buffer_bytes: int
@@ -38,70 +107,3 @@ class Latency(Fault):
         if self.jitter_ms > self.latency_ms:
             raise FaultSpecError(f"latency: jitter_ms ({self.jitter_ms}) must not exceed latency_ms "
                                  f"({self.latency_ms})")
-
-    def new_state(self, pipe: Pipe) -> Any:
-        # queue of (due time, data or None for EOF, continuation)
-        return SimpleNamespace(q=deque(), buffered=0, last_due=0.0, timer=None,
-                               rng=random.Random(f"{self.seed}/{pipe.relay.seq}/{pipe.direction}"))
-
-    def on_attach(self, pipe: Pipe) -> None:
-        self.record(pipe, latency_ms=self.latency_ms, jitter_ms=self.jitter_ms)
-
-    def _due(self, pipe: Pipe, st: Any) -> float:
-        now = pipe.loop.time()
-        j = st.rng.uniform(-self.jitter_ms, self.jitter_ms) if self.jitter_ms else 0.0
-        st.last_due = max(now + (self.latency_ms + j) / 1000.0, st.last_due)
-        return st.last_due
-
-    def on_bytes(self, pipe: Pipe, data: bytes | memoryview, nxt: Callable[[Any], None]) -> None:
-        st = self.state(pipe)
-        if self.latency_ms == 0 and not st.q:
-            nxt(data)
-            return
-        st.q.append((self._due(pipe, st), bytes(data), nxt))
-        st.buffered += len(data)
-        if st.buffered > self.max_buffer_bytes:
-            pipe.hold(f"latency:{self.name}")
-        self._arm(pipe, st)
-
-    def on_eof(self, pipe: Pipe, nxt: Callable[[], None]) -> None:
-        st = self.state(pipe)
-        if not st.q:
-            nxt()
-            return
-        st.q.append((st.last_due, None, nxt))  # the FIN follows the queued data
-        self._arm(pipe, st)
-
-    def _arm(self, pipe: Pipe, st: Any) -> None:
-        # one timer per pipe, for the head of the queue (not one per chunk)
-        if st.timer is None and st.q:
-            st.timer = pipe.later(max(0.0, st.q[0][0] - pipe.loop.time()), self._pop, pipe, st)
-
-    def _pop(self, pipe: Pipe, st: Any) -> None:
-        st.timer = None
-        now = pipe.loop.time()
-        while st.q and st.q[0][0] <= now + 0.0005:
-            _, data, nxt = st.q.popleft()
-            if data is None:
-                nxt()
-                continue
-            st.buffered -= len(data)
-            nxt(data)
-        if st.buffered <= self.max_buffer_bytes // 2:
-            pipe.release(f"latency:{self.name}")
-        self._arm(pipe, st)
-
-    def on_detach(self, pipe: Pipe) -> None:
-        # removed: what is queued goes out now, in order (nothing is lost)
-        st = self.state(pipe)
-        if st.timer is not None:
-            st.timer.cancel()
-            st.timer = None
-        while st.q:
-            _, data, _nxt = st.q.popleft()
-            if data is None:
-                pipe.emit_eof(after=self)
-            else:
-                pipe.emit(data, after=self)
-        st.buffered = 0
-        pipe.release(f"latency:{self.name}")

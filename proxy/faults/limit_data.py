@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
 
-from .base import Fault, Param
+from ..relay.connection import Channel
+from .fault import Fault, FaultState
+from .params import Param
 
-if TYPE_CHECKING:
-    from ..relay.pipe import Pipe
+
+class LimitDataState(FaultState["LimitData"]):
+    def __init__(self, fault: LimitData, conn: Channel) -> None:
+        super().__init__(fault, conn)
+        self.sent = 0
+        self.done = False
+
+    def on_bytes(self, data: bytes | memoryview, nxt: Callable[[bytes | memoryview], None]) -> None:
+        if self.done:
+            return  # past the limit: nothing more goes out
+        limit = self.fault.limit_bytes
+        d = data[:limit - self.sent]
+        self.sent += len(d)
+        if len(d):
+            nxt(d)
+        if self.sent >= limit:
+            self.done = True
+            self.record(limit_bytes=limit, sent=self.sent)
+            self.conn.shutdown()  # FIN both ways; the FIN follows what we let through
 
 
 class LimitData(Fault):
@@ -26,21 +43,5 @@ class LimitData(Fault):
     PARAMS = {  # noqa: RUF012 - class-level declaration, never mutated
         "limit_bytes": Param(int, min=0, help="wire bytes forwarded in this direction before the connection ends"),
     }
+    State = LimitDataState
     limit_bytes: int
-
-    def new_state(self, pipe: Pipe) -> Any:
-        return SimpleNamespace(sent=0, done=False)
-
-    def on_bytes(self, pipe: Pipe, data: bytes | memoryview, nxt: Callable[[Any], None]) -> None:
-        st = self.state(pipe)
-        if st.done:
-            return  # past the limit: nothing more goes out
-        room = self.limit_bytes - st.sent
-        d = data[:room]
-        st.sent += len(d)
-        if len(d):
-            nxt(d)
-        if st.sent >= self.limit_bytes:
-            st.done = True
-            self.record(pipe, limit_bytes=self.limit_bytes, sent=st.sent)
-            pipe.relay.shutdown()  # FIN both ways; the FIN follows what we let through

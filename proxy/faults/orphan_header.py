@@ -46,16 +46,15 @@ the first part; `count` counts orphans.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from harness.protocol import now_us
 from harness.protocol import wsframes as fr
 
-from .base import Fault, FaultSpecError, Msg, Param
-
-if TYPE_CHECKING:
-    from ..relay.pipe import Pipe
+from ..relay.connection import Channel
+from ..relay.message import Msg
+from .fault import Fault, FaultState
+from .params import FaultSpecError, Param
 
 HEADER_BYTES = 9  # binary message: type byte + big-endian int64 timestamp
 
@@ -63,6 +62,122 @@ HEADER_BYTES = 9  # binary message: type byte + big-endian int64 timestamp
 def is_announcement_type(t: str | None) -> bool:
     """Default announcements: stream/start, or an application (`_`) upload header."""
     return t == "stream/start" or (t is not None and t.startswith("_") and "upload" in t)
+
+
+class OrphanHeaderState(FaultState["OrphanHeader"]):
+    def __init__(self, fault: OrphanHeader, conn: Channel) -> None:
+        super().__init__(fault, conn)
+        # fragment: open = an orphan FIN=0 fragment is on the wire; announce: armed =
+        # dropping the data after an announcement
+        self.open = False
+        self.opened_us = 0
+        self.index = -1
+        self.dropped_bytes = 0
+        self.armed = False
+        self.remaining: int | None = None
+        self.dropped: list[tuple[int, int | None, int]] = []
+        self.json_type: str | None = None
+
+    # --- which messages to buffer ----------------------------------------------------------
+    def might_act(self, opcode: int, prefix: bytes | memoryview, header: fr.Header) -> bool:
+        if self.open or self.armed:
+            return True  # the message after an orphan: needed even once retired
+        f = self.fault
+        if not f.active:
+            return False
+        if f.variant == "binary":
+            return opcode == fr.BINARY and f.sel.might_match(opcode, prefix, header)
+        if f.variant == "announce":
+            return opcode == fr.TEXT and f.sel.might_match(opcode, prefix, header)
+        return f.sel.might_match(opcode, prefix, header)
+
+    def on_message(self, msg: Msg) -> list[Msg | bytes] | None:
+        variant = self.fault.variant
+        if variant == "binary":
+            return self._binary(msg)
+        if variant == "fragment":
+            return self._fragment(msg)
+        return self._announce(msg)
+
+    # --- (a) header-only binary --------------------------------------------------------------
+    def _binary(self, msg: Msg) -> list[Msg | bytes] | None:
+        keep = self.fault.keep_bytes
+        if msg.opcode != fr.BINARY or not self.selects(msg) or len(msg.payload) <= keep:
+            return None
+        self.record(variant="binary", index=msg.index, binary_type=msg.binary_type(), size=len(msg.payload),
+                    kept=keep, opened_us=now_us())
+        return [msg.replace(msg.payload[:keep])]
+
+    # --- (b) fragment sequence opened, never continued --------------------------------------
+    def _fragment(self, msg: Msg) -> list[Msg | bytes] | None:
+        f, conn = self.fault, self.conn
+        if self.open:  # msg is the next message: it ends the orphan, and is not made one itself
+            self.open = False
+            self._log_fragment(closed_by=f.fragment_end, next_index=msg.index)
+            if f.fragment_end == "none":
+                return None  # as it came: a new message inside an open one
+            if f.fragment_end == "empty_fin":
+                return [conn.encode(fr.CONT, b"", True), msg]
+            return [conn.encode(fr.CONT, msg.payload, True)]  # splice
+        if not self.selects(msg):
+            return None
+        p = msg.payload
+        if f.head_bytes is not None:
+            n = min(f.head_bytes, len(p))
+        elif len(msg.sizes) > 1:
+            n = msg.sizes[0]  # the sender's own first fragment
+        else:
+            n = len(p) // 2
+        self.open, self.opened_us, self.index, self.dropped_bytes = True, now_us(), msg.index, len(p) - n
+        return [conn.encode(msg.opcode, p[:n], False, msg.rsv)]
+
+    def _log_fragment(self, **fields: Any) -> None:
+        self.record(variant="fragment", index=self.index, opened_us=self.opened_us,
+                    dropped_bytes=self.dropped_bytes, **fields)
+
+    # --- (c) announcing JSON, data dropped ----------------------------------------------------
+    def _is_announcement(self, msg: Msg) -> bool:
+        if msg.opcode != fr.TEXT:
+            return False
+        if self.fault.sel.json_type is None and not is_announcement_type(msg.json_type()):
+            return False
+        return self.selects(msg)
+
+    def _announce(self, msg: Msg) -> list[Msg | bytes] | None:
+        f = self.fault
+        if self.armed and msg.opcode == fr.BINARY:
+            if f.data_type is not None and msg.binary_type() != f.data_type:
+                return None  # not the announced data (e.g. audio while artwork was announced)
+            self.dropped.append((msg.index, msg.binary_type(), len(msg.payload)))
+            if self.remaining is not None:
+                self.remaining -= 1
+                if self.remaining <= 0:
+                    self._end_announce()
+            return []
+        if msg.opcode == fr.TEXT:
+            if self.armed:  # the next JSON arrives instead of (the rest of) the data
+                self._end_announce()
+            if self._is_announcement(msg):
+                self.armed, self.remaining, self.dropped = True, f.binaries, []
+                self.index, self.opened_us, self.json_type = msg.index, now_us(), msg.json_type()
+        return None
+
+    def _end_announce(self) -> None:
+        self.armed = False
+        if self.dropped:  # nothing dropped (JSON followed JSON anyway): nothing was injected
+            self.record(variant="announce", index=self.index, json_type=self.json_type, opened_us=self.opened_us,
+                        dropped=[i for i, _, _ in self.dropped], dropped_bytes=sum(n for _, _, n in self.dropped))
+        self.dropped = []
+
+    # --- removal ---------------------------------------------------------------------------------
+    def detach(self) -> None:
+        if self.open:
+            # close the open sequence so the stream is valid again (at a boundary)
+            self.open = False
+            self.conn.inject(self.conn.encode(fr.CONT, b"", True))
+            self._log_fragment(closed_by="removed")
+        if self.armed:
+            self._end_announce()
 
 
 class OrphanHeader(Fault):
@@ -90,6 +205,7 @@ class OrphanHeader(Fault):
         "data_type": Param(int, None, min=0, max=255, nullable=True,
                            help="announce: only binaries with this type byte are the announced data"),
     }
+    State = OrphanHeaderState
     variant: str
     keep_bytes: int
     head_bytes: int | None
@@ -112,109 +228,3 @@ class OrphanHeader(Fault):
         if self.variant == "announce" and self.sel.binary_type is not None:
             raise FaultSpecError("orphan_header: variant 'announce' selects the announcing JSON message; "
                                  "use data_type for the binary data, not selector.binary_type")
-
-    def new_state(self, pipe: Pipe) -> Any:
-        # fragment: open = an orphan FIN=0 fragment is on the wire; announce: armed =
-        # dropping the data after an announcement
-        return SimpleNamespace(open=False, opened_us=0, index=-1, dropped_bytes=0,
-                               armed=False, remaining=None, dropped=[], json_type=None)
-
-    # --- which messages to buffer ----------------------------------------------------------
-    def might_act(self, pipe: Pipe, opcode: int, prefix: bytes | memoryview, header: fr.Header) -> bool:
-        st = self.state(pipe)
-        if st.open or st.armed:
-            return True  # the message after an orphan: needed even once retired
-        if not self.active:
-            return False
-        if self.variant == "binary":
-            return opcode == fr.BINARY and self.sel.might_match(opcode, prefix, header)
-        if self.variant == "announce":
-            return opcode == fr.TEXT and self.sel.might_match(opcode, prefix, header)
-        return self.sel.might_match(opcode, prefix, header)
-
-    def on_message(self, pipe: Pipe, msg: Msg) -> list[Msg | bytes] | None:
-        if self.variant == "binary":
-            return self._binary(pipe, msg)
-        if self.variant == "fragment":
-            return self._fragment(pipe, msg)
-        return self._announce(pipe, msg)
-
-    # --- (a) header-only binary --------------------------------------------------------------
-    def _binary(self, pipe: Pipe, msg: Msg) -> list[Msg | bytes] | None:
-        if msg.opcode != fr.BINARY or not self.selects(pipe, msg) or len(msg.payload) <= self.keep_bytes:
-            return None
-        self.record(pipe, variant="binary", index=msg.index, binary_type=msg.binary_type(), size=len(msg.payload),
-                    kept=self.keep_bytes, opened_us=now_us())
-        return [msg.replace(msg.payload[:self.keep_bytes])]
-
-    # --- (b) fragment sequence opened, never continued --------------------------------------
-    def _fragment(self, pipe: Pipe, msg: Msg) -> list[Msg | bytes] | None:
-        st = self.state(pipe)
-        if st.open:  # msg is the next message: it ends the orphan, and is not made one itself
-            st.open = False
-            self._log_fragment(pipe, st, closed_by=self.fragment_end, next_index=msg.index)
-            if self.fragment_end == "none":
-                return None  # as it came: a new message inside an open one
-            if self.fragment_end == "empty_fin":
-                return [pipe.encode(fr.CONT, b"", True), msg]
-            return [pipe.encode(fr.CONT, msg.payload, True)]  # splice
-        if not self.selects(pipe, msg):
-            return None
-        p = msg.payload
-        if self.head_bytes is not None:
-            n = min(self.head_bytes, len(p))
-        elif len(msg.sizes) > 1:
-            n = msg.sizes[0]  # the sender's own first fragment
-        else:
-            n = len(p) // 2
-        st.open, st.opened_us, st.index, st.dropped_bytes = True, now_us(), msg.index, len(p) - n
-        return [fr.encode_frame(msg.opcode, p[:n], False, pipe.mask, msg.rsv)]
-
-    def _log_fragment(self, pipe: Pipe, st: Any, **fields: Any) -> None:
-        self.record(pipe, variant="fragment", index=st.index, opened_us=st.opened_us, dropped_bytes=st.dropped_bytes,
-                    **fields)
-
-    # --- (c) announcing JSON, data dropped ----------------------------------------------------
-    def _is_announcement(self, pipe: Pipe, msg: Msg) -> bool:
-        if msg.opcode != fr.TEXT:
-            return False
-        if self.sel.json_type is None and not is_announcement_type(msg.json_type()):
-            return False
-        return self.selects(pipe, msg)
-
-    def _announce(self, pipe: Pipe, msg: Msg) -> list[Msg | bytes] | None:
-        st = self.state(pipe)
-        if st.armed and msg.opcode == fr.BINARY:
-            if self.data_type is not None and msg.binary_type() != self.data_type:
-                return None  # not the announced data (e.g. audio while artwork was announced)
-            st.dropped.append((msg.index, msg.binary_type(), len(msg.payload)))
-            if st.remaining is not None:
-                st.remaining -= 1
-                if st.remaining <= 0:
-                    self._end_announce(pipe, st)
-            return []
-        if msg.opcode == fr.TEXT:
-            if st.armed:  # the next JSON arrives instead of (the rest of) the data
-                self._end_announce(pipe, st)
-            if self._is_announcement(pipe, msg):
-                st.armed, st.remaining, st.dropped = True, self.binaries, []
-                st.index, st.opened_us, st.json_type = msg.index, now_us(), msg.json_type()
-        return None
-
-    def _end_announce(self, pipe: Pipe, st: Any) -> None:
-        st.armed = False
-        if st.dropped:  # nothing dropped (JSON followed JSON anyway): nothing was injected
-            self.record(pipe, variant="announce", index=st.index, json_type=st.json_type, opened_us=st.opened_us,
-                        dropped=[i for i, _, _ in st.dropped], dropped_bytes=sum(n for _, _, n in st.dropped))
-        st.dropped = []
-
-    # --- removal ---------------------------------------------------------------------------------
-    def on_detach(self, pipe: Pipe) -> None:
-        st = self.state(pipe)
-        if st.open:
-            # close the open sequence so the stream is valid again (at a boundary)
-            st.open = False
-            pipe.inject(pipe.encode(fr.CONT, b"", True))
-            self._log_fragment(pipe, st, closed_by="removed")
-        if st.armed:
-            self._end_announce(pipe, st)

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from ..relay.connection import Channel
+from .fault import Fault, FaultState
+from .params import Param
 
-from .base import Fault, Param
 
-if TYPE_CHECKING:
-    from ..relay.pipe import Pipe
+class ResetPeerState(FaultState["ResetPeer"]):
+    def __init__(self, fault: ResetPeer, conn: Channel) -> None:
+        super().__init__(fault, conn)
+        if fault.after_s > 0:
+            conn.later(fault.after_s, self._fire)
+        else:
+            conn.soon(self._fire)  # not synchronously: attaching may run inside the relay's start-up
+
+    def _fire(self) -> None:
+        conn = self.conn
+        if not self.fault.active or conn.finished or conn.closing(conn.dst):
+            return
+        self.record(side=conn.dst, after_s=self.fault.after_s)
+        conn.abort(conn.dst)
 
 
 class ResetPeer(Fault):
@@ -23,18 +36,5 @@ class ResetPeer(Fault):
     PARAMS = {  # noqa: RUF012 - class-level declaration, never mutated
         "after_s": Param(float, 0.0, min=0.0, help="delay before the RST"),
     }
+    State = ResetPeerState
     after_s: float
-
-    def on_attach(self, pipe: Pipe) -> None:
-        if self.after_s > 0:
-            pipe.later(self.after_s, self._fire, pipe)
-        else:
-            # not synchronously: on_attach may run inside the relay's start-up
-            pipe.loop.call_soon(self._fire, pipe)
-
-    def _fire(self, pipe: Pipe) -> None:
-        relay = pipe.relay
-        if not self.active or relay.finished or relay.tr[pipe.dst].is_closing():
-            return
-        self.record(pipe, side=pipe.dst, after_s=self.after_s)
-        relay.reset(pipe.dst)

@@ -2,15 +2,43 @@
 
 from __future__ import annotations
 
-import random
-from typing import TYPE_CHECKING, Any
-
 from harness.protocol import wsframes as fr
 
-from .base import Fault, FaultSpecError, Msg, Param
+from ..relay.connection import Channel
+from ..relay.message import Msg
+from .fault import Fault, FaultState
+from .params import FaultSpecError, Param
 
-if TYPE_CHECKING:
-    from ..relay.pipe import Pipe
+
+class SlicerState(FaultState["Slicer"]):
+    def __init__(self, fault: Slicer, conn: Channel) -> None:
+        super().__init__(fault, conn)
+        self.rng = conn.rng(fault.seed)
+
+    def on_message(self, msg: Msg) -> list[Msg | bytes] | None:
+        if not self.selects(msg):
+            return None
+        f, conn = self.fault, self.conn
+        p = msg.payload
+        sizes: list[int] = []
+        i = 0
+        while True:
+            n = f.frame_bytes
+            if f.variation_bytes:
+                n += self.rng.randint(-f.variation_bytes, f.variation_bytes)
+            sizes.append(min(n, len(p) - i))
+            i += sizes[-1]
+            if i >= len(p):
+                break
+        out: list[Msg | bytes] = []
+        i = 0
+        for k, n in enumerate(sizes):
+            first, last = k == 0, k == len(sizes) - 1
+            # RSV1 (compression) belongs on the first frame only (RFC 7692 §6.1)
+            out.append(conn.encode(msg.opcode if first else fr.CONT, p[i:i + n], last, msg.rsv if first else 0))
+            i += n
+        self.record(msg, frames=len(sizes))
+        return out
 
 
 class Slicer(Fault):
@@ -28,6 +56,7 @@ class Slicer(Fault):
         "variation_bytes": Param(int, 0, min=0, help="each fragment is frame_bytes ± up to this (seeded)"),
         "seed": Param(int, 0, help="random stream for the variation (per connection and direction)"),
     }
+    State = SlicerState
     frame_bytes: int
     variation_bytes: int
     seed: int
@@ -36,33 +65,3 @@ class Slicer(Fault):
         if self.variation_bytes >= self.frame_bytes:
             raise FaultSpecError(f"slicer: variation_bytes ({self.variation_bytes}) must be smaller than "
                                  f"frame_bytes ({self.frame_bytes}) (a fragment has at least 1 byte)")
-
-    def new_state(self, pipe: Pipe) -> Any:
-        return random.Random(f"{self.seed}/{pipe.relay.seq}/{pipe.direction}")
-
-    def on_message(self, pipe: Pipe, msg: Msg) -> list[Msg | bytes] | None:
-        if not self.selects(pipe, msg):
-            return None
-        rng = self.state(pipe)
-        p = msg.payload
-        sizes: list[int] = []
-        i = 0
-        while True:
-            n = self.frame_bytes
-            if self.variation_bytes:
-                n += rng.randint(-self.variation_bytes, self.variation_bytes)
-            sizes.append(min(n, len(p) - i))
-            i += sizes[-1]
-            if i >= len(p):
-                break
-        out: list[Msg | bytes] = []
-        i = 0
-        for k, n in enumerate(sizes):
-            first, last = k == 0, k == len(sizes) - 1
-            # RSV1 (compression) belongs on the first frame only (RFC 7692 §6.1)
-            out.append(fr.encode_frame(msg.opcode if first else fr.CONT, p[i:i + n], last, pipe.mask,
-                                       msg.rsv if first else 0))
-            i += n
-        self.record(pipe, index=msg.index, json_type=msg.json_type(), binary_type=msg.binary_type(),
-                    size=len(p), frames=len(sizes))
-        return out

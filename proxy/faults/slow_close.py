@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
 
-from .base import Fault, Param
+from ..relay.connection import Channel
+from .fault import Fault, FaultState
+from .params import Param
 
-if TYPE_CHECKING:
-    from ..relay.pipe import Pipe
+
+class SlowCloseState(FaultState["SlowClose"]):
+    def __init__(self, fault: SlowClose, conn: Channel) -> None:
+        super().__init__(fault, conn)
+        self.nxt: Callable[[], None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def on_eof(self, nxt: Callable[[], None]) -> None:
+        delay_ms = self.fault.delay_ms
+        self.record(delay_ms=delay_ms)
+        self.nxt = nxt
+        self.timer = self.conn.later(delay_ms / 1000.0, self._fire)
+
+    def _fire(self) -> None:
+        self.timer = None
+        nxt, self.nxt = self.nxt, None
+        if nxt is not None:
+            nxt()
+
+    def detach(self) -> None:
+        if self.fault.retired == "count":
+            return  # a counted delay runs its course
+        if self.timer is not None:
+            self.timer.cancel()
+            self._fire()
 
 
 class SlowClose(Fault):
@@ -26,28 +50,5 @@ class SlowClose(Fault):
     PARAMS = {  # noqa: RUF012 - class-level declaration, never mutated
         "delay_ms": Param(float, 1000.0, min=0.0, help="how late the FIN is passed on"),
     }
+    State = SlowCloseState
     delay_ms: float
-
-    def new_state(self, pipe: Pipe) -> Any:
-        return SimpleNamespace(nxt=None, timer=None)
-
-    def on_eof(self, pipe: Pipe, nxt: Callable[[], None]) -> None:
-        st = self.state(pipe)
-        self.record(pipe, delay_ms=self.delay_ms)
-        st.nxt = nxt
-        st.timer = pipe.later(self.delay_ms / 1000.0, self._fire, st)
-
-    @staticmethod
-    def _fire(st: Any) -> None:
-        st.timer = None
-        nxt, st.nxt = st.nxt, None
-        if nxt is not None:
-            nxt()
-
-    def on_detach(self, pipe: Pipe) -> None:
-        if self.retired == "count":
-            return  # a counted delay runs its course
-        st = self.state(pipe)
-        if st.timer is not None:
-            st.timer.cancel()
-            self._fire(st)

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
-from typing import TYPE_CHECKING
-
-from .bandwidth import Bandwidth
-from .base import Param
-
-if TYPE_CHECKING:
-    from ..relay.pipe import Pipe
+from ..relay.connection import Channel
+from .bandwidth import Bandwidth, BandwidthState
+from .params import Param
 
 
 class SlowReader(Bandwidth):
@@ -43,12 +37,11 @@ class SlowReader(Bandwidth):
     def buffer_limit(self) -> int:
         return 0
 
-    def on_attach(self, pipe: Pipe) -> None:
+    def attach(self, conn: Channel) -> BandwidthState:
         if self.rcvbuf_bytes is not None:
-            sock = pipe.relay.tr[pipe.src].get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf_bytes)
+            conn.set_receive_buffer(self.rcvbuf_bytes)
+        st = BandwidthState(self, conn)
         if self.rate_bps <= 0:
-            pipe.hold(self.hold_key())  # reads nothing from now on
-        self.record(pipe, rate_bps=self.rate_bps, rcvbuf_bytes=self.rcvbuf_bytes)
+            conn.hold(self.hold_key())  # reads nothing from now on
+        st.record(rate_bps=self.rate_bps, rcvbuf_bytes=self.rcvbuf_bytes)
+        return st

@@ -2,19 +2,128 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Callable
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from harness.protocol import wsframes as fr
 
-from .base import Fault, Msg, Param
-
-if TYPE_CHECKING:
-    from ..relay.pipe import Pipe
+from ..relay.connection import Channel
+from ..relay.message import Msg
+from .fault import Fault, FaultState
+from .params import Param
 
 WATCH_S = 0.25  # while stalled, how often the receiver's end is looked for
+
+
+class StalledPayloadState(FaultState["StalledPayload"]):
+    def __init__(self, fault: StalledPayload, conn: Channel) -> None:
+        super().__init__(fault, conn)
+        self.cuts: deque[bytes] = deque()  # first parts sent, not yet through on_bytes
+        self.stalled = False
+        self.q: deque[tuple[bytes | None, Callable[..., None]]] = deque()  # output held while stalled
+        self.timer: asyncio.TimerHandle | None = None
+        self.handed_over = False
+
+    def might_act(self, opcode: int, prefix: bytes | memoryview, header: fr.Header) -> bool:
+        return not (self.stalled or self.cuts) and super().might_act(opcode, prefix, header)
+
+    def on_message(self, msg: Msg) -> list[Msg | bytes] | None:
+        if self.stalled or self.cuts or not self.selects(msg):
+            return None  # one stall at a time per direction; what follows waits behind it
+        f, conn = self.fault, self.conn
+        p = msg.payload
+        if f.mode == "frame":
+            n = min(f.head_bytes, len(p))
+            first = conn.encode(msg.opcode, p[:n], False, msg.rsv)
+            rest = conn.encode(fr.CONT, p[n:], True)
+        else:
+            wire = conn.encode(msg.opcode, p, True, msg.rsv)
+            n = min(f.head_bytes, len(wire) - 1)  # at least one byte withheld
+            first, rest = wire[:n], wire[n:]
+        self.record(msg, mode=f.mode, sent_bytes=n, stall_s=f.stall_s)
+        if not first:  # nothing goes before the stall
+            self._begin()
+            return [rest]
+        self.cuts.append(first)
+        return [first, rest]
+
+    def on_bytes(self, data: bytes | memoryview, nxt: Callable[[Any], None]) -> None:
+        if self.stalled:
+            self.q.append((bytes(data), nxt))  # bounded: the sender is held
+            return
+        if self.cuts:
+            cut = self.cuts[0]
+            # found by identity, or by its bytes when a byte fault before us copied it
+            if data is cut or (len(data) == len(cut) and data == cut):
+                self.cuts.popleft()
+                nxt(data)
+                self._begin()
+                return
+        nxt(data)
+
+    def on_eof(self, nxt: Callable[[], None]) -> None:
+        if self.stalled:
+            self.q.append((None, nxt))
+        else:
+            nxt()
+
+    def _begin(self) -> None:
+        stall_s = self.fault.stall_s
+        self.stalled = True
+        self.conn.hold(self.fault.hold_key())
+        if stall_s is not None:
+            self.timer = self.conn.later(stall_s, self._resume)
+        if stall_s is None or stall_s > WATCH_S:
+            self.conn.later(WATCH_S, self._watch)
+
+    def _watch(self) -> None:
+        """The sender is held, so the proxy cannot see it leave. Once the receiver has ended
+        its side (it timed the message out and closed, as it should), nothing can use the
+        rest any more: end the connection, rather than keep a dead relay for ever."""
+        if not self.stalled:
+            return
+        if self.conn.peer_ended(self.conn.dst):
+            self.conn.shutdown()
+            return
+        self.conn.later(WATCH_S, self._watch)
+
+    def _resume(self) -> None:
+        self.timer = None
+        self.stalled = False
+        key = self.fault.hold_key()
+        if self.handed_over:  # we left the chain: the rest waits in the pipe's withheld output
+            self.conn.release(key)
+            self.conn.unwithhold(key)
+            return
+        q, self.q = self.q, deque()
+        for data, nxt in q:  # in order; the continuation first
+            if data is None:
+                nxt()
+            else:
+                nxt(data)
+        self.conn.release(key)
+
+    def detach(self) -> None:
+        if not self.stalled:
+            return
+        if self.fault.retired != "count":
+            if self.timer is not None:
+                self.timer.cancel()
+            self._resume()
+            return
+        # A counted stall outlives the fault, but data arriving after we leave the chain
+        # would bypass our queue: move the queue into the pipe's withheld output (after
+        # the faults behind us, in order) and keep the output withheld until the timer.
+        self.conn.withhold(self.fault.hold_key())
+        while self.q:
+            data, _nxt = self.q.popleft()
+            if data is None:
+                self.conn.emit_eof(after=self)
+            else:
+                self.conn.emit(data, after=self)
+        self.handed_over = True
 
 
 class StalledPayload(Fault):
@@ -48,115 +157,10 @@ class StalledPayload(Fault):
                             help="frame: payload bytes in the FIN=0 fragment; bytes: wire bytes sent before the stall"),
         "stall_s": Param(float, None, min=0.0, nullable=True, help="stall length; null = forever"),
     }
+    State = StalledPayloadState
     mode: str
     head_bytes: int
     stall_s: float | None
 
-    def new_state(self, pipe: Pipe) -> Any:
-        # cuts: first parts sent, not yet through on_bytes; q: output held while stalled
-        return SimpleNamespace(cuts=deque(), stalled=False, q=deque(), timer=None, handed_over=False)
-
     def hold_key(self) -> str:
         return f"stall:{self.name}"
-
-    def might_act(self, pipe: Pipe, opcode: int, prefix: bytes | memoryview, header: fr.Header) -> bool:
-        st = self.state(pipe)
-        return not (st.stalled or st.cuts) and super().might_act(pipe, opcode, prefix, header)
-
-    def on_message(self, pipe: Pipe, msg: Msg) -> list[Msg | bytes] | None:
-        st = self.state(pipe)
-        if st.stalled or st.cuts or not self.selects(pipe, msg):
-            return None  # one stall at a time per direction; what follows waits behind it
-        p = msg.payload
-        if self.mode == "frame":
-            n = min(self.head_bytes, len(p))
-            first = fr.encode_frame(msg.opcode, p[:n], False, pipe.mask, msg.rsv)
-            rest = fr.encode_frame(fr.CONT, p[n:], True, pipe.mask)
-        else:
-            wire = fr.encode_frame(msg.opcode, p, True, pipe.mask, msg.rsv)
-            n = min(self.head_bytes, len(wire) - 1)  # at least one byte withheld
-            first, rest = wire[:n], wire[n:]
-        self.record(pipe, index=msg.index, json_type=msg.json_type(), binary_type=msg.binary_type(), size=len(p),
-                    mode=self.mode, sent_bytes=n, stall_s=self.stall_s)
-        if not first:  # nothing goes before the stall
-            self._begin(pipe, st)
-            return [rest]
-        st.cuts.append(first)
-        return [first, rest]
-
-    def on_bytes(self, pipe: Pipe, data: bytes | memoryview, nxt: Callable[[Any], None]) -> None:
-        st = self.state(pipe)
-        if st.stalled:
-            st.q.append((bytes(data), nxt))  # bounded: the sender is held
-            return
-        if st.cuts:
-            cut = st.cuts[0]
-            # found by identity, or by its bytes when a byte fault before us copied it
-            if data is cut or (len(data) == len(cut) and data == cut):
-                st.cuts.popleft()
-                nxt(data)
-                self._begin(pipe, st)
-                return
-        nxt(data)
-
-    def on_eof(self, pipe: Pipe, nxt: Callable[[], None]) -> None:
-        st = self.state(pipe)
-        if st.stalled:
-            st.q.append((None, nxt))
-        else:
-            nxt()
-
-    def _begin(self, pipe: Pipe, st: Any) -> None:
-        st.stalled = True
-        pipe.hold(self.hold_key())
-        if self.stall_s is not None:
-            st.timer = pipe.later(self.stall_s, self._resume, pipe, st)
-        if self.stall_s is None or self.stall_s > WATCH_S:
-            pipe.later(WATCH_S, self._watch, pipe, st)
-
-    def _watch(self, pipe: Pipe, st: Any) -> None:
-        """The sender is held, so the proxy cannot see it leave. Once the receiver has ended
-        its side (it timed the message out and closed, as it should), nothing can use the
-        rest any more: end the connection, rather than keep a dead relay for ever."""
-        if not st.stalled:
-            return
-        if pipe.dst in pipe.relay.ended:
-            pipe.relay.shutdown()
-            return
-        pipe.later(WATCH_S, self._watch, pipe, st)
-
-    def _resume(self, pipe: Pipe, st: Any) -> None:
-        st.timer = None
-        st.stalled = False
-        if st.handed_over:  # we left the chain: the rest waits in the pipe's withheld output
-            pipe.release(self.hold_key())
-            pipe.unwithhold(self.hold_key())
-            return
-        q, st.q = st.q, deque()
-        for data, nxt in q:  # in order; the continuation first
-            if data is None:
-                nxt()
-            else:
-                nxt(data)
-        pipe.release(self.hold_key())
-
-    def on_detach(self, pipe: Pipe) -> None:
-        st = self.state(pipe)
-        if not st.stalled:
-            return
-        if self.retired != "count":
-            if st.timer is not None:
-                st.timer.cancel()
-            self._resume(pipe, st)
-            return
-        # A counted stall outlives the fault, but data arriving after we leave the chain
-        # would bypass our queue: move the queue into the pipe's withheld output (after
-        # the faults behind us, in order) and keep the output withheld until the timer.
-        pipe.withhold(self.hold_key())
-        while st.q:
-            data, _nxt = st.q.popleft()
-            if data is None:
-                pipe.emit_eof(after=self)
-            else:
-                pipe.emit(data, after=self)
-        st.handed_over = True

@@ -2,15 +2,71 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+import asyncio
+from typing import Any
 
-from .base import Fault, Param
-
-if TYPE_CHECKING:
-    from ..relay.pipe import Pipe
+from ..relay.connection import Channel
+from .fault import Fault, FaultState
+from .params import Param
 
 DRAIN_S = 0.05  # after timeout_s: time to read and discard what the peers sent, before the FIN
+
+
+class TimeoutState(FaultState["Timeout"]):
+    def __init__(self, fault: Timeout, conn: Channel) -> None:
+        super().__init__(fault, conn)
+        self.applied = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.expired = False
+        # the fault's states on both directions of this connection, and whether one applied
+        self.both: Any = conn.shared(fault, lambda: _Both())
+        self.both.states.append(self)
+        # `count` counts connections: the second direction of a counted one still applies
+        sibling = self.both.applied
+        if not (fault.active or sibling):
+            return
+        self.applied = self.both.applied = True
+        key = fault.key()
+        conn.withhold(key)
+        conn.hold(key)
+        if fault.timeout_s is not None:
+            self.timer = conn.later(fault.timeout_s, self._expire)
+        if not sibling:
+            self.record(timeout_s=fault.timeout_s, end=fault.end)
+
+    def _expire(self) -> None:
+        conn = self.conn
+        if conn.finished or not conn.forwarding:
+            return  # the other direction's timer ended it already
+        for st in self.both.states:
+            st.expired = True
+        if self.fault.end == "rst":
+            conn.abort()
+            return
+        # A socket closed with unread bytes in its receive buffer sends a RST, not a FIN:
+        # read and discard what the peers sent meanwhile, then close.
+        conn.stop_forwarding()
+        for st in self.both.states:
+            st.conn.release(self.fault.key())
+        # then close both sockets: FIN once each socket's own buffer is out; the withheld data never is
+        conn.later(DRAIN_S, conn.shutdown)
+
+    def detach(self) -> None:
+        if not self.applied or self.expired or self.fault.retired == "count":
+            return  # a counted timeout keeps its connection silent (and its timer); an expired one is over
+        if self.timer is not None:
+            self.timer.cancel()
+        key = self.fault.key()
+        self.conn.release(key)
+        self.conn.unwithhold(key)  # everything held back, in order
+
+
+class _Both:
+    """A timeout's view of one connection: its states there, and whether it applied."""
+
+    def __init__(self) -> None:
+        self.states: list[TimeoutState] = []
+        self.applied = False
 
 
 class Timeout(Fault):
@@ -31,60 +87,9 @@ class Timeout(Fault):
         "timeout_s": Param(float, None, min=0.0, nullable=True, help="then the connection is ended; null = never"),
         "end": Param(str, "fin", choices=("fin", "rst"), help="how the connection ends after timeout_s"),
     }
+    State = TimeoutState
     timeout_s: float | None
     end: str
 
-    def new_state(self, pipe: Pipe) -> Any:
-        return SimpleNamespace(applied=False, timer=None, expired=False)
-
     def key(self) -> str:
         return f"timeout:{self.name}"
-
-    def on_attach(self, pipe: Pipe) -> None:
-        # `count` counts connections: the second direction of a counted one still applies
-        other = pipe.relay.pipes["downstream" if pipe.direction == "upstream" else "upstream"]
-        sibling = self in other.faults and self.state(other).applied
-        if not (self.active or sibling):
-            return
-        st = self.state(pipe)
-        st.applied = True
-        pipe.withhold(self.key())
-        pipe.hold(self.key())
-        if self.timeout_s is not None:
-            st.timer = pipe.later(self.timeout_s, self._expire, pipe)
-        if not sibling:
-            self.record(pipe, timeout_s=self.timeout_s, end=self.end)
-
-    def _expire(self, pipe: Pipe) -> None:
-        relay = pipe.relay
-        if relay.finished or all(p.closed_input for p in relay.pipes.values()):
-            return  # the other direction's timer ended it already
-        for p in relay.pipes.values():
-            if self in p.faults:
-                self.state(p).expired = True
-        if self.end == "rst":
-            for side in ("client", "server"):
-                relay.reset(side)
-            return
-        # A socket closed with unread bytes in its receive buffer sends a RST, not a FIN:
-        # read and discard what the peers sent meanwhile, then close.
-        for p in relay.pipes.values():
-            p.close_input()
-            p.release(self.key())
-        relay.later(DRAIN_S, self._close, relay)
-
-    @staticmethod
-    def _close(relay: Any) -> None:
-        for side in ("client", "server"):
-            tr = relay.tr[side]
-            if not tr.is_closing():
-                tr.close()  # FIN once the socket's own buffer is out; the withheld data never is
-
-    def on_detach(self, pipe: Pipe) -> None:
-        st = self.state(pipe)
-        if not st.applied or st.expired or self.retired == "count":
-            return  # a counted timeout keeps its connection silent (and its timer); an expired one is over
-        if st.timer is not None:
-            st.timer.cancel()
-        pipe.release(self.key())
-        pipe.unwithhold(self.key())  # everything held back, in order

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from ..relay.message import Msg
+from .fault import Fault, FaultState
+from .params import Param
 
-from .base import Fault, Msg, Param
 
-if TYPE_CHECKING:
-    from ..relay.pipe import Pipe
+class TruncateState(FaultState["Truncate"]):
+    def on_message(self, msg: Msg) -> list[Msg | bytes] | None:
+        keep = self.fault.keep_bytes
+        if not self.selects(msg) or len(msg.payload) <= keep:
+            return None
+        self.record(msg, kept=keep)
+        return [msg.replace(msg.payload[:keep])]
 
 
 class Truncate(Fault):
@@ -23,11 +29,5 @@ class Truncate(Fault):
     PARAMS = {  # noqa: RUF012 - class-level declaration, never mutated
         "keep_bytes": Param(int, 9, min=0, help="payload bytes kept (9 = binary type + timestamp)"),
     }
+    State = TruncateState
     keep_bytes: int
-
-    def on_message(self, pipe: Pipe, msg: Msg) -> list[Msg | bytes] | None:
-        if not self.selects(pipe, msg) or len(msg.payload) <= self.keep_bytes:
-            return None
-        self.record(pipe, index=msg.index, json_type=msg.json_type(), binary_type=msg.binary_type(),
-                    size=len(msg.payload), kept=self.keep_bytes)
-        return [msg.replace(msg.payload[:self.keep_bytes])]

@@ -7,12 +7,10 @@ import contextlib
 import os
 import random
 import signal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .base import Fault, FaultSpecError, Param
-
-if TYPE_CHECKING:
-    from .base import ProxyServices
+from .fault import Fault, ProxyServices
+from .params import FaultSpecError, Param
 
 
 class WorkerCrash(Fault):
@@ -86,8 +84,8 @@ class WorkerCrash(Fault):
         if self.upstream is not None:
             return ups[self.upstream]
         if self.action == "reset":
-            busy = {id(r.upstream) for r in proxy.relays() if not r.finished}
-            candidates = [u for u in ups if id(u) in busy] or [u for u in ups if u.alive]
+            busy = {c.upstream for c in proxy.connections() if not c.finished}
+            candidates = [u for u in ups if u.index in busy] or [u for u in ups if u.alive]
         else:
             candidates = [u for u in ups if u.pid and u.alive]
         if not candidates:
@@ -104,11 +102,11 @@ class WorkerCrash(Fault):
             return
         fields: dict[str, Any] = {"action": self.action, "upstream": u.index, "url": u.url, "pid": u.pid}
         if self.action == "reset":
-            relays = [r for r in proxy.relays() if r.upstream is u and not r.finished]
-            for r in relays:
-                r.reset("server")
-                r.reset("client")
-            fields["flows"] = [r.flow_id for r in relays]
+            conns = [c for c in proxy.connections() if c.upstream == u.index and not c.finished]
+            for c in conns:
+                c.abort("server")
+                c.abort("client")
+            fields["flows"] = [c.session for c in conns]
         else:
             sig = signal.SIGKILL if self.action == "kill" else signal.SIGSTOP
             try:

@@ -5,7 +5,7 @@ Data path, cheapest first:
     as read, so bytes, masks, fragment sizes and timing are the peer's own;
   * byte faults only: the same, with the chunk passed through the byte chain;
   * a message fault: each data message is decided at its first frame
-    (`Fault.might_act`); a "no" streams it through untouched, a "maybe" buffers that
+    (`PipeHooks.might_act`); a "no" streams it through untouched, a "maybe" buffers that
     one message, reassembles it and hands it to the message faults. Control frames
     always pass at once (they may interleave with fragments, RFC 6455 §5.4).
 
@@ -15,9 +15,8 @@ queues too much, or output is withheld beyond `OUT_LIMIT`. Nothing here reads ah
 without a bound, so memory per connection is the transports' buffers plus what the
 active faults queue (each bounds its own) plus at most one message being reassembled.
 
-Interface used by faults (see proxy/faults/base.py): direction, src, dst, flow_id,
-loop, hold/release, withhold/unwithhold, emit, emit_eof, write, inject, encode, later,
-state_for, relay.
+Faults are attached as `PipeHooks` (hooks.py), one object per fault and pipe, made by
+the fault from the pipe's `channel` (connection.py: all a fault may read and do).
 """
 
 from __future__ import annotations
@@ -26,12 +25,16 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Callable
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from harness.protocol import wsframes as fr
 
+from .connection import Channel
+from .hooks import PipeHooks
+from .message import Msg
+
 if TYPE_CHECKING:
-    from ..faults.base import Fault, Msg
     from .relay import Relay
 
 _EOF = object()  # marker for the EOF in the withheld output queue
@@ -51,15 +54,16 @@ class Pipe:
         self.direction = "upstream" if src == "client" else "downstream"
         self.mask = self.dst == "server"  # frames we make towards the server must be masked
         self.scanner = fr.FrameScanner()
-        self.faults: list[Fault] = []
+        self.faults: list[PipeHooks] = []  # attached, in order
+        self._by_key: dict[object, PipeHooks] = {}  # the key they were attached with -> them
         self.bytes_in = 0
         self.bytes_out = 0
         self.msg_index = 0  # number of data messages started (the next Msg.index)
         self.eof_in = False  # the source sent FIN
         self.eof_out = False  # we sent FIN to the destination
         self.closed_input = False  # the proxy stopped forwarding (close with code, limit)
-        self._chain: list[Fault] = []  # byte-level faults, in order
-        self._msg_faults: list[Fault] = []
+        self._chain: list[PipeHooks] = []  # byte-level faults, in order
+        self._msg_faults: list[PipeHooks] = []
         self._nexts: dict[int, Callable[[Any], None]] = {}
         self._eof_nexts: dict[int, Callable[[], None]] = {}
         self._assembler: fr.MessageAssembler | None = None
@@ -72,7 +76,6 @@ class Pipe:
         self._held_out: deque[Any] = deque()
         self._held_bytes = 0
         self._pending_inject: deque[tuple[bytes, Callable[[], None] | None]] = deque()
-        self._states: dict[int, Any] = {}
         # A traffic observer (--view, --web: proxy/observe.py) sees each chunk as read, before any fault.
         # None, the default, costs one attribute check per chunk.
         self.observer: Callable[[bytes | memoryview], None] | None = None
@@ -85,6 +88,11 @@ class Pipe:
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         return self.relay.loop
+
+    @cached_property
+    def channel(self) -> Channel:
+        """What faults on this pipe may read and do (made at the first attach)."""
+        return Channel(self.relay, self)
 
     @property
     def holds(self) -> frozenset[str]:
@@ -144,7 +152,7 @@ class Pipe:
             tr.write(data)
             self.bytes_out += len(data)
 
-    def _next_fault(self, after: Fault | None) -> Fault | None:
+    def _next_fault(self, after: PipeHooks | None) -> PipeHooks | None:
         """The byte fault after `after` (None: the first); None past the end, or when
         `after` is no longer in the chain (removed: it sends straight to the socket)."""
         chain = self._chain
@@ -156,21 +164,21 @@ class Pipe:
             return None
         return chain[i] if i < len(chain) else None
 
-    def emit(self, data: bytes | memoryview, after: Fault | None = None) -> None:
+    def emit(self, data: bytes | memoryview, after: PipeHooks | None = None) -> None:
         """Into the byte chain after `after` (None: from its start), then to the socket."""
         f = self._next_fault(after)
         if f is None:
             self.write(data)
         else:
-            f.on_bytes(self, data, self._nexts[id(f)])
+            f.on_bytes(data, self._nexts[id(f)])
 
-    def emit_eof(self, after: Fault | None = None) -> None:
+    def emit_eof(self, after: PipeHooks | None = None) -> None:
         """The source's FIN, through the byte chain (so it follows queued data)."""
         f = self._next_fault(after)
         if f is None:
             self._write_eof()
         else:
-            f.on_eof(self, self._eof_nexts[id(f)])
+            f.on_eof(self._eof_nexts[id(f)])
 
     def _write_eof(self) -> None:
         if self._withholds:
@@ -198,43 +206,39 @@ class Pipe:
         else:
             self._pending_inject.append((frame, then))
 
-    def encode(self, opcode: int, payload: bytes | memoryview = b"", fin: bool = True) -> bytes:
-        """A frame for this direction (masked towards the server)."""
-        return fr.encode_frame(opcode, payload, fin, self.mask)
-
     def later(self, delay: float, fn: Callable[..., Any], *args: Any) -> asyncio.TimerHandle:
         """A timer cancelled when the connection ends."""
         return self.relay.later(delay, fn, *args)
 
-    def state_for(self, key: object, factory: Callable[[], Any]) -> Any:
-        """Per-pipe state of a fault or selector (dropped with the pipe)."""
-        st = self._states.get(id(key))
-        if st is None:
-            st = self._states[id(key)] = factory()
-        return st
-
     # --- faults -------------------------------------------------------------------------
-    def add(self, f: Fault) -> None:
-        if f in self.faults:
+    def attached(self, key: object) -> PipeHooks | None:
+        """What was attached with `key` (a fault's state on this pipe), if anything."""
+        return self._by_key.get(key)
+
+    def add(self, key: object, make: Callable[[Channel], PipeHooks]) -> None:
+        """Attach a fault: `make(self.channel)` builds its hooks for this pipe (and does
+        whatever the fault does on attaching); once per key."""
+        if key in self._by_key:
             return
+        f = make(self.channel)
+        self._by_key[key] = f
         self.faults.append(f)
         self._rebuild()
         if f.needs_messages and self._assembler is None:
             self._assembler = fr.MessageAssembler()
             self._buffering = False
             self._synced = self.scanner.at_message_boundary  # never start mid-message
-        f.on_attach(self)
 
-    def remove(self, f: Fault) -> None:
-        if f not in self.faults:
+    def remove(self, key: object) -> None:
+        f = self._by_key.get(key)
+        if f is None:
             return
         try:
-            f.on_detach(self)  # still in the chain: it may flush with emit(after=self)
+            f.detach()  # still in the chain: it may flush with emit(after=self)
         finally:
+            del self._by_key[key]
             self.faults.remove(f)
             self._rebuild()
-            self._states.pop(id(f), None)
-            self._states.pop(id(f.sel), None)
             if not self._msg_faults and self._assembler is not None:
                 # the message being reassembled goes out as it came; the rest streams
                 raw, self._raw = self._raw, []
@@ -249,10 +253,10 @@ class Pipe:
         self._nexts = {id(f): self._make_next(f) for f in self._chain}
         self._eof_nexts = {id(f): self._make_eof_next(f) for f in self._chain}
 
-    def _make_next(self, f: Fault) -> Callable[[Any], None]:
+    def _make_next(self, f: PipeHooks) -> Callable[[Any], None]:
         return lambda data: self.emit(data, after=f)
 
-    def _make_eof_next(self, f: Fault) -> Callable[[], None]:
+    def _make_eof_next(self, f: PipeHooks) -> Callable[[], None]:
         return lambda: self.emit_eof(after=f)
 
     # --- input --------------------------------------------------------------------------
@@ -328,7 +332,7 @@ class Pipe:
             prefix = p.data[start:start + 16]
             if h.masked:
                 prefix = fr.mask_bytes(prefix, h.mask)
-            self._buffering = any(f.might_act(self, h.opcode, prefix, h) for f in self._msg_faults)
+            self._buffering = any(f.might_act(h.opcode, prefix, h) for f in self._msg_faults)
             self._raw = []
             if self._buffering:
                 self._assembler = self._assembler or fr.MessageAssembler()
@@ -346,15 +350,13 @@ class Pipe:
             self._buffering = False
 
     def _deliver(self, opcode: int, payload: bytes, sizes: list[int], rsv: int) -> None:
-        from ..faults.base import Msg  # here, not at import: relay/ stays free of faults/
-
         orig = Msg(opcode, payload, self.msg_index, sizes, rsv)
         self.msg_index += 1
         items: list[Msg | bytes] = [orig]
         for f in list(self._msg_faults):
             nxt: list[Msg | bytes] = []
             for it in items:
-                r = f.on_message(self, it) if isinstance(it, Msg) else None
+                r = f.on_message(it) if isinstance(it, Msg) else None
                 if r is None:
                     nxt.append(it)
                 else:

@@ -18,10 +18,12 @@ import logging
 import socket
 import struct
 from collections.abc import Callable
+from functools import cached_property
 from typing import Any
 
 from harness.protocol import wsframes as fr
 
+from .connection import Connection
 from .pipe import Pipe, other
 
 SIDES = ("client", "server")
@@ -66,7 +68,7 @@ class Relay:
         self.loop = asyncio.get_running_loop()
         self.flow_id = flow_id
         self.seq = seq  # connection sequence number (1, 2, ...): seeds per-connection randomness
-        self.upstream = upstream  # proxy.relay.state.Upstream or None
+        self.upstream = upstream  # proxy.state.Upstream (has .index) or None
         self.events = events
         self.path = path
         self.tr: dict[str, asyncio.Transport] = {"client": client, "server": server}
@@ -74,6 +76,7 @@ class Relay:
         self.client_port: int | None = peer[1] if isinstance(peer, tuple) else None
         self.pipes: dict[str, Pipe] = {"upstream": Pipe(self, "client"), "downstream": Pipe(self, "server")}
         self.timers: set[asyncio.TimerHandle] = set()
+        self.shared: dict[object, Any] = {}  # Connection.shared: state of both directions, by key
         self.ended: dict[str, str] = {}  # side -> how its peer ended: eof | rst | closed
         self.sent: dict[str, str] = {}  # side -> what the proxy sent it: eof | rst | close
         self.error: dict[str, str] = {}
@@ -91,6 +94,11 @@ class Relay:
 
     def pipe_to(self, side: str) -> Pipe:
         return self.pipes["downstream" if side == "client" else "upstream"]
+
+    @cached_property
+    def connection(self) -> Connection:
+        """What faults acting beyond one pipe may read and do with this connection."""
+        return Connection(self)
 
     # --- life cycle ---------------------------------------------------------------------
     def start(self, leftovers: dict[str, bytes] | None = None) -> None:
@@ -116,6 +124,17 @@ class Relay:
         h = self.loop.call_later(delay, self._timer, fn, args)
         self.timers.add(h)
         return h
+
+    def soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """`fn(*args)` at the next loop iteration, unless the connection finished by then."""
+        self.loop.call_soon(self._call, fn, args)
+
+    def _call(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        if not self.finished:
+            try:
+                fn(*args)
+            except Exception as e:
+                self.fail(e)
 
     def _timer(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         self.timers = {h for h in self.timers if not h.cancelled() and h.when() > self.loop.time()}

@@ -1,6 +1,7 @@
 """Proxy-wide state without mitmproxy: the event sink, the upstreams, the live relays
 and the fault table. The mitmproxy addons and the control API both work on one
-`ProxyState`; faults reach it as `fault.proxy` (the `ProxyServices` of faults/base.py).
+`ProxyState`; faults reach it as `fault.proxy` (the `ProxyServices` of faults/fault.py).
+Here relays and faults meet: the table attaches each fault to the pipes it applies to.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from urllib.parse import urlsplit
 
 from harness.protocol import EventLog, now_us
 
-from ..faults.base import ConnectInfo, Fault, FaultSpecError
-from .relay import Relay
+from .faults import ConnectInfo, Fault, FaultSpecError
+from .relay.connection import Connection
+from .relay.relay import Relay
 
 RECENT_EVENTS = 10_000  # events kept in memory for GET /events (the log file has them all)
 
@@ -104,6 +106,9 @@ class ProxyState:
     def relays(self) -> list[Relay]:
         return list(self.live.values())
 
+    def connections(self) -> list[Connection]:
+        return [r.connection for r in self.live.values()]
+
     def next_seq(self) -> int:
         return next(self._seq)
 
@@ -130,7 +135,7 @@ class ProxyState:
             return
         for direction, pipe in relay.pipes.items():
             if f.direction in (direction, "both"):
-                pipe.add(f)
+                pipe.add(f, f.attach)
 
     # --- faults -------------------------------------------------------------------------
     def add_fault(self, f: Fault) -> Fault:
