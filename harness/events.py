@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .protocol.eventschema import check_record
+
 Record = dict[str, Any]
 
 
@@ -33,6 +35,8 @@ class Events:
     def select(self, event: str | Iterable[str] | None = None, proc: str | None = None,
                session: str | None = None, **equal: Any) -> list[Record]:
         events = {event} if isinstance(event, str) else set(event) if event is not None else None
+        for name in events or ():
+            check_record(name, equal)  # a misspelt name or field would select nothing and pass silently
         return [r for r in self.records
                 if (events is None or r["event"] in events)
                 and (proc is None or r["proc"] == proc)
