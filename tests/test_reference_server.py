@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import math
@@ -10,6 +11,8 @@ import sys
 import urllib.error
 import urllib.request
 import wave
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +20,14 @@ import pytest
 
 from harness.events import Events
 from harness.probe import ProbeConfig
-from harness.protocol import closecodes, now_us
+from harness.protocol import EventLog, Message, ProtocolError, closecodes, get_profile, now_us
 from harness.protocol import messages as m
 from harness.scenario import Scenario
 from harness.topology import reference_server
+from reference_server.groups import Group
+from reference_server.pacing import AudioPacer
+from reference_server.playback import Playback
+from reference_server.timeline import Chunk, ChunkStore
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -349,3 +356,174 @@ def test_sigterm_shuts_down_cleanly(tmp_path: Path) -> None:
     events = Events.load(tmp_path)
     assert events.select("shutdown")
     assert math.isfinite(events.start_us())
+
+
+# --- the parts on their own: audio pacing, playback without a network, who imports whom ------------
+
+FMT = m.PlayerStream(codec="pcm", sample_rate=48_000, channels=2, bit_depth=16)
+CHUNK_US = 20_000
+
+
+def _store(first_ts: int, count: int, first_seq: int = 0) -> ChunkStore:
+    store = ChunkStore(48_000, "watermark", get_profile("legacy"))
+    chunks = [Chunk(first_seq + i, (first_seq + i) * 960, 960, first_ts + i * CHUNK_US, first_ts + (i + 1) * CHUNK_US)
+              for i in range(count)]
+    store.add_batch([(c, b"") for c in chunks])
+    return store
+
+
+def _pacer(store: ChunkStore, start_delay_us: int = 0, capacity: int = 10**9,
+           seal: Callable[[bytes], bytes] | None = None) -> tuple[AudioPacer, list[tuple[int, int]]]:
+    skips: list[tuple[int, int]] = []
+    pacer = AudioPacer(store, start_delay_us, lambda n, total: skips.append((n, total)), seal)
+    pacer.capacity = capacity
+    return pacer, skips
+
+
+def test_pacer_joins_at_the_start_delay_and_sends_in_order() -> None:
+    now = now_us()
+    store = _store(now, 20)
+    pacer, skips = _pacer(store, start_delay_us=5 * CHUNK_US)
+    frame, wait = pacer.next_due(FMT, now)
+    assert wait is None and frame == store.prepared(store.chunks[5], 2, 16)  # the shared frame itself
+    assert pacer.continues_at(6)
+    frame, _ = pacer.next_due(FMT, now)
+    assert frame == store.prepared(store.chunks[6], 2, 16)
+    assert (pacer.sent, pacer.skipped, skips) == (2, 0, [])
+
+
+def test_pacer_skips_what_is_due_already_and_counts_it() -> None:
+    now = now_us()
+    store = _store(now - 3 * CHUNK_US, 10)
+    pacer, skips = _pacer(store)
+    pacer.next_due(FMT, now - 3 * CHUNK_US)  # joined at chunk 0, sent it
+    frame, _ = pacer.next_due(FMT, now)  # chunks 1 and 2 have started playing: skipped
+    assert frame == store.prepared(store.chunks[3], 2, 16)
+    assert skips == [(2, 2)] and pacer.skipped == 2 and pacer.continues_at(4)
+
+
+def test_pacer_keeps_in_flight_audio_within_buffer_capacity() -> None:
+    now = now_us()
+    store = _store(now + CHUNK_US, 10)
+    size = len(store.prepared(store.chunks[0], 2, 16))
+    pacer, _ = _pacer(store, capacity=2 * size)
+    sent = [pacer.next_due(FMT, now)[0] for _ in range(2)]
+    assert all(sent)
+    frame, wait = pacer.next_due(FMT, now)
+    assert frame is None and wait == pytest.approx(2 * CHUNK_US / 1e6)  # until chunk 0 has played
+    frame, _ = pacer.next_due(FMT, now + 2 * CHUNK_US)  # chunk 0 played: its bytes drained
+    assert frame == store.prepared(store.chunks[2], 2, 16)
+
+
+def test_pacer_batch_stops_at_the_first_chunk_it_may_not_take() -> None:
+    now = now_us()
+    store = _store(now + CHUNK_US, 6)
+    size = len(store.prepared(store.chunks[0], 2, 16))
+    pacer, _ = _pacer(store, capacity=3 * size)
+    pacer.next_due(FMT, now)  # chunk 0
+    frames = pacer.take(list(store.chunks)[1:], FMT, now)
+    assert frames == [store.prepared(c, 2, 16) for c in list(store.chunks)[1:3]]
+    assert all(a is b for a, b in zip(frames, [store.prepared(c, 2, 16) for c in list(store.chunks)[1:3]],
+                                       strict=True)), "legacy writes the shared bytes, never a copy"
+    assert pacer.continues_at(3) and pacer.sent == 3
+
+
+def test_pacer_applies_a_per_session_codec_step_and_counts_its_bytes() -> None:
+    now = now_us()
+    store = _store(now + CHUNK_US, 4)
+    size = len(store.prepared(store.chunks[0], 2, 16))
+    pacer, _ = _pacer(store, capacity=size + 100, seal=lambda prepared: b"sealed" + prepared)
+    frame, _ = pacer.next_due(FMT, now)
+    assert frame == b"sealed" + store.prepared(store.chunks[0], 2, 16)
+    assert pacer.take(list(store.chunks)[1:], FMT, now) == []  # 6 + size + size > capacity
+
+
+@dataclass(eq=False)
+class FakeListener:
+    session_id: str
+    roles: tuple[str, ...] = ("player", "controller", "metadata")
+    volume: int = 100
+    muted: bool = False
+    group: Group | None = None
+    hello: m.ClientHello | None = None
+    player_format: m.PlayerStream | None = None
+    sent: list[Message] = field(default_factory=list)
+    rejected: list[ProtocolError] = field(default_factory=list)
+
+    @property
+    def is_player(self) -> bool:
+        return "player" in self.roles
+
+    def has_role(self, family: str) -> bool:
+        return family in self.roles
+
+    def enqueue(self, message: Message) -> None:
+        self.sent.append(message)
+
+    def reject(self, exc: ProtocolError) -> None:
+        self.rejected.append(exc)
+
+    def start_player_stream(self, fmt: m.PlayerStream) -> None:
+        self.player_format = fmt
+
+    def end_streams(self, roles: list[str] | None = None) -> None:
+        self.player_format = None
+
+    def clear_player(self) -> None:
+        pass
+
+    def send_artwork(self, channel: int, image_format: str) -> None:
+        pass
+
+
+def test_playback_runs_without_a_network() -> None:
+    demand: list[bool] = []
+    playback = Playback(ChunkStore(48_000, "watermark", get_profile("legacy")), EventLog(None, "t"), demand.append,
+                        autoplay=True)
+    hello = m.ClientHello(client_id="a", name="a", supported_roles=["player@v1"],
+                          player_support=m.PlayerSupport(supported_formats=[m.AudioFormat(
+                              codec="pcm", channels=2, sample_rate=48_000, bit_depth=24)],
+                              buffer_capacity=1000, supported_commands=["volume"]))
+    a, b = FakeListener("a", hello=hello), FakeListener("b", hello=hello)
+    playback.join(a)
+    playback.join(b)
+    assert demand == [True] and a.player_format == b.player_format and a.player_format is not None
+    assert isinstance(a.sent[0], m.GroupUpdate) and a.group is playback.main_group
+    playback.controller_command(a, m.ControllerCommand(command="volume", volume=40))
+    assert (a.volume, b.volume) == (40, 40)
+    playback.controller_command(a, m.ControllerCommand(command="stop"))
+    assert demand == [True, False] and a.player_format is None and b.player_format is None
+    playback.controller_command(a, m.ControllerCommand(command="mute"))
+    assert a.rejected and a.rejected[0].field == "payload.controller.mute"
+    playback.leave(a)
+    playback.leave(b)
+    assert playback.status()["sessions"] == 0 and playback.main_group.members == []
+
+
+def _imports(module: str) -> set[str]:
+    """Every module `reference_server/<module>.py` imports (also under TYPE_CHECKING or
+    in functions); the package's own modules as relative names (".session")."""
+    path = Path(__file__).resolve().parent.parent / "reference_server" / f"{module}.py"
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            dots = "." * node.level
+            found |= {dots + node.module} if node.module else {dots + alias.name for alias in node.names}
+    return {"." + name.removeprefix("reference_server.") if name.startswith("reference_server.") else name
+            for name in found}
+
+
+@pytest.mark.parametrize(("module", "forbidden"), [
+    ("playback", ("websockets", ".session", ".server", ".pacing")),
+    ("pacing", ("websockets", ".session", ".server", ".playback")),
+    ("session", (".server", ".playback")),
+    ("timeline", ("websockets", ".session", ".server", ".playback")),
+])
+def test_dependencies_point_one_way(module: str, forbidden: tuple[str, ...]) -> None:
+    """server -> session -> pacing -> timeline, server -> playback -> timeline; never back."""
+    imported = _imports(module)
+    assert imported, module
+    bad = sorted(name for name in imported for prefix in forbidden if name == prefix or name.startswith(prefix + "."))
+    assert not bad, f"reference_server/{module}.py imports {bad}"
