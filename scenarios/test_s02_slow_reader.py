@@ -7,31 +7,128 @@ read promptly), the other players see no gap and no lead-time drop, and the
 server holds bounded memory for the slow one. A client that pauses and
 resumes keeps its session; one that never resumes is closed with 4001
 (slow reader) within the documented limit.
+
+Each case runs twice: the probe itself stops reading (`SlowProbe`), or the
+proxy in front of a multi-worker server stops reading an unmodified client's
+downstream (`SlowByProxy`); both share one skeleton per case.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any, ClassVar
 
+from faultsite import BehindProxy, Direct
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.checkers import (
-    closed_by_policy,
-    healthy_players,
-    held_bounded,
-    proxy_fault_applied,
-    reads_prompt,
-    require,
-    session_alive,
-)
-from harness.probe import ProbeConfig
+from harness.checkers import closed_by_policy, healthy_players, held_bounded, reads_prompt, require, session_alive
+from harness.events import Events
+from harness.probe import ProbeClient, ProbeConfig
 from harness.protocol import closecodes, now_us
 from harness.pytest_plugin import examples
 from harness.scenario import Scenario
+from harness.settings import Bounds
 
-SLOW_RCVBUF = 16 * 1024
 SLOW_READER_CLOSE_S = 3.0
+SLOW_RCVBUF = 16 * 1024
+FAULT = "slow_reader"
+
+
+class SlowProbe(Direct):
+    """The slow client is the probe: a small receive buffer, then it reads slowly or not at all."""
+
+    config: ClassVar[dict[str, Any]] = {"rcvbuf": SLOW_RCVBUF}
+
+    async def slow_down(self, slow: ProbeClient, rate: int) -> int:
+        """Start reading at `rate` B/s; returns when the fault began (t_us)."""
+        slow.set_read_rate(rate)
+        return now_us()
+
+    async def resume(self, slow: ProbeClient) -> None:
+        slow.set_read_rate(None)
+
+    async def closed(self, sc: Scenario, slow: ProbeClient, limit_us: int) -> int | None:
+        """Waits for the policy close (here: the probe sees it); the server's close time if known."""
+        await asyncio.wait_for(slow.closed.wait(), limit_us / 1e6 + 1)
+        return None
+
+    def policy_clock(self, events: Events, stopped: int, closed: int | None) -> int:
+        """When the slow-reader policy clock started: when the probe stopped reading."""
+        return stopped
+
+
+class SlowByProxy(BehindProxy):
+    """The proxy reads an unmodified client's downstream slowly or not at all."""
+
+    # No rcvbuf_bytes: shrinking SO_RCVBUF of a live connection makes the kernel drop
+    # in-window segments and both directions back off (NOTES.md), which is no slow reader.
+    config: ClassVar[dict[str, Any]] = {}
+    fault: dict[str, Any]  # the slow_reader fault as the proxy holds it
+
+    async def slow_down(self, slow: ProbeClient, rate: int) -> int:
+        began = now_us()
+        self.fault = await self.proxy.add({"type": FAULT, "direction": "downstream", "rate_bps": rate,
+                                           "connections": {"client_port": slow.local_port}})
+        return began
+
+    async def resume(self, slow: ProbeClient) -> None:
+        await self.proxy.remove(self.fault["name"])
+
+    async def closed(self, sc: Scenario, slow: ProbeClient, limit_us: int) -> int | None:
+        return await _server_closes(sc, "slow", timeout_s=20.0)
+
+    def policy_clock(self, events: Events, stopped: int, closed: int | None) -> int:
+        """The proxy's kernel buffers hold seconds of audio (autotuned while it read), so the
+        policy clock starts when the server's own send buffer stops draining (its
+        session_stats), not when the fault was added."""
+        proc, session = events.server_session("slow")
+        return next((r["t_us"] for r in events.select("session_stats", proc=proc, session=session)
+                     if r["t_us"] > stopped and r["write_buffer"] > 0), closed or stopped)
+
+
+async def pauses_and_resumes(sc: Scenario, bounds: Bounds, site: SlowProbe | SlowByProxy, others: int,
+                             pause_s: float, read_rate: int) -> None:
+    _, url = await site.start(sc)
+    start = now_us()
+    players = [await sc.probe(url, ProbeConfig(name=f"player-{i + 1}")) for i in range(others)]
+    slow = await sc.probe(url, ProbeConfig(name="slow", **site.config))
+    await asyncio.sleep(1.0)
+    slow_from = await site.slow_down(slow, read_rate)
+    await asyncio.sleep(pause_s)
+    await site.resume(slow)
+    await asyncio.sleep(2.5)
+    end = now_us()
+    events = sc.events()
+    require(
+        *site.fault_logged(events, FAULT, slow_from),
+        *healthy_players(events, players, bounds, start, end, fault_us=slow_from),
+        reads_prompt(events, "slow", bounds, end, start_us=slow_from),
+        session_alive(events, "slow", bounds, end),
+        held_bounded(events, "slow", bounds.slow_session_held_bytes),
+    )
+
+
+async def never_resumes(sc: Scenario, bounds: Bounds, site: SlowProbe | SlowByProxy, others: int) -> None:
+    _, url = await site.start(sc, "--slow-reader-close", str(SLOW_READER_CLOSE_S))
+    start = now_us()
+    players = [await sc.probe(url, ProbeConfig(name=f"player-{i + 1}")) for i in range(others)]
+    slow = await sc.probe(url, ProbeConfig(name="slow", **site.config))
+    await asyncio.sleep(1.0)  # baseline for the isolation check
+    stopped = await site.slow_down(slow, 0)
+    limit_us = int(SLOW_READER_CLOSE_S * 1e6) + bounds.policy_close_slack_us
+    closed = await site.closed(sc, slow, limit_us)
+    await asyncio.sleep(0.5)
+    end = now_us()
+    events = sc.events()
+    require(
+        *site.fault_logged(events, FAULT, stopped),
+        *healthy_players(events, players, bounds, start, end, fault_us=stopped),
+        reads_prompt(events, "slow", bounds, end if closed is None else closed, start_us=stopped),
+        closed_by_policy(events, "slow", closecodes.SLOW_READER, site.policy_clock(events, stopped, closed),
+                         limit_us),
+        held_bounded(events, "slow", bounds.slow_session_held_bytes),
+    )
 
 
 @examples(2)
@@ -39,25 +136,7 @@ SLOW_READER_CLOSE_S = 3.0
 def test_s02_slow_reader_pauses_and_resumes(run, fresh_dir, bounds, others, pause_s, read_rate):
     async def scenario() -> None:
         async with Scenario(fresh_dir()) as sc:
-            server = await sc.server()
-            url = server.ready["url"]
-            start = now_us()
-            players = [await sc.probe(url, ProbeConfig(name=f"player-{i + 1}")) for i in range(others)]
-            slow = await sc.probe(url, ProbeConfig(name="slow", rcvbuf=SLOW_RCVBUF))
-            await asyncio.sleep(1.0)
-            slow.set_read_rate(read_rate)
-            slow_from = now_us()
-            await asyncio.sleep(pause_s)
-            slow.set_read_rate(None)
-            await asyncio.sleep(2.5)
-            end = now_us()
-            events = sc.events()
-            require(
-                *healthy_players(events, players, bounds, start, end, fault_us=slow_from),
-                reads_prompt(events, "slow", bounds, end, start_us=slow_from),
-                session_alive(events, "slow", bounds, end),
-                held_bounded(events, "slow", bounds.slow_session_held_bytes),
-            )
+            await pauses_and_resumes(sc, bounds, SlowProbe(), others, pause_s, read_rate)
 
     run(scenario())
 
@@ -67,25 +146,7 @@ def test_s02_slow_reader_pauses_and_resumes(run, fresh_dir, bounds, others, paus
 def test_s02_slow_reader_that_never_resumes_is_closed(run, fresh_dir, bounds, others):
     async def scenario() -> None:
         async with Scenario(fresh_dir()) as sc:
-            server = await sc.server("--slow-reader-close", str(SLOW_READER_CLOSE_S))
-            url = server.ready["url"]
-            start = now_us()
-            players = [await sc.probe(url, ProbeConfig(name=f"player-{i + 1}")) for i in range(others)]
-            slow = await sc.probe(url, ProbeConfig(name="slow", rcvbuf=SLOW_RCVBUF))
-            await asyncio.sleep(1.0)  # baseline for the isolation check
-            slow.set_read_rate(0)
-            stopped = now_us()
-            limit_us = int(SLOW_READER_CLOSE_S * 1e6) + bounds.policy_close_slack_us
-            await asyncio.wait_for(slow.closed.wait(), limit_us / 1e6 + 1)
-            await asyncio.sleep(0.5)
-            end = now_us()
-            events = sc.events()
-            require(
-                *healthy_players(events, players, bounds, start, end, fault_us=stopped),
-                reads_prompt(events, "slow", bounds, end, start_us=stopped),
-                closed_by_policy(events, "slow", closecodes.SLOW_READER, stopped, limit_us),
-                held_bounded(events, "slow", bounds.slow_session_held_bytes),
-            )
+            await never_resumes(sc, bounds, SlowProbe(), others)
 
     run(scenario())
 
@@ -97,28 +158,7 @@ def test_s02_proxy_makes_a_client_a_slow_reader(run, fresh_dir, bounds, others, 
     server: an unmodified client, whose connection the proxy reads slowly or not at all."""
     async def scenario() -> None:
         async with Scenario(fresh_dir()) as sc:
-            _, proxy = await sc.cluster_behind_proxy(2)
-            start = now_us()
-            players = [await sc.probe(proxy.url, ProbeConfig(name=f"player-{i + 1}")) for i in range(others)]
-            slow = await sc.probe(proxy.url, ProbeConfig(name="slow"))
-            await asyncio.sleep(1.0)
-            slow_from = now_us()
-            # No rcvbuf_bytes: shrinking SO_RCVBUF of a live connection makes the kernel drop
-            # in-window segments and both directions back off (NOTES.md), which is no slow reader.
-            fault = await proxy.add({"type": "slow_reader", "direction": "downstream", "rate_bps": read_rate,
-                                     "connections": {"client_port": slow.local_port}})
-            await asyncio.sleep(pause_s)
-            await proxy.remove(fault["name"])
-            await asyncio.sleep(2.5)
-            end = now_us()
-            events = sc.events()
-            require(
-                proxy_fault_applied(events, "slow_reader", slow_from),
-                *healthy_players(events, players, bounds, start, end, fault_us=slow_from),
-                reads_prompt(events, "slow", bounds, end, start_us=slow_from),
-                session_alive(events, "slow", bounds, end),
-                held_bounded(events, "slow", bounds.slow_session_held_bytes),
-            )
+            await pauses_and_resumes(sc, bounds, SlowByProxy(), others, pause_s, read_rate)
 
     run(scenario())
 
@@ -127,34 +167,10 @@ def test_s02_proxy_makes_a_client_a_slow_reader(run, fresh_dir, bounds, others, 
 @given(others=st.integers(1, 2))
 def test_s02_proxy_never_reads_again_and_the_server_closes(run, fresh_dir, bounds, others):
     """The proxy stops reading one client's downstream for good: the server closes that
-    session with 4001, the others play on. The proxy's kernel buffers hold seconds of
-    audio (autotuned while it read), so the policy clock starts when the server's own
-    send buffer stops draining (its session_stats), not when the fault was added."""
+    session with 4001, the others play on (policy clock: see SlowByProxy.policy_clock)."""
     async def scenario() -> None:
         async with Scenario(fresh_dir()) as sc:
-            _, proxy = await sc.cluster_behind_proxy(2, "--slow-reader-close", str(SLOW_READER_CLOSE_S))
-            start = now_us()
-            players = [await sc.probe(proxy.url, ProbeConfig(name=f"player-{i + 1}")) for i in range(others)]
-            slow = await sc.probe(proxy.url, ProbeConfig(name="slow"))
-            await asyncio.sleep(1.0)  # baseline for the isolation check
-            stopped = now_us()
-            await proxy.add({"type": "slow_reader", "direction": "downstream", "rate_bps": 0,
-                             "connections": {"client_port": slow.local_port}})
-            closed = await _server_closes(sc, "slow", timeout_s=20.0)
-            await asyncio.sleep(0.5)
-            end = now_us()
-            events = sc.events()
-            proc, session = events.server_session("slow")
-            backlog = next((r["t_us"] for r in events.select("session_stats", proc=proc, session=session)
-                            if r["t_us"] > stopped and r["write_buffer"] > 0), closed)
-            limit_us = int(SLOW_READER_CLOSE_S * 1e6) + bounds.policy_close_slack_us
-            require(
-                proxy_fault_applied(events, "slow_reader", stopped),
-                *healthy_players(events, players, bounds, start, end, fault_us=stopped),
-                reads_prompt(events, "slow", bounds, closed, start_us=stopped),
-                closed_by_policy(events, "slow", closecodes.SLOW_READER, backlog, limit_us),
-                held_bounded(events, "slow", bounds.slow_session_held_bytes),
-            )
+            await never_resumes(sc, bounds, SlowByProxy(), others)
 
     run(scenario())
 

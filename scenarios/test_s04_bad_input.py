@@ -6,6 +6,11 @@ Expectation: each bad input is rejected with a logged reason and a
 `_harness/error` naming the rule; the next command is answered, never taken
 as a missing payload; the session stays open; a well-formed upload still
 round-trips byte-identical afterwards.
+
+Two families share one skeleton (`bad_inputs_rejected`): the probe itself sends
+each bad input against the server (`ProbeSends`), or an unmodified client sends
+well-formed uploads and the proxy in front of a multi-worker server cuts or
+drops their payloads (`ProxyOrphans`).
 """
 
 from __future__ import annotations
@@ -13,17 +18,21 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from collections.abc import Callable
+from typing import Any
 
+from faultsite import BehindProxy, Direct
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from harness.checkers import proxy_fault_applied, reads_prompt, rejected, require, session_alive
+from harness.checkers import reads_prompt, rejected, require, session_alive
 from harness.fault_proxy import ControlError
 from harness.probe import ProbeClient, ProbeConfig
 from harness.protocol import encode_binary, now_us
 from harness.protocol import messages as m
 from harness.pytest_plugin import examples
 from harness.scenario import Scenario
+from harness.settings import Bounds
 
 PAYLOAD_TIMEOUT_S = 0.5
 REPLY_TIMEOUT_S = 3.0
@@ -81,49 +90,6 @@ BAD_INPUTS = {
 }
 
 
-async def _next_command_answered(p: ProbeClient) -> None:
-    sent = p.send_time()
-    await p.wait_for(lambda msg: isinstance(msg, m.ServerTime) and msg.client_transmitted == sent, REPLY_TIMEOUT_S)
-
-
-@examples(3)
-@given(inputs=st.lists(st.sampled_from(list(BAD_INPUTS)), min_size=1, max_size=6), silent_orphan=st.booleans())
-def test_s04_bad_input_is_rejected_and_session_survives(run, fresh_dir, bounds, inputs, silent_orphan):
-    async def scenario() -> None:
-        async with Scenario(fresh_dir()) as sc:
-            server = await sc.server("--payload-timeout", str(PAYLOAD_TIMEOUT_S))
-            start = now_us()
-            p = await sc.probe(server.ready["url"], ProbeConfig(name="bad", time_interval_s=None))
-            expectations = []
-            for bad in inputs:
-                t = now_us()
-                errors_before = len(p.errors)
-                bad(p)
-                await _next_command_answered(p)
-                await p.wait_for(lambda msg: isinstance(msg, m.HarnessError), REPLY_TIMEOUT_S) \
-                    if len(p.errors) == errors_before else None
-                expectations.append((BAD_INPUTS[bad], t))
-            if silent_orphan:
-                # An announced payload that never comes: refused after the payload timeout.
-                t = now_us()
-                p.send_upload(b"y" * 10, upload_id="silent", payload=False)
-                await p.wait_for(lambda msg: isinstance(msg, m.HarnessError), PAYLOAD_TIMEOUT_S + REPLY_TIMEOUT_S)
-                await _next_command_answered(p)
-                expectations.append(("no payload within", t))
-            data = bytes(range(256)) * 64
-            p.send_upload(data, upload_id="good")
-            result = await p.wait_type(m.HarnessUploadResult, REPLY_TIMEOUT_S)
-            assert isinstance(result, m.HarnessUploadResult)
-            assert result.sha256 == hashlib.sha256(data).hexdigest() and result.size == len(data)
-            await _next_command_answered(p)
-            end = now_us() + bounds.time_reply_grace_us
-            events = sc.events()
-            require(session_alive(events, "bad", bounds, end), reads_prompt(events, "bad", bounds, end, start),
-                    *(rejected(events, "bad", text, after_us=t) for text, t in expectations))
-
-    run(scenario())
-
-
 # proxy-made orphans of an upload: (fault parameters, text the server's rejection must contain)
 PROXY_ORPHANS = {
     "announce": ({"variant": "announce"}, "orphan header"),
@@ -132,6 +98,119 @@ PROXY_ORPHANS = {
     "open_fragment": ({"variant": "fragment", "fragment_end": "empty_fin", "head_bytes": 100,
                        "binary_type": m.UPLOAD_BINARY_TYPE}, "announced"),
 }
+FAULT = "orphan_header"
+
+
+async def _next_command_answered(p: ProbeClient) -> None:
+    sent = p.send_time()
+    await p.wait_for(lambda msg: isinstance(msg, m.ServerTime) and msg.client_transmitted == sent, REPLY_TIMEOUT_S)
+
+
+class Injection:
+    """One bad input: armed (the proxy: its fault added), sent by the client, disarmed."""
+
+    def __init__(self, text: str, send: Callable[[ProbeClient], None]) -> None:
+        self.text = text  # what the server's rejection must contain
+        self.send = send
+
+    async def arm(self) -> None:
+        pass
+
+    async def disarm(self) -> None:
+        pass
+
+
+class ProbeSends(Direct):
+    """The probe itself sends each bad input; optionally an announced payload that never comes."""
+
+    def __init__(self, inputs: list[Callable[[ProbeClient], None]], silent_orphan: bool) -> None:
+        self.inputs, self.silent_orphan = inputs, silent_orphan
+
+    def injections(self) -> list[Injection]:
+        return [Injection(BAD_INPUTS[bad], bad) for bad in self.inputs]
+
+    async def after_inputs(self, p: ProbeClient) -> list[tuple[str, int]]:
+        if not self.silent_orphan:
+            return []
+        # An announced payload that never comes: refused after the payload timeout.
+        t = now_us()
+        p.send_upload(b"y" * 10, upload_id="silent", payload=False)
+        await p.wait_for(lambda msg: isinstance(msg, m.HarnessError), PAYLOAD_TIMEOUT_S + REPLY_TIMEOUT_S)
+        await _next_command_answered(p)
+        return [("no payload within", t)]
+
+
+class ProxyOrphan(Injection):
+    """A well-formed upload (then client/time at once) whose payload the proxy drops or cuts."""
+
+    def __init__(self, site: ProxyOrphans, kind: str, i: int) -> None:
+        params, text = PROXY_ORPHANS[kind]
+        super().__init__(text, lambda p: p.send_upload(bytes(range(256)) * 8, upload_id=f"orphan-{i}"))
+        self.site, self.params = site, params
+        self.fault: dict[str, Any] = {}
+
+    async def arm(self) -> None:
+        self.fault = await self.site.proxy.add({"type": FAULT, "direction": "upstream", "count": 1, **self.params})
+
+    async def disarm(self) -> None:
+        with contextlib.suppress(ControlError):  # retired after its one orphan already
+            await self.site.proxy.remove(self.fault["name"])
+
+
+class ProxyOrphans(BehindProxy):
+    """The proxy makes the orphans: an `orphan_header` fault per upload."""
+
+    def __init__(self, orphans: list[str]) -> None:
+        super().__init__()
+        self.orphans = orphans
+
+    def injections(self) -> list[Injection]:
+        return [ProxyOrphan(self, kind, i) for i, kind in enumerate(self.orphans)]
+
+    async def after_inputs(self, p: ProbeClient) -> list[tuple[str, int]]:
+        await self.proxy.reset()
+        return []
+
+
+async def bad_inputs_rejected(sc: Scenario, bounds: Bounds, site: ProbeSends | ProxyOrphans) -> None:
+    """After each bad input the client at once sends client/time: it must be answered, the
+    input rejected with its reason; the session survives and a good upload round-trips."""
+    _, url = await site.start(sc, "--payload-timeout", str(PAYLOAD_TIMEOUT_S))
+    start = now_us()
+    p = await sc.probe(url, ProbeConfig(name="bad", time_interval_s=None))
+    expectations = []
+    for bad in site.injections():
+        await bad.arm()
+        t = now_us()
+        errors_before = len(p.errors)
+        bad.send(p)
+        await _next_command_answered(p)
+        if len(p.errors) == errors_before:
+            await p.wait_for(lambda msg: isinstance(msg, m.HarnessError), REPLY_TIMEOUT_S)
+        expectations.append((bad.text, t))
+        await bad.disarm()
+    expectations += await site.after_inputs(p)
+    data = bytes(range(256)) * 64
+    p.send_upload(data, upload_id="good")
+    result = await p.wait_type(m.HarnessUploadResult, REPLY_TIMEOUT_S)
+    assert isinstance(result, m.HarnessUploadResult)
+    assert result.sha256 == hashlib.sha256(data).hexdigest() and result.size == len(data)
+    await _next_command_answered(p)
+    end = now_us() + bounds.time_reply_grace_us
+    events = sc.events()
+    require(*site.fault_logged(events, FAULT, start),
+            session_alive(events, "bad", bounds, end), reads_prompt(events, "bad", bounds, end, start),
+            *(rejected(events, "bad", text, after_us=t) for text, t in expectations))
+
+
+@examples(3)
+@given(inputs=st.lists(st.sampled_from(list(BAD_INPUTS)), min_size=1, max_size=6), silent_orphan=st.booleans())
+def test_s04_bad_input_is_rejected_and_session_survives(run, fresh_dir, bounds, inputs, silent_orphan):
+    async def scenario() -> None:
+        async with Scenario(fresh_dir()) as sc:
+            await bad_inputs_rejected(sc, bounds, ProbeSends(inputs, silent_orphan))
+
+    run(scenario())
 
 
 @examples(2)
@@ -143,32 +222,6 @@ def test_s04_proxy_makes_orphan_headers(run, fresh_dir, bounds, orphans):
     client/time; the proxy drops or cuts the upload's payload."""
     async def scenario() -> None:
         async with Scenario(fresh_dir()) as sc:
-            _, proxy = await sc.cluster_behind_proxy(2, "--payload-timeout", str(PAYLOAD_TIMEOUT_S))
-            start = now_us()
-            p = await sc.probe(proxy.url, ProbeConfig(name="bad", time_interval_s=None))
-            expectations = []
-            for i, kind in enumerate(orphans):
-                params, text = PROXY_ORPHANS[kind]
-                fault = await proxy.add({"type": "orphan_header", "direction": "upstream", "count": 1, **params})
-                t = now_us()
-                errors_before = len(p.errors)
-                p.send_upload(bytes(range(256)) * 8, upload_id=f"orphan-{i}")
-                await _next_command_answered(p)
-                if len(p.errors) == errors_before:
-                    await p.wait_for(lambda msg: isinstance(msg, m.HarnessError), REPLY_TIMEOUT_S)
-                expectations.append((text, t))
-                with contextlib.suppress(ControlError):  # retired after its one orphan already
-                    await proxy.remove(fault["name"])
-            await proxy.reset()
-            data = bytes(range(256)) * 64
-            p.send_upload(data, upload_id="good")
-            result = await p.wait_type(m.HarnessUploadResult, REPLY_TIMEOUT_S)
-            assert isinstance(result, m.HarnessUploadResult)
-            assert result.sha256 == hashlib.sha256(data).hexdigest() and result.size == len(data)
-            end = now_us() + bounds.time_reply_grace_us
-            events = sc.events()
-            require(proxy_fault_applied(events, "orphan_header", start),
-                    session_alive(events, "bad", bounds, end), reads_prompt(events, "bad", bounds, end, start),
-                    *(rejected(events, "bad", text, after_us=t) for text, t in expectations))
+            await bad_inputs_rejected(sc, bounds, ProxyOrphans(orphans))
 
     run(scenario())

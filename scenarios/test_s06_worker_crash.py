@@ -7,6 +7,11 @@ within its heartbeat timeout plus slack) and takes the worker out of the pool;
 sessions on the other workers lose no sample and stay prompt; clients of the
 dead worker reconnect through the coordinator and stream again within the
 recovery bound; the listener count converges; no process is left behind.
+
+Both variants share one skeleton (`worker_crash`): the harness signals the
+worker itself, clients connected to each worker directly (`HarnessKills`), or
+the proxy's `worker_crash` fault does, in front of 2 workers whose clients know
+only the proxy's URL (`ProxyKills`).
 """
 
 from __future__ import annotations
@@ -16,15 +21,19 @@ import json
 import os
 import signal
 import urllib.request
+from dataclasses import dataclass
 
+from faultsite import BehindProxy, Direct
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from harness.checkers import crash_detected, healthy_players, require, streams_again
-from harness.probe import ProbeConfig
+from harness.probe import ProbeClient, ProbeConfig
 from harness.protocol import now_us
 from harness.pytest_plugin import examples
 from harness.scenario import Scenario
+from harness.settings import Bounds
+from harness.topology import ManagedProcess
 
 HEARTBEAT_TIMEOUT_S = 0.5
 
@@ -34,40 +43,104 @@ def _status(http: str) -> dict:
         return json.loads(r.read())
 
 
+@dataclass
+class Crash:
+    """What a crash did: which worker, when, whose clients it dropped, what to expect."""
+
+    victim: int
+    t_fault: int
+    movers: list[ProbeClient]  # clients of the victim: they must stream again
+    survivors: list[ProbeClient]  # the others: they must not notice
+    detect_us: int  # bound for the coordinator to notice (0 when it has nothing to notice)
+    dies: bool  # the worker is gone (not a reset of its flows)
+
+
+class HarnessKills(Direct):
+    """The harness signals the victim worker (SIGKILL or SIGSTOP); each client is connected
+    to its worker directly and comes back through the coordinator's redirect."""
+
+    def __init__(self, workers: int, victim: int, how: str) -> None:
+        self.workers, self.victim, self.how = workers, victim, how
+
+    def server_args(self) -> tuple[str, ...]:
+        return ("--workers", str(self.workers))
+
+    async def clients(self, sc: Scenario, server: ManagedProcess, url: str, per_worker: int) -> list[ProbeClient]:
+        probes = []
+        for w in range(self.workers):
+            for i in range(per_worker):
+                p = await sc.probe(server.ready["workers"][w]["url"], ProbeConfig(name=f"w{w}-{i}", reconnect=True))
+                p.url = url  # reconnect through the coordinator's redirect
+                probes.append(p)
+        return probes
+
+    async def crash(self, server: ManagedProcess, probes: list[ProbeClient], bounds: Bounds) -> Crash:
+        t_fault = now_us()
+        os.kill(server.ready["workers"][self.victim]["pid"], getattr(signal, self.how))
+        detect_us = bounds.crash_detect_us if self.how == "SIGKILL" else \
+            int(HEARTBEAT_TIMEOUT_S * 1e6) + bounds.hang_detect_slack_us
+        movers = [p for p in probes if p.name.startswith(f"w{self.victim}-")]
+        return Crash(self.victim, t_fault, movers, [p for p in probes if p not in movers], detect_us, True)
+
+
+class ProxyKills(BehindProxy):
+    """The proxy's `worker_crash` fault signals a worker whose pid the harness registered, or
+    RSTs every flow of that upstream; its load balancer sends reconnections to a live worker."""
+
+    def __init__(self, action: str, seed: int) -> None:
+        super().__init__()
+        self.action, self.seed = action, seed
+
+    def server_args(self) -> tuple[str, ...]:
+        return ()
+
+    async def clients(self, sc: Scenario, server: ManagedProcess, url: str, per_worker: int) -> list[ProbeClient]:
+        return [await sc.probe(url, ProbeConfig(name=f"p{i}", reconnect=True))
+                for i in range(self.workers * per_worker)]
+
+    async def crash(self, server: ManagedProcess, probes: list[ProbeClient], bounds: Bounds) -> Crash:
+        before = {c["client_port"]: c["upstream_index"] for c in await self.proxy.connections()}
+        t_fault = now_us()
+        fault = await self.proxy.add({"type": "worker_crash", "action": self.action, "seed": self.seed, "count": 1})
+        victim = (await self.proxy.applied(fault["name"]))["upstream"]
+        movers = [p for p in probes if before.get(p.local_port) == victim]
+        assert movers, f"no client was on worker {victim}: {before}"
+        detect_us = {"kill": bounds.crash_detect_us, "reset": 0,
+                     "stop": int(HEARTBEAT_TIMEOUT_S * 1e6) + bounds.hang_detect_slack_us}[self.action]
+        return Crash(victim, t_fault, movers, [p for p in probes if p not in movers], detect_us,
+                     self.action != "reset")
+
+
+async def worker_crash(sc: Scenario, bounds: Bounds, site: HarnessKills | ProxyKills, per_worker: int,
+                       after_s: float) -> None:
+    server, url = await site.start(sc, *site.server_args(), "--heartbeat-timeout", str(HEARTBEAT_TIMEOUT_S))
+    workers = len(server.ready["workers"])
+    start = now_us()
+    probes = await site.clients(sc, server, url, per_worker)
+    await asyncio.sleep(after_s)
+    crash = await site.crash(server, probes, bounds)
+    await asyncio.sleep((crash.detect_us + bounds.recovery_us) / 1e6 + 1.0)
+    end = now_us()
+    status = await asyncio.to_thread(_status, server.ready["http"])
+    events = sc.events()
+    require(
+        *((crash_detected(events, crash.victim, crash.t_fault, crash.detect_us),) if crash.dies else ()),
+        *(streams_again(events, p.name, crash.t_fault, crash.detect_us + bounds.recovery_us) for p in crash.movers),
+        *healthy_players(events, crash.survivors, bounds, start, end, fault_us=crash.t_fault),
+    )
+    assert status["live_workers"] == (workers - 1 if crash.dies else workers), status
+    assert status["listeners"] == len(probes), f"listener count did not converge: {status}"
+    if crash.dies:
+        assert not status["workers"][crash.victim]["alive"]
+
+
 @examples(3)
 @given(workers=st.integers(2, 3), victim=st.integers(0, 2), how=st.sampled_from(["SIGKILL", "SIGSTOP"]),
        per_worker=st.integers(1, 2), after_s=st.floats(0.5, 2.0))
 def test_s06_worker_crash(run, fresh_dir, bounds, workers, victim, how, per_worker, after_s):
-    victim %= workers
-
     async def scenario() -> None:
         async with Scenario(fresh_dir()) as sc:
-            server = await sc.server("--workers", str(workers), "--heartbeat-timeout", str(HEARTBEAT_TIMEOUT_S))
-            info = server.ready["workers"]
-            start = now_us()
-            survivors, movers = [], []
-            for w in range(workers):
-                for i in range(per_worker):
-                    p = await sc.probe(info[w]["url"], ProbeConfig(name=f"w{w}-{i}", reconnect=True))
-                    p.url = server.ready["url"]  # reconnect through the coordinator's redirect
-                    (movers if w == victim else survivors).append(p)
-            await asyncio.sleep(after_s)
-            t_fault = now_us()
-            os.kill(info[victim]["pid"], getattr(signal, how))
-            detect_us = bounds.crash_detect_us if how == "SIGKILL" else \
-                int(HEARTBEAT_TIMEOUT_S * 1e6) + bounds.hang_detect_slack_us
-            await asyncio.sleep((detect_us + bounds.recovery_us) / 1e6 + 1.0)
-            end = now_us()
-            status = await asyncio.to_thread(_status, server.ready["http"])
-            events = sc.events()
-            require(
-                crash_detected(events, victim, t_fault, detect_us),
-                *(streams_again(events, p.name, t_fault, detect_us + bounds.recovery_us) for p in movers),
-                *healthy_players(events, survivors, bounds, start, end, fault_us=t_fault),
-            )
-            assert status["live_workers"] == workers - 1, status
-            assert status["listeners"] == workers * per_worker, f"listener count did not converge: {status}"
-            assert not status["workers"][victim]["alive"]
+            await worker_crash(sc, bounds, HarnessKills(workers, victim % workers, how), per_worker, after_s)
 
     run(scenario())
 
@@ -83,34 +156,8 @@ def test_s06_proxy_crashes_a_worker(run, fresh_dir, bounds, action, seed, per_wo
     signals a worker whose pid the harness registered, or RSTs every flow of that
     upstream) in front of 2 workers; the clients know only the proxy's URL, and its load
     balancer sends their reconnections to a live worker."""
-    workers = 2
-
     async def scenario() -> None:
         async with Scenario(fresh_dir()) as sc:
-            server, proxy = await sc.cluster_behind_proxy(workers, "--heartbeat-timeout", str(HEARTBEAT_TIMEOUT_S))
-            start = now_us()
-            probes = [await sc.probe(proxy.url, ProbeConfig(name=f"p{i}", reconnect=True))
-                      for i in range(workers * per_worker)]
-            await asyncio.sleep(after_s)
-            before = {c["client_port"]: c["upstream_index"] for c in await proxy.connections()}
-            t_fault = now_us()
-            fault = await proxy.add({"type": "worker_crash", "action": action, "seed": seed, "count": 1})
-            victim = (await proxy.applied(fault["name"]))["upstream"]
-            movers = [p for p in probes if before.get(p.local_port) == victim]
-            survivors = [p for p in probes if p not in movers]
-            detect_us = {"kill": bounds.crash_detect_us, "reset": 0,
-                         "stop": int(HEARTBEAT_TIMEOUT_S * 1e6) + bounds.hang_detect_slack_us}[action]
-            await asyncio.sleep((detect_us + bounds.recovery_us) / 1e6 + 1.0)
-            end = now_us()
-            status = await asyncio.to_thread(_status, server.ready["http"])
-            events = sc.events()
-            assert movers, f"no client was on worker {victim}: {before}"
-            require(
-                *((crash_detected(events, victim, t_fault, detect_us),) if action != "reset" else ()),
-                *(streams_again(events, p.name, t_fault, detect_us + bounds.recovery_us) for p in movers),
-                *healthy_players(events, survivors, bounds, start, end, fault_us=t_fault),
-            )
-            assert status["live_workers"] == (workers if action == "reset" else workers - 1), status
-            assert status["listeners"] == len(probes), f"listener count did not converge: {status}"
+            await worker_crash(sc, bounds, ProxyKills(action, seed), per_worker, after_s)
 
     run(scenario())
