@@ -96,7 +96,8 @@ class Session:
         # outbound
         self._control: deque[tuple[Message, int]] = deque()
         self._control_bytes = 0
-        self._artwork: dict[int, tuple[int, bytes]] = {}  # channel -> (timestamp µs, shared image bytes)
+        # channel -> (binary type, timestamp µs, shared image bytes); encoded when sent, in wire order
+        self._artwork: dict[int, tuple[int, int, bytes]] = {}
         self._wake = asyncio.Event()
         self.player_format: m.PlayerStream | None = None
         self._pacer = AudioPacer(playback.timeline, config.start_delay_ms * 1000, self._skipped,
@@ -400,7 +401,7 @@ class Session:
         image = make_image(image_format, self.config.artwork_bytes)
         self.enqueue(m.StreamStart(artwork=m.ArtworkStream(channels=[m.ArtworkStreamChannel(
             source="album", format=image.format, width=image.width, height=image.height)])))  # type: ignore[arg-type]
-        self._artwork[channel] = (now_us(), image.data)
+        self._artwork[channel] = (artwork_type(channel), now_us(), image.data)
         self.log.emit("artwork_queued", self.session_id, channel=channel, bytes=len(image.data), sha256=image.sha256)
         self._wake.set()
 
@@ -457,8 +458,7 @@ class Session:
                 continue
             if self._artwork:
                 channel = next(iter(self._artwork))
-                timestamp, image = self._artwork.pop(channel)
-                header, body = self.codec.encode_binary(artwork_type(channel), timestamp, image)
+                header, body = self.codec.encode_binary(*self._artwork.pop(channel))
                 await self._send(header, f"artwork/{channel}", body)
                 continue
             audio, wait_s = self._next_audio()
@@ -478,8 +478,9 @@ class Session:
 
     def on_chunks(self, chunks: list[Chunk]) -> None:
         """The store has new chunks. A caught-up, idle session writes their
-        (shared, pre-framed) bytes right here in one write — no task switch,
-        no copy; anything else wakes the writer task, which catches up by the
+        frames right here in one write — no task switch, and with a codec of
+        `shared_audio` (legacy) the very bytes the store prepared, no copy;
+        anything else wakes the writer task, which catches up by the pacer's
         rules. Stops at the first chunk the fast path may not take."""
         fmt = self.player_format
         if (fmt is None or not self._pacer.continues_at(chunks[0].seq) or self._sending or self._control
@@ -527,7 +528,7 @@ class Session:
                 self._progress_us = now
             self._last_buffer = buffered
             self.log.emit("session_stats", self.session_id, write_buffer=buffered, control_bytes=self._control_bytes,
-                          artwork_pending=sum(len(image) for _, image in self._artwork.values()),
+                          artwork_pending=sum(len(image) for _, _, image in self._artwork.values()),
                           unsent=self._unsent, held=self.held_bytes(),
                           audio_sent=self.audio_sent, audio_skipped=self.audio_skipped)
             stuck_s = (now - self._progress_us) / 1e6
