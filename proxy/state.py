@@ -157,7 +157,7 @@ class ProxyState:
         for relay in list(self.live.values()):
             try:
                 self._attach(f, relay)
-            except Exception as e:  # a fault's on_attach bug ends that connection, not the API call
+            except Exception as e:  # a fault's attach bug ends that connection, not the API call
                 relay.fail(e)
         if f.duration is not None:
             self._expiry[f.name] = asyncio.get_running_loop().call_later(f.duration, f.retire, "duration")

@@ -33,18 +33,18 @@ connection, seeded by the selector's `seed` and the connection's sequence number
 
 Writing a fault::
 
-    class Drop(Fault):
-        kind = "drop"
-        needs_messages = True                  # its state sees whole messages (on_message)
-        PARAMS = {}                            # name -> Param(type, default, min, max, ...)
-        State = DropState                      # made for every pipe the fault is attached to
-
-    class DropState(FaultState["Drop"]):
+    class DropState(FaultState["Drop"]):       # self.fault: the spec; self.conn: the pipe's Channel
         def on_message(self, msg):
             if not self.selects(msg):          # selector + count/duration check
                 return None                    # None = unchanged (original bytes, masks, fragments)
             self.record(msg)                   # event log (index, json_type, binary_type, size) + count
             return []                          # the replacement: [] = dropped
+
+    class Drop(Fault):
+        kind = "drop"
+        needs_messages = True                  # its state sees whole messages (on_message)
+        PARAMS = {}                            # name -> Param(type, default, min, max, ...)
+        State = DropState                      # made for every pipe the fault is attached to
 
 Hooks of the spec (`Fault`), 5:
   * `validate()`: cross-parameter checks of the spec (raise FaultSpecError).

@@ -2,4 +2,4 @@
 fault chain (pipe.py), the two-socket relay (relay.py), the message type message faults
 see (message.py), what a pipe needs from an attached fault (hooks.py) and what a fault
 may read and do (connection.py). Frames are harness.protocol.wsframes. Testable with
-plain sockets; imports nothing from proxy.faults."""
+plain sockets; knows no fault class (faults see it through connection.py)."""

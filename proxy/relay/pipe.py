@@ -21,7 +21,6 @@ the fault from the pipe's `channel` (connection.py: all a fault may read and do)
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Callable
@@ -81,14 +80,6 @@ class Pipe:
         self.observer: Callable[[bytes | memoryview], None] | None = None
 
     # --- properties ---------------------------------------------------------------------
-    @property
-    def flow_id(self) -> str:
-        return self.relay.flow_id
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        return self.relay.loop
-
     @cached_property
     def channel(self) -> Channel:
         """What faults on this pipe may read and do (made at the first attach)."""
@@ -205,10 +196,6 @@ class Pipe:
                 then()
         else:
             self._pending_inject.append((frame, then))
-
-    def later(self, delay: float, fn: Callable[..., Any], *args: Any) -> asyncio.TimerHandle:
-        """A timer cancelled when the connection ends."""
-        return self.relay.later(delay, fn, *args)
 
     # --- faults -------------------------------------------------------------------------
     def attached(self, key: object) -> PipeHooks | None:
