@@ -1,4 +1,4 @@
-"""Invariant checkers (DESIGN §5). Each reads the event logs and returns a
+"""Invariant checkers (docs/architecture.md §5). Each reads the event logs and returns a
 Verdict that explains itself with figures and, when it fails, a timeline
 excerpt around the first violation. A check with nothing to judge fails:
 silence is never a pass."""

@@ -1,4 +1,4 @@
-"""Reading the event logs (DESIGN §6) the processes wrote."""
+"""Reading the event logs (docs/architecture.md §6) the processes wrote."""
 
 from __future__ import annotations
 

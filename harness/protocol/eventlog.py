@@ -1,4 +1,4 @@
-"""Event log records (DESIGN §6): one JSON object per line, per process.
+"""Event log records (docs/architecture.md §6): one JSON object per line, per process.
 
 Fields: `t_us` (monotonic µs, see clock.py), `proc`, `session`, `event`, and
 event fields. The format is the contract between every process and the
