@@ -225,8 +225,8 @@ def test_selector_probability_is_seeded_and_per_connection() -> None:
     sel = Selector(binary_type=[4, 5], probability=0.5, seed=7)
     picks = []
     for _ in range(2):
-        pipe = sel.new_state()  # one per pipe (connection and direction)
-        picks.append([sel.match(pipe, Msg(BINARY, bytes([4]) + b"x" * 8, i)) for i in range(40)])
+        st = sel.new_state()  # one per pipe (connection and direction)
+        picks.append([sel.match(st, Msg(BINARY, bytes([4]) + b"x" * 8, i)) for i in range(40)])
     assert picks[0] == picks[1] and 5 < sum(picks[0]) < 35
     assert not sel.match(sel.new_state(), Msg(BINARY, bytes([6]), 0))
 
@@ -410,3 +410,25 @@ def test_a_fault_that_raises_resets_the_connection_and_says_why(run: Any) -> Non
             writer.close()
 
     run(body(), 20)
+
+
+def test_faults_reach_the_relay_only_through_its_connection_interface() -> None:
+    """proxy/faults/ imports from proxy/relay/ only connection.py (Connection, Channel) and
+    message.py (Msg), and touches no relay internals (the relay, its sockets, its pipes)."""
+    import ast
+
+    import proxy.faults
+
+    root = Path(proxy.faults.__file__).parent
+    allowed = {"proxy.relay.connection", "proxy.relay.message"}
+    internals = {"relay", "_relay", "_pipe", "pipes", "tr", "ended"}
+    found = []
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                module = ("proxy." + (node.module or "")) if node.level == 2 else (node.module or "")
+                if module.startswith("proxy.relay") and module not in allowed:
+                    found.append(f"{path.name}:{node.lineno} imports {module}")
+            elif isinstance(node, ast.Attribute) and node.attr in internals:
+                found.append(f"{path.name}:{node.lineno} uses .{node.attr}")
+    assert found == []
