@@ -37,51 +37,46 @@ class AudioPacer:
         self.skipped = 0
         self._on_skip = on_skip
         self._seal = seal
-        self._cursor: int | None = None
+        self.cursor: int | None = None  # the next chunk's seq; None: choose as on joining
         self._inflight: deque[tuple[int, int]] = deque()  # (play end µs, bytes) of audio sent, not yet due
         self._inflight_bytes = 0
 
     def restart(self) -> None:
         """A new stream or a clear: the next chunk is chosen as on joining."""
-        self._cursor = None
-
-    def continues_at(self, seq: int) -> bool:
-        """The session is caught up: chunk `seq` is the next one it sends."""
-        return self._cursor == seq
+        self.cursor = None
 
     def next_due(self, fmt: m.PlayerStream, now: int) -> tuple[bytes | None, float | None]:
         """The frame to send now, else (None, how long to wait; None = until the store has more)."""
         store = self.store
-        if self._cursor is None:
-            self._cursor = store.first_seq_at_or_after(now + self.start_delay_us)
+        if self.cursor is None:
+            self.cursor = store.first_seq_at_or_after(now + self.start_delay_us)
         # Skip what the store no longer (or never) had and what is due already.
-        chunk = store.chunk_at_or_after(self._cursor)
+        chunk = store.chunk_at_or_after(self.cursor)
         while chunk is not None and chunk.ts_us < now:
             chunk = store.chunk_at_or_after(chunk.seq + 1)
         if chunk is None:
             return None, None
-        if chunk.seq > self._cursor:
-            self.skipped += chunk.seq - self._cursor
-            self._on_skip(chunk.seq - self._cursor, self.skipped)
-            self._cursor = chunk.seq
+        if chunk.seq > self.cursor:
+            self.skipped += chunk.seq - self.cursor
+            self._on_skip(chunk.seq - self.cursor, self.skipped)
+            self.cursor = chunk.seq
         self._drain(now)
-        prepared = store.prepared(chunk, fmt.channels, fmt.bit_depth)
-        if not self._fits(prepared):
+        frame = self._admit(chunk, fmt, now)
+        if frame is None:  # over buffer_capacity: wait until the oldest chunk in flight has played
             return None, max(0.001, (self._inflight[0][0] - now) / 1e6)
-        return self._commit(chunk, prepared), None
+        return frame, None
 
     def take(self, chunks: list[Chunk], fmt: m.PlayerStream, now: int) -> list[bytes]:
         """Frames for the new `chunks` (which continue at the cursor), in order,
         stopping at the first that is due already or does not fit; fewer frames
         than chunks means the rest is left to `next_due`."""
         self._drain(now)
-        store = self.store
         frames = []
         for chunk in chunks:
-            prepared = store.prepared(chunk, fmt.channels, fmt.bit_depth)
-            if chunk.ts_us < now or not self._fits(prepared):
+            frame = self._admit(chunk, fmt, now)
+            if frame is None:
                 break
-            frames.append(self._commit(chunk, prepared))
+            frames.append(frame)
         return frames
 
     def _drain(self, now: int) -> None:
@@ -90,13 +85,14 @@ class AudioPacer:
         while inflight and inflight[0][0] <= now:
             self._inflight_bytes -= inflight.popleft()[1]
 
-    def _fits(self, prepared: bytes) -> bool:
-        """Within buffer_capacity; with nothing in flight, any chunk goes."""
-        return not self._inflight or self._inflight_bytes + len(prepared) <= self.capacity
-
-    def _commit(self, chunk: Chunk, prepared: bytes) -> bytes:
+    def _admit(self, chunk: Chunk, fmt: m.PlayerStream, now: int) -> bytes | None:
+        """The frame of `chunk`, counted as sent, if it may go now: not due yet,
+        and within buffer_capacity (with nothing in flight, any chunk goes)."""
+        prepared = self.store.prepared(chunk, fmt.channels, fmt.bit_depth)
+        if chunk.ts_us < now or (self._inflight and self._inflight_bytes + len(prepared) > self.capacity):
+            return None
         frame = prepared if self._seal is None else self._seal(prepared)
-        self._cursor = chunk.seq + 1
+        self.cursor = chunk.seq + 1
         self._inflight.append((chunk.end_us, len(frame)))
         self._inflight_bytes += len(frame)
         self.sent += 1

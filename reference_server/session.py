@@ -483,7 +483,7 @@ class Session:
         anything else wakes the writer task, which catches up by the pacer's
         rules. Stops at the first chunk the fast path may not take."""
         fmt = self.player_format
-        if (fmt is None or not self._pacer.continues_at(chunks[0].seq) or self._sending or self._control
+        if (fmt is None or self._pacer.cursor != chunks[0].seq or self._sending or self._control
                 or self._artwork or self.group is None or self.group.playback_state != "playing"
                 or self.ws.protocol.state is not State.OPEN
                 or self.ws.transport.get_write_buffer_size() > self.config.write_limit_bytes):

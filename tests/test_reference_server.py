@@ -386,7 +386,7 @@ def test_pacer_joins_at_the_start_delay_and_sends_in_order() -> None:
     pacer, skips = _pacer(store, start_delay_us=5 * CHUNK_US)
     frame, wait = pacer.next_due(FMT, now)
     assert wait is None and frame == store.prepared(store.chunks[5], 2, 16)  # the shared frame itself
-    assert pacer.continues_at(6)
+    assert pacer.cursor == 6
     frame, _ = pacer.next_due(FMT, now)
     assert frame == store.prepared(store.chunks[6], 2, 16)
     assert (pacer.sent, pacer.skipped, skips) == (2, 0, [])
@@ -399,7 +399,7 @@ def test_pacer_skips_what_is_due_already_and_counts_it() -> None:
     pacer.next_due(FMT, now - 3 * CHUNK_US)  # joined at chunk 0, sent it
     frame, _ = pacer.next_due(FMT, now)  # chunks 1 and 2 have started playing: skipped
     assert frame == store.prepared(store.chunks[3], 2, 16)
-    assert skips == [(2, 2)] and pacer.skipped == 2 and pacer.continues_at(4)
+    assert skips == [(2, 2)] and pacer.skipped == 2 and pacer.cursor == 4
 
 
 def test_pacer_keeps_in_flight_audio_within_buffer_capacity() -> None:
@@ -425,7 +425,7 @@ def test_pacer_batch_stops_at_the_first_chunk_it_may_not_take() -> None:
     assert frames == [store.prepared(c, 2, 16) for c in list(store.chunks)[1:3]]
     assert all(a is b for a, b in zip(frames, [store.prepared(c, 2, 16) for c in list(store.chunks)[1:3]],
                                        strict=True)), "legacy writes the shared bytes, never a copy"
-    assert pacer.continues_at(3) and pacer.sent == 3
+    assert pacer.cursor == 3 and pacer.sent == 3
 
 
 def test_pacer_applies_a_per_session_codec_step_and_counts_its_bytes() -> None:
