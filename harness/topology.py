@@ -242,7 +242,7 @@ class Child:
             pass
         finally:
             loop.remove_reader(fd)
-        return done.done()
+        return bool(select.select([fd], [], [], 0)[0])  # (wait_for cancels `done` on a timeout)
 
     def reap(self, timeout: float = 5.0) -> int | None:
         """Collect the exit status (after `exited`); None if it is still running after `timeout`."""
@@ -267,22 +267,30 @@ class Child:
             self.exited(timeout)
         return self._finish(kill_timeout)
 
+    def _peek_returncode(self) -> int | None:
+        """The exit code of an exited leader, without reaping it (Popen's convention: -N = signal N)."""
+        if self.popen.returncode is not None:
+            return self.popen.returncode
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+        except ChildProcessError:
+            return self.popen.poll()
+        if info is None:
+            return None
+        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
     async def astop(self, sig: int = signal.SIGTERM, timeout: float = 10.0, kill_timeout: float = 5.0) -> str:
         """`stop` without blocking the event loop; says what happened."""
         if self.popen.returncode is not None or self.exited():
-            self.reap(0)
-            text = f"had exited rc={self.popen.returncode}"
-            self._finish(kill_timeout)
-            return text
+            return f"had exited rc={self._finish(kill_timeout)}"
         t = time.monotonic()
         self.send_signal(sig)
         if await self.wait_exited(timeout):
-            self.reap(0)
-            text = f"{signal.Signals(sig).name}: exit {self.popen.returncode} in {time.monotonic() - t:.2f} s"
+            text = f"{signal.Signals(sig).name}: exit {self._peek_returncode()} in {time.monotonic() - t:.2f} s"
         else:
             text = f"{signal.Signals(sig).name}: still alive after {timeout:.0f} s"
         left = [p for p in self.group_pids() if p != self.pid]
-        self.kill_group()
+        self.kill_group()  # before the leader is reaped: its pgid cannot have been reused
         await self.wait_exited(kill_timeout)
         self.reap(kill_timeout)
         return text + (f", SIGKILL to {len(left)} left in its group" if left else ", nothing left in its group")
