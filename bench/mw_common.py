@@ -23,7 +23,6 @@ SOURCES = BENCH / "_mw_sources.py"
 SOURCE_SECONDS = 300
 NS_SETUP = ("ip link set lo up && ip link set lo multicast on && ip route add 224.0.0.0/4 dev lo && "
             'exec "$0" "$@"')
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
 GOAL_CPU_PER_LS = 0.0005
 GOAL_FACTOR = 4.0
