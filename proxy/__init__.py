@@ -1,4 +1,4 @@
-"""sendspin-proxy: the fault proxy between Sendspin clients and servers (DESIGN §2–§4).
+"""sendspin-proxy: the fault proxy between Sendspin clients and servers (docs/architecture.md §2–§4).
 
 mitmproxy (reverse mode, a bare Master in its own process) is the shell: listener,
 HTTP upgrade, upstream choice. After the 101 our own relay owns both sockets and

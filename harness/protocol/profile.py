@@ -34,6 +34,7 @@ from typing import Literal, Protocol
 from .binary import PLAYER_AUDIO, BinaryMessage, decode_binary, encode_binary
 from .codec import decode_json, encode_json
 from .messages import Message
+from .wsframes import BINARY, encode_frame
 
 WireData = str | bytes  # str = WebSocket text message, bytes = binary message
 BinaryParts = tuple[bytes, bytes | memoryview]  # one binary message = head + body (body: shared, never copied)
@@ -107,10 +108,6 @@ class LegacyProfile:
         return _LEGACY_SESSION
 
     def prepare_audio(self, timestamp_us: int, pcm: bytes | memoryview) -> bytes:
-        # Imported here: wsframes loads websockets (and with it socket/selectors),
-        # which `import harness.protocol` must not; only a server frames audio.
-        from .wsframes import BINARY, encode_frame
-
         return encode_frame(BINARY, encode_binary(PLAYER_AUDIO, timestamp_us, pcm))
 
     # Stateless shortcuts, legacy only (a per-session revision has no codec without a session).

@@ -2,7 +2,7 @@
 
 mitmproxy's own WebSocket layer buffers whole messages, re-fragments modified ones,
 couples the two directions through one drain lock, answers close handshakes itself
-and turns a peer's RST or EOF into a clean 1000 (FACTS, NOTES §1). A transparent fault
+and turns a peer's RST or EOF into a clean 1000 (docs/architecture.md §8, NOTES.md §1). A transparent fault
 proxy cannot have any of that, so `DetachLayer` replaces
 `mitmproxy.proxy.layers.websocket.WebsocketLayer` (HttpStream looks the class up as a
 module attribute when a 101 completes) and hands the sockets to `proxy.relay.Relay`.

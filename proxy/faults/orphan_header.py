@@ -1,6 +1,6 @@
 """orphan_header: the first part of a two-part unit arrives and the second never does.
 
-DESIGN §4. Three variants, each a different "first part":
+docs/architecture.md §4. Three variants, each a different "first part":
 
 `binary` (a): a selected binary message keeps only its first `keep_bytes` bytes
 (9 = type byte + int64 timestamp: a header with no payload; fewer = not even a whole
@@ -181,7 +181,7 @@ class OrphanHeaderState(FaultState["OrphanHeader"]):
 
 
 class OrphanHeader(Fault):
-    """The first part of a two-part unit arrives and the second never does (DESIGN §4):
+    """The first part of a two-part unit arrives and the second never does (docs/architecture.md §4):
     variant `binary` (a header-only binary message), `fragment` (a FIN=0 first fragment
     whose continuation never comes before the next message) or `announce` (the binary
     data announced by `stream/start` / an upload header dropped)."""
