@@ -34,7 +34,7 @@ from .addons.control import ControlServer
 from .addons.datapath import DataPath
 from .addons.sockets import SocketBuffers
 from .addons.upstreams import UpstreamPool
-from .faults import Fault
+from .faults import Fault, fault_types
 from .observe import Observation, ObservedProxyState, TappedEventSink, TrafficConsumer
 from .state import EventSink, ProxyState
 
@@ -95,6 +95,9 @@ class EmbeddedProxy:
 
     async def start(self) -> EmbeddedProxy:
         t0 = time.perf_counter()
+        # The whole catalogue now, not at the first POST /faults: importing 18 modules on the
+        # event loop then read them from disk while every connection waited (NOTES.md §5).
+        fault_types()
         if self.log_dir is not None:
             confdir = self.log_dir / "mitmproxy"
             confdir.mkdir(parents=True, exist_ok=True)
