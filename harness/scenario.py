@@ -1,7 +1,10 @@
 """What one scenario run owns: a directory, servers, probes, and their logs.
 
 Used as ``async with Scenario(directory) as sc:``; leaving it closes every
-probe and stops (and reaps) every process, whatever happened inside.
+probe and stops (and reaps) every process, whatever happened inside. While it
+runs, the harness's own event loop (the probes' loop) is measured: its stalls go
+to `harness.jsonl` as `loop_lag`, so a checker can tell a violation the harness
+caused from one the implementation did (checkers.py).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from urllib.parse import urlsplit
 from .events import Events
 from .fault_proxy import FaultProxy, fault_proxy
 from .probe import ProbeClient, ProbeConfig
-from .protocol import EventLog, now_us
+from .protocol import EventLog, LoopLagMonitor, now_us
 from .topology import ManagedProcess, reference_server
 
 
@@ -24,16 +27,21 @@ class Scenario:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.servers: list[ManagedProcess] = []
         self.probes: list[ProbeClient] = []
-        self._logs: list[EventLog] = []
+        self.log = EventLog(self.dir / "harness.jsonl", "harness")
+        self._logs: list[EventLog] = [self.log]
+        self._loop_lag: LoopLagMonitor | None = None
         self.started_us = now_us()
 
     async def __aenter__(self) -> Scenario:
+        self._loop_lag = LoopLagMonitor(asyncio.get_running_loop(), self.log).start()
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.close_probes()
         codes = await asyncio.to_thread(self.stop_servers)
+        if self._loop_lag is not None:
+            self._loop_lag.stop()
         for log in self._logs:
             log.close()
         # A clean exit and a silent stderr: an exception logged by a server

@@ -30,6 +30,8 @@ from mitmproxy import options as moptions
 from mitmproxy.addons import core, next_layer, proxyserver
 from mitmproxy.master import Master
 
+from harness.protocol import LoopLagMonitor
+
 from .addons.control import ControlServer
 from .addons.datapath import DataPath
 from .addons.sockets import SocketBuffers
@@ -88,6 +90,7 @@ class EmbeddedProxy:
         self.startup_s = 0.0
         self._task: asyncio.Task[None] | None = None
         self._confdir: tempfile.TemporaryDirectory[str] | None = None
+        self._loop_lag: LoopLagMonitor | None = None
 
     @property
     def url(self) -> str:
@@ -134,6 +137,8 @@ class EmbeddedProxy:
         if self.web is not None:
             await self.web.start()
         self.startup_s = time.perf_counter() - t0
+        # The proxy is an instrument: a violation during its own stall is inconclusive (harness/checkers.py).
+        self._loop_lag = LoopLagMonitor(asyncio.get_running_loop(), self.events).start()
         self.events.emit("ready", listen=self.url, control=self.control.url if self.control else None,
                          upstreams=[u.url for u in self.state.upstreams], startup_s=round(self.startup_s, 3))
         return self
@@ -181,6 +186,8 @@ class EmbeddedProxy:
         if self.datapath is not None:
             self.datapath.uninstall()
         self.state.close()
+        if self._loop_lag is not None:
+            self._loop_lag.stop()
         self.events.emit("stopped")
         self.events.close()
         if self._confdir is not None:

@@ -36,7 +36,7 @@ from typing import Any
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from harness.protocol import EventLog, now_us
+from harness.protocol import EventLog, LoopLagMonitor, now_us
 
 from . import ipc
 from .config import ServerConfig
@@ -113,6 +113,7 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        loop_lag = LoopLagMonitor(loop, self.log).start()  # its own stalls, told apart from a worker's
         try:
             await asyncio.gather(*(self._spawn(w) for w in self.workers))
             await self._serve_http()
@@ -120,6 +121,7 @@ class Coordinator:
             await self.stopping.wait()
             monitor.cancel()
         finally:
+            loop_lag.stop()
             await self._shutdown()
         return self.exit_code
 

@@ -20,7 +20,7 @@ from typing import Any
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from harness.protocol import EventLog, get_profile
+from harness.protocol import EventLog, LoopLagMonitor, get_profile
 
 from .artwork import make_image
 from .config import ServerConfig
@@ -57,6 +57,7 @@ class ReferenceServer:
         self.port = 0
         self.cluster: dict[str, Any] | None = None  # set in a worker: the coordinator's view of all workers
         self.stopping = asyncio.Event()
+        self._loop_lag: LoopLagMonitor | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -68,6 +69,8 @@ class ReferenceServer:
             close_timeout=2.0,
         )
         self.port = c.announce(self.log, self._server)
+        # Its own stalls are logged so that a checker can tell them from the harness's (checkers.py).
+        self._loop_lag = LoopLagMonitor(asyncio.get_running_loop(), self.log).start()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -86,6 +89,8 @@ class ReferenceServer:
         task = self.producer.stop() if self.producer is not None else None
         if task is not None:
             await asyncio.gather(task, return_exceptions=True)
+        if self._loop_lag is not None:
+            self._loop_lag.stop()
         self.log.close()
 
     def _local_demand(self, wanted: bool) -> None:

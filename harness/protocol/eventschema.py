@@ -24,7 +24,7 @@ class UndeclaredEvent(ValueError):
 @dataclass(frozen=True)
 class EventType:
     name: str
-    writers: tuple[str, ...]  # server (single process or worker), coordinator, proxy, probe
+    writers: tuple[str, ...]  # server (single process or worker), coordinator, proxy, probe, harness (pytest itself)
     doc: str
     fields: Mapping[str, str]  # field -> meaning; every field is optional unless the doc says otherwise
 
@@ -47,6 +47,10 @@ EVENTS: dict[str, EventType] = {e.name: e for e in [
        pid="process id", host="bound host", port="bound port", url="WebSocket URL", http="HTTP base URL",
        workers="coordinator: the workers' ports and URLs", listen="proxy: listening URL",
        control="proxy: control API URL", upstreams="proxy: upstream URLs", startup_s="proxy: seconds to start"),
+    _e("loop_lag", "server coordinator proxy harness",
+       "the process's own event loop ran a periodic tick late (looplag.py); `t_us` = when it ran, so the loop "
+       "was blocked within [t_us − lag_us − interval_us, t_us]",
+       lag_us="how late the tick ran (µs)", interval_us="the tick interval (µs)"),
     _e("shutdown", "server coordinator", "shutting down",
        sessions="server: live sessions", live_workers="coordinator: live workers"),
     _e("accept", "server proxy", "a TCP connection accepted",

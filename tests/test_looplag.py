@@ -1,0 +1,107 @@
+"""The loop-lag meter (harness/protocol/looplag.py): its sans-I/O rule, its driver on a
+real event loop, and a real server that writes `loop_lag` when its loop cannot run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.protocol import EventLog, LagMeter, LateTick, LoopLagMonitor, now_us
+from harness.protocol.looplag import LATE_THRESHOLD_US, TICK_INTERVAL_US, stall_window
+from harness.scenario import Scenario
+
+
+def test_a_tick_on_time_or_within_the_threshold_is_not_late() -> None:
+    meter = LagMeter(interval_us=20_000, threshold_us=30_000)
+    assert meter.tick(due_us=1_000_000, ran_us=1_000_400) is None
+    assert meter.tick(due_us=1_020_000, ran_us=1_050_000) is None  # exactly the threshold
+    assert (meter.ticks, meter.late, meter.worst_us) == (2, 0, 30_000)
+
+
+def test_a_tick_later_than_the_threshold_is_reported_with_when_it_ran() -> None:
+    meter = LagMeter(interval_us=20_000, threshold_us=30_000)
+    assert meter.tick(due_us=1_000_000, ran_us=1_412_000) == LateTick(t_us=1_412_000, lag_us=412_000,
+                                                                      interval_us=20_000)
+    assert (meter.late, meter.worst_us) == (1, 412_000)
+
+
+def test_the_next_tick_is_due_one_interval_after_the_last_ran_so_a_stall_is_reported_once() -> None:
+    meter = LagMeter(interval_us=20_000, threshold_us=30_000)
+    assert meter.tick(1_000_000, 1_500_000) is not None
+    due = meter.next_due(1_500_000)
+    assert due == 1_520_000
+    assert meter.tick(due, 1_520_500) is None
+
+
+def test_the_stall_window_reaches_back_one_interval_before_the_tick_was_due() -> None:
+    assert stall_window(t_us=1_412_000, lag_us=412_000, interval_us=20_000) == (980_000, 1_412_000)
+
+
+def test_the_meter_refuses_a_non_positive_interval_or_threshold() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        LagMeter(interval_us=0)
+    with pytest.raises(ValueError, match="positive"):
+        LagMeter(threshold_us=-1)
+
+
+def test_the_defaults_are_a_20_ms_tick_and_a_30_ms_threshold() -> None:
+    assert (TICK_INTERVAL_US, LATE_THRESHOLD_US) == (20_000, 30_000)
+
+
+def _records(path: Path, event: str = "loop_lag") -> list[dict]:
+    if not path.exists():
+        return []
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r["event"] == event]
+
+
+def test_the_monitor_writes_loop_lag_when_its_loop_is_blocked(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "harness.jsonl", "harness")
+
+    async def body() -> int:
+        monitor = LoopLagMonitor(asyncio.get_running_loop(), log).start()
+        await asyncio.sleep(0.1)  # idle: on time
+        before = monitor.meter.ticks
+        blocked_at = now_us()
+        time.sleep(0.15)  # the loop cannot run
+        await asyncio.sleep(0.1)
+        monitor.stop()
+        ticks = monitor.meter.ticks
+        await asyncio.sleep(0.1)
+        assert monitor.meter.ticks == ticks, "a stopped monitor must not tick"
+        assert before >= 2
+        return blocked_at
+
+    blocked_at = asyncio.run(body())
+    log.close()
+    [lag] = _records(tmp_path / "harness.jsonl")
+    assert lag["proc"] == "harness" and lag["interval_us"] == TICK_INTERVAL_US
+    assert 100_000 <= lag["lag_us"] <= 200_000, lag
+    start, end = stall_window(lag["t_us"], lag["lag_us"], lag["interval_us"])
+    assert start <= blocked_at <= end
+
+
+def test_a_server_writes_loop_lag_when_it_is_stopped_for_300_ms(run, tmp_path: Path) -> None:
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server()
+            await asyncio.sleep(0.2)
+            os.kill(server.ready["pid"], signal.SIGSTOP)
+            try:
+                await asyncio.sleep(0.3)
+            finally:
+                os.kill(server.ready["pid"], signal.SIGCONT)
+            deadline = time.monotonic() + 5
+            while not _records(tmp_path / "server.jsonl") and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            lags = _records(tmp_path / "server.jsonl")
+            assert lags, "the server logged no loop_lag after a 300 ms SIGSTOP"
+            assert max(r["lag_us"] for r in lags) >= 250_000, lags
+            assert {r["proc"] for r in lags} == {"server"}
+
+    run(body(), 30)
