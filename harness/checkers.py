@@ -1,15 +1,36 @@
 """Invariant checkers (docs/architecture.md §5). Each reads the event logs and returns a
 Verdict that explains itself with figures and, when it fails, a timeline
 excerpt around the first violation. A check with nothing to judge fails:
-silence is never a pass."""
+silence is never a pass.
+
+A violation the harness itself may have caused is not a finding: a FAIL whose
+measurement overlaps a stall of one of our instruments' event loops (`loop_lag`
+of the probes' process `harness` or of the proxy; settings.INSTRUMENTS) is judged
+INCONCLUSIVE by `judge`, and `require` raises `InconclusiveViolation` when every
+failure is, which the pytest plugin re-runs once. A stall of the implementation
+under test stays a FAIL."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .events import Events, Record
-from .settings import Bounds
+from .protocol.looplag import stall_window
+from .settings import INSTRUMENTS, Bounds
+
+
+@dataclass(frozen=True)
+class Stall:
+    """A process's event loop stalled (its `loop_lag`) during a violation."""
+
+    proc: str
+    lag_us: int
+    at_s: float  # when its late tick ran, seconds into the run
+
+    def describe(self) -> str:
+        return f"{self.proc}'s own event loop stalled {self.lag_us / 1000:.0f} ms at {self.at_s:.1f} s"
 
 
 @dataclass
@@ -20,12 +41,22 @@ class Verdict:
     summary: str
     figures: dict[str, Any] = field(default_factory=dict)
     excerpt: str = ""
+    stalls: list[Stall] = field(default_factory=list)  # any process's loop stalls overlapping the violation
+    stalled_by: Stall | None = None  # set by `judge`: the instrument's stall that makes a FAIL inconclusive
 
     def __bool__(self) -> bool:
         return self.ok
 
+    @property
+    def inconclusive(self) -> bool:
+        return not self.ok and self.stalled_by is not None
+
+    @property
+    def status(self) -> str:
+        return "PASS" if self.ok else "INCONCLUSIVE" if self.inconclusive else "FAIL"
+
     def explain(self) -> str:
-        head = f"[{'PASS' if self.ok else 'FAIL'}] {self.invariant} ({self.subject}): {self.summary}"
+        head = f"[{self.status}] {self.invariant} ({self.subject}): {self.summary}"
         return f"{head}\n{self.excerpt}" if self.excerpt else head
 
 
@@ -35,8 +66,39 @@ class InvariantViolation(AssertionError):
         super().__init__("\n\n".join(v.explain() for v in verdicts))
 
 
-def require(*verdicts: Verdict) -> None:
-    failed = [v for v in verdicts if not v.ok]
+class InconclusiveViolation(InvariantViolation):
+    """Every failing verdict overlapped a stall of one of our own instruments: the harness
+    may have caused what it measured. The pytest plugin re-runs such a test once."""
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(f"{v.invariant} ({v.subject}): {v.stalled_by.describe()}"
+                         for v in self.verdicts if v.stalled_by is not None)
+
+
+def is_instrument(proc: str, instruments: Collection[str] = INSTRUMENTS) -> bool:
+    """`proc` is one of `instruments`, or a numbered sibling of one ("proxy-2", "worker-0")."""
+    family, _, number = proc.rpartition("-")
+    return proc in instruments or (number.isdigit() and family in instruments)
+
+
+def judge(verdict: Verdict, instruments: Collection[str] = INSTRUMENTS) -> Verdict:
+    """A FAIL whose violation overlaps a loop stall of one of `instruments` becomes
+    INCONCLUSIVE; a stall of the implementation under test leaves it a FAIL."""
+    ours = [s for s in verdict.stalls if is_instrument(s.proc, instruments)]
+    if verdict.ok or verdict.stalled_by is not None or not ours:
+        return verdict
+    worst = max(ours, key=lambda s: s.lag_us)
+    return replace(verdict, stalled_by=worst,
+                   summary=f"INCONCLUSIVE: {worst.describe()}, overlapping the violation ({verdict.summary})")
+
+
+def require(*verdicts: Verdict, instruments: Collection[str] = INSTRUMENTS) -> None:
+    """Raise InvariantViolation for any FAIL; InconclusiveViolation when every failure is
+    inconclusive (a real FAIL among them makes the whole a FAIL, never re-run)."""
+    failed = [judge(v, instruments) for v in verdicts if not v.ok]
+    if failed and all(v.inconclusive for v in failed):
+        raise InconclusiveViolation(failed)
     if failed:
         raise InvariantViolation(failed)
 
@@ -52,11 +114,29 @@ def _server_session(events: Events, probe: str) -> tuple[str, str] | None:
     return events.server_session(probe)
 
 
+def stalls_during(events: Events, window: tuple[int, int]) -> list[Stall]:
+    """Every process's `loop_lag` whose stall window overlaps `window` (µs, inclusive)."""
+    lo, hi = window
+    t0 = events.start_us()
+    return [Stall(r["proc"], r["lag_us"], (r["t_us"] - t0) / 1e6) for r in events.select("loop_lag")
+            if stall_window(r["t_us"], r["lag_us"], r["interval_us"])[0] <= hi and r["t_us"] >= lo]
+
+
 def _fail(invariant: str, probe: str, summary: str, events: Events, at: Record | int | None,
-          sessions: set[str] | None = None, **figures: Any) -> Verdict:
+          sessions: set[str] | None = None, window: tuple[int, int] | None = None, **figures: Any) -> Verdict:
+    """A FAIL with its excerpt. `window`: when the violating measurement was taken, given
+    only where a stall of our own could have caused it (a late read, a late chunk, a
+    silence), so that `judge` can tell."""
     t = at["t_us"] if isinstance(at, dict) else at
     excerpt = events.excerpt(t, sessions=sessions) if t is not None else ""
-    return Verdict(invariant, probe, False, summary, figures, excerpt)
+    stalls = stalls_during(events, window) if window is not None else []
+    return Verdict(invariant, probe, False, summary, figures, excerpt, stalls)
+
+
+def _since_previous(records: list[Record], record: Record) -> tuple[int, int]:
+    """From the record before `record` in `records` (the last sign that all was well) to it."""
+    before = [r["t_us"] for r in records if r["t_us"] < record["t_us"]]
+    return (before[-1] if before else record["t_us"]), record["t_us"]
 
 
 # --- I1 session alive ------------------------------------------------------------------
@@ -67,8 +147,9 @@ def session_alive(events: Events, probe: str, bounds: Bounds, end_us: int) -> Ve
     inv = "I1 session alive"
     closes = [r for r in events.select("close", proc=probe) if r["t_us"] < end_us]
     if closes:
-        c = closes[0]
-        return _fail(inv, probe, f"closed before the end: code {c.get('code')} {c.get('reason')!r}", events, c)
+        c = closes[0]  # a stall of ours in the silence before it could have timed the session out
+        return _fail(inv, probe, f"closed before the end: code {c.get('code')} {c.get('reason')!r}", events, c,
+                     window=_since_previous(events.select(proc=probe), c))
     sent = [r for r in events.select("send", proc=probe, type="client/time")
             if r["t_us"] < end_us - bounds.time_reply_grace_us]
     if not sent:
@@ -77,7 +158,7 @@ def session_alive(events: Events, probe: str, bounds: Bounds, end_us: int) -> Ve
     missing = [r for r in sent if r["client_transmitted"] not in answered]
     if missing:
         return _fail(inv, probe, f"{len(missing)} of {len(sent)} client/time never got a server/time", events,
-                     missing[0], missing=len(missing), sent=len(sent))
+                     missing[0], window=(missing[0]["t_us"], end_us), missing=len(missing), sent=len(sent))
     return Verdict(inv, probe, True, f"open to the end, {len(sent)} client/time all answered", {"time_sent": len(sent)})
 
 
@@ -85,12 +166,16 @@ def session_alive(events: Events, probe: str, bounds: Bounds, end_us: int) -> Ve
 
 
 def read_latencies(events: Events, probe: str, start_us: int = 0, end_us: int | None = None) -> list[int]:
+    return [r["t_us"] - r["client_transmitted"] for r in _reads(events, probe, start_us, end_us)]
+
+
+def _reads(events: Events, probe: str, start_us: int = 0, end_us: int | None = None) -> list[Record]:
+    """The server's `recv` of each client/time the probe sent in the window."""
     found = _server_session(events, probe)
     if found is None:
         return []
     proc, session = found
-    return [r["t_us"] - r["client_transmitted"]
-            for r in events.select("recv", proc=proc, session=session, type="client/time")
+    return [r for r in events.select("recv", proc=proc, session=session, type="client/time")
             if start_us <= r["client_transmitted"] and (end_us is None or r["client_transmitted"] < end_us)]
 
 
@@ -126,9 +211,10 @@ def reads_prompt(events: Events, probe: str, bounds: Bounds, end_us: int, start_
     sessions = {probe, session}
     if unread:
         return _fail(inv, probe, f"{len(unread)} client/time never read by the server; {text}", events, unread[0],
-                     sessions, **figures)
-    if figures["max_us"] > bounds.read_latency_us:
-        return _fail(inv, probe, f"read latency over the bound; {text}", events, worst, sessions, **figures)
+                     sessions, window=(unread[0]["client_transmitted"], end_us), **figures)
+    if worst is not None and figures["max_us"] > bounds.read_latency_us:
+        return _fail(inv, probe, f"read latency over the bound; {text}", events, worst, sessions,
+                     window=(worst["client_transmitted"], worst["t_us"]), **figures)
     return Verdict(inv, probe, True, text, figures)
 
 
@@ -145,8 +231,8 @@ def audio_intact(events: Events, probe: str, bounds: Bounds, expected_s: float, 
     text = f"{len(chunks)} chunks, {samples / rate:.2f} s of audio, gaps={totals['gap']} dups={totals['dup']} " \
            f"reordered={totals['reorder']} corrupt={totals['corrupt']}"
     bad = next((r for r in chunks if r["gap"] or r["dup"] or r["reorder"] or r["corrupt"]), None)
-    if bad is not None:
-        return _fail(inv, probe, text, events, bad, {probe}, **figures)
+    if bad is not None:  # e.g. skipped as stale because a stall of ours left it unread too long
+        return _fail(inv, probe, text, events, bad, {probe}, window=_since_previous(chunks, bad), **figures)
     if samples < bounds.min_audio_fraction * expected_s * rate:
         return Verdict(inv, probe, False, f"too little audio: {text}, expected about {expected_s:.1f} s", figures)
     return Verdict(inv, probe, True, text, figures)
@@ -185,7 +271,7 @@ def lead_kept(events: Events, probe: str, bounds: Bounds, start_us: int, end_us:
     text = f"min lead {low['lead_us'] / 1000:.1f} ms over {len(chunks)} chunks " \
            f"(bound {bounds.min_lead_us / 1000:.0f} ms)"
     if low["lead_us"] < bounds.min_lead_us:
-        return _fail(inv, probe, text, events, low, {probe}, **figures)
+        return _fail(inv, probe, text, events, low, {probe}, window=_since_previous(chunks, low), **figures)
     return Verdict(inv, probe, True, text, figures)
 
 
@@ -195,16 +281,19 @@ def latency_isolated(events: Events, probe: str, bounds: Bounds, baseline: tuple
     `isolation_latency_us` of its own baseline (p99 against p99)."""
     inv = "I4 isolation (read latency)"
     before = read_latencies(events, probe, *baseline)
-    during = read_latencies(events, probe, *fault)
+    reads = sorted(_reads(events, probe, *fault), key=lambda r: r["t_us"] - r["client_transmitted"])
+    during = [r["t_us"] - r["client_transmitted"] for r in reads]
     if len(before) < 3 or len(during) < 3:
         return Verdict(inv, probe, False, f"too few client/time to compare ({len(before)} before, {len(during)} "
                        "during the fault)")
     p99_before, p99_during = _percentile(before, 0.99), _percentile(during, 0.99)
+    decisive = reads[min(len(reads) - 1, int(0.99 * len(reads)))]  # the read whose latency is the p99
     figures = {"p99_before_us": p99_before, "p99_during_us": p99_during}
     text = f"read p99 {p99_before / 1000:.2f} ms before, {p99_during / 1000:.2f} ms during the fault " \
            f"(tolerance +{bounds.isolation_latency_us / 1000:.0f} ms)"
     if p99_during - p99_before > bounds.isolation_latency_us:
-        return _fail(inv, probe, text, events, fault[0], **figures)
+        return _fail(inv, probe, text, events, fault[0], window=(decisive["client_transmitted"], decisive["t_us"]),
+                     **figures)
     return Verdict(inv, probe, True, text, figures)
 
 
@@ -288,8 +377,8 @@ def crash_detected(events: Events, worker: int, killed_us: int, within_us: int) 
         return _fail(inv, f"worker-{worker}", "the coordinator never noticed the worker's death", events, killed_us)
     delay = exits[0]["t_us"] - killed_us
     text = f"noticed after {delay / 1000:.1f} ms via {exits[0]['how']} (bound {within_us / 1000:.0f} ms)"
-    if delay > within_us:
-        return _fail(inv, f"worker-{worker}", text, events, exits[0])
+    if delay > within_us:  # `killed_us` is stamped before the kill: a stall of ours in between lengthens it
+        return _fail(inv, f"worker-{worker}", text, events, exits[0], window=(killed_us, exits[0]["t_us"]))
     return Verdict(inv, f"worker-{worker}", True, text, {"delay_us": delay})
 
 
@@ -306,7 +395,7 @@ def streams_again(events: Events, probe: str, lost_us: int, within_us: int) -> V
     delay = audio[0]["t_us"] - lost_us
     text = f"streaming again after {delay / 1000:.0f} ms (bound {within_us / 1000:.0f} ms)"
     if delay > within_us:
-        return _fail(inv, probe, text, events, audio[0], {probe})
+        return _fail(inv, probe, text, events, audio[0], {probe}, window=(lost_us, audio[0]["t_us"]))
     return Verdict(inv, probe, True, text, {"delay_us": delay})
 
 

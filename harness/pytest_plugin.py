@@ -1,17 +1,28 @@
-"""pytest plugin: options, bounds, scenario directories and the leak guard."""
+"""pytest plugin: options, bounds, scenario directories, the leak guard, and the
+INCONCLUSIVE outcome.
+
+INCONCLUSIVE: a test whose every failing verdict overlapped a stall of one of our own
+instruments (checkers.InconclusiveViolation) did not judge the implementation, so it
+is run once more. If the re-run passes, the test passes (the terminal summary says it
+was re-run and why); if it is inconclusive again, it is reported as INCONCLUSIVE
+(outcome `skipped`, letter `I`, counted as "inconclusive"), neither failed nor passed.
+A real FAIL is never re-run.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import os
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _pytest.runner import runtestprotocol
 from hypothesis import HealthCheck, Phase, settings
 
+from .checkers import InconclusiveViolation
 from .settings import DEFAULT_BOUNDS, Bounds
 from .topology import live_children
 
@@ -77,3 +88,72 @@ def no_leftover_processes() -> Iterator[None]:
     left = [pid for pid in live_children() if pid not in before]
     if left:
         pytest.fail(f"test left child processes behind: {left}")
+
+
+# --- INCONCLUSIVE: the harness may have caused what it measured ------------------------------
+
+RERUNS = pytest.StashKey[list[tuple[str, str, str]]]()  # (nodeid, why it was re-run, how the re-run ended)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Mark a failure that is inconclusive through and through: every exception raised is
+    an InconclusiveViolation, also inside Hypothesis's groups (a FlakyFailure when the
+    replay of a failing example passed is one)."""
+    report = yield
+    if call.when == "call" and report.failed and call.excinfo is not None:
+        leaves = _leaves(call.excinfo.value)
+        if all(isinstance(e, InconclusiveViolation) for e in leaves):
+            report.inconclusive = "; ".join(dict.fromkeys(e.reason for e in leaves))  # type: ignore[attr-defined]
+    return report
+
+
+def _inconclusive(reports: list[pytest.TestReport]) -> str | None:
+    """Why this run was inconclusive, or None (a passing run, or any real failure)."""
+    failed = [r for r in reports if r.failed]
+    reasons = [getattr(r, "inconclusive", None) for r in failed]
+    return reasons[0] if len(failed) == 1 and reasons[0] else None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool:
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    reports = runtestprotocol(item, nextitem=nextitem, log=False)
+    first = _inconclusive(reports)
+    if first is not None:  # the whole item again (Hypothesis is derandomized: the same examples)
+        reports = runtestprotocol(item, nextitem=nextitem, log=False)
+        again = _inconclusive(reports)
+        outcome = f"was INCONCLUSIVE again: {again}" if again else \
+            "passed" if all(r.passed for r in reports) else "failed"
+        item.config.stash.setdefault(RERUNS, []).append((item.nodeid, first, outcome))
+        for report in reports:
+            if again and report.failed:
+                report.outcome = "skipped"  # neither failed nor passed; pytest_report_teststatus names it
+                report.longrepr = (str(item.path), (item.location[1] or 0) + 1, again)
+    for report in reports:
+        item.ihook.pytest_runtest_logreport(report=report)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_report_teststatus(report: pytest.TestReport) -> tuple[str, str, tuple[str, dict[str, bool]]] | None:
+    if report.skipped and getattr(report, "inconclusive", None):
+        return "inconclusive", "I", ("INCONCLUSIVE", {"yellow": True})
+    return None
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    reruns = config.stash.get(RERUNS, [])
+    if not reruns:
+        return
+    terminalreporter.section("inconclusive: our own instrument stalled during a violation", yellow=True)
+    for nodeid, why, outcome in reruns:
+        terminalreporter.line(f"{nodeid}: inconclusive ({why}), re-run once; the re-run {outcome}")

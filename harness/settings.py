@@ -50,3 +50,12 @@ class Bounds:
 
 
 DEFAULT_BOUNDS = Bounds()
+
+
+# Processes the harness owns as instruments, not as the implementation under test: a
+# violation that overlaps a stall of one of their event loops (`loop_lag`) is
+# INCONCLUSIVE, not FAIL (checkers.judge). A name covers the proc of that name and its
+# numbered siblings ("proxy" covers "proxy-2"). Today the reference server (`server`,
+# `worker-N`, `coordinator`) is under test, so its own stall stays a FAIL; a gate that
+# tests a foreign client against our server adds "server", "worker" and "coordinator".
+INSTRUMENTS = frozenset({"harness", "proxy"})

@@ -1,0 +1,130 @@
+"""A violation that overlaps a stall of our own instruments' event loops (the probes'
+process `harness`, the proxy) is INCONCLUSIVE, not FAIL; a stall of the implementation
+under test (today: the reference server) stays a FAIL. Synthetic event logs, judged by
+the real checkers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from harness.checkers import (
+    InconclusiveViolation,
+    InvariantViolation,
+    Verdict,
+    is_instrument,
+    judge,
+    lead_kept,
+    reads_prompt,
+    require,
+)
+from harness.events import Events
+from harness.settings import DEFAULT_BOUNDS as BOUNDS
+from harness.settings import INSTRUMENTS
+
+END_US = 5_000_000
+
+
+def rec(t_us: int, proc: str, event: str, session: str | None = None, **fields: Any) -> dict[str, Any]:
+    return {"t_us": t_us, "proc": proc, "session": session, "event": event, **fields}
+
+
+def slow_read(*extra: dict[str, Any]) -> Events:
+    """probe-1 sends client/time at 1.0 s; the server reads it 500 ms later (bound 200 ms)."""
+    return Events(sorted([
+        rec(0, "server", "recv", "s1", type="client/hello", client_id="probe-1"),
+        rec(1_000_000, "probe-1", "send", "probe-1", type="client/time", client_transmitted=1_000_000),
+        rec(1_500_000, "server", "recv", "s1", type="client/time", client_transmitted=1_000_000),
+        *extra], key=lambda r: r["t_us"]))
+
+
+def lag(t_us: int, proc: str, lag_us: int) -> dict[str, Any]:
+    return rec(t_us, proc, "loop_lag", lag_us=lag_us, interval_us=20_000)
+
+
+def test_without_a_stall_the_slow_read_is_a_fail() -> None:
+    verdict = judge(reads_prompt(slow_read(), "probe-1", BOUNDS, END_US))
+    assert verdict.status == "FAIL" and "read latency over the bound" in verdict.summary
+    with pytest.raises(InvariantViolation) as raised:
+        require(verdict)
+    assert type(raised.value) is InvariantViolation
+
+
+def test_a_harness_stall_overlapping_the_slow_read_makes_it_inconclusive() -> None:
+    events = slow_read(lag(1_450_000, "harness", 412_000))
+    verdict = judge(reads_prompt(events, "probe-1", BOUNDS, END_US))
+    assert verdict.inconclusive and verdict.status == "INCONCLUSIVE"
+    assert verdict.summary.startswith("INCONCLUSIVE: harness's own event loop stalled 412 ms at 1.4 s, "
+                                      "overlapping the violation (read latency over the bound;"), verdict.summary
+    assert verdict.explain().startswith("[INCONCLUSIVE] I2 reads never starve (probe-1)")
+    with pytest.raises(InconclusiveViolation) as raised:
+        require(reads_prompt(events, "probe-1", BOUNDS, END_US))
+    assert raised.value.reason == "I2 reads never starve (probe-1): harness's own event loop stalled 412 ms at 1.4 s"
+
+
+def test_a_proxy_stall_counts_too_and_the_longest_of_ours_is_named() -> None:
+    events = slow_read(lag(1_200_000, "harness", 60_000), lag(1_480_000, "proxy", 250_000))
+    verdict = judge(reads_prompt(events, "probe-1", BOUNDS, END_US))
+    assert verdict.stalled_by is not None and (verdict.stalled_by.proc, verdict.stalled_by.lag_us) == \
+        ("proxy", 250_000)
+
+
+def test_a_stall_of_the_server_under_test_stays_a_fail() -> None:
+    events = slow_read(lag(1_450_000, "server", 412_000), lag(1_450_000, "worker-1", 412_000),
+                       lag(1_450_000, "coordinator", 412_000))
+    verdict = judge(reads_prompt(events, "probe-1", BOUNDS, END_US))
+    assert verdict.status == "FAIL" and len(verdict.stalls) == 3
+    with pytest.raises(InvariantViolation) as raised:
+        require(verdict)
+    assert not isinstance(raised.value, InconclusiveViolation)
+
+
+def test_a_gate_where_the_server_is_an_instrument_says_so() -> None:
+    events = slow_read(lag(1_450_000, "worker-1", 412_000))
+    verdict = reads_prompt(events, "probe-1", BOUNDS, END_US)
+    assert judge(verdict, INSTRUMENTS | {"server", "worker", "coordinator"}).inconclusive
+    with pytest.raises(InconclusiveViolation, match="worker-1's own event loop stalled 412 ms"):
+        require(verdict, instruments=INSTRUMENTS | {"worker"})
+
+
+@pytest.mark.parametrize("stall", [
+    lag(3_000_000, "harness", 412_000),  # long after the read: [2.568 s, 3.0 s]
+    lag(990_000, "harness", 100_000),  # over before the client/time was sent: [0.87 s, 0.99 s]
+])
+def test_a_stall_that_does_not_overlap_the_violation_leaves_it_a_fail(stall: dict[str, Any]) -> None:
+    verdict = judge(reads_prompt(slow_read(stall), "probe-1", BOUNDS, END_US))
+    assert verdict.status == "FAIL" and verdict.stalls == []
+
+
+def test_a_stall_overlapping_only_by_its_tick_interval_counts() -> None:
+    # The tick due at 1.505 s ran at 1.540 s; the loop may have blocked right after the tick
+    # before it (1.485 s), while the read that ended at 1.5 s was still under way.
+    verdict = judge(reads_prompt(slow_read(lag(1_540_000, "harness", 35_000)), "probe-1", BOUNDS, END_US))
+    assert verdict.inconclusive
+    verdict = judge(reads_prompt(slow_read(lag(1_560_000, "harness", 35_000)), "probe-1", BOUNDS, END_US))
+    assert verdict.status == "FAIL"
+
+
+def test_one_real_fail_among_inconclusive_ones_is_a_fail_never_re_run() -> None:
+    inconclusive = reads_prompt(slow_read(lag(1_450_000, "harness", 412_000)), "probe-1", BOUNDS, END_US)
+    real = Verdict("I6 bounded resources", "probe-2", False, "held 9 MiB")
+    with pytest.raises(InvariantViolation) as raised:
+        require(inconclusive, real, Verdict("I1 session alive", "probe-3", True, "fine"))
+    assert not isinstance(raised.value, InconclusiveViolation)
+    assert [v.status for v in raised.value.verdicts] == ["INCONCLUSIVE", "FAIL"]
+
+
+def test_a_late_audio_chunk_after_a_harness_stall_is_inconclusive() -> None:
+    chunks = [rec(t, "probe-1", "audio", "probe-1", ts_us=t + lead, lead_us=lead, frames=960, gap=0, dup=0,
+                  reorder=0, corrupt=0) for t, lead in [(1_000_000, 500_000), (1_020_000, 500_000),
+                                                         (1_600_000, 40_000)]]
+    stalled = Events(sorted([*chunks, lag(1_590_000, "harness", 550_000)], key=lambda r: r["t_us"]))
+    assert judge(lead_kept(stalled, "probe-1", BOUNDS, 0, END_US)).inconclusive
+    assert judge(lead_kept(Events(chunks), "probe-1", BOUNDS, 0, END_US)).status == "FAIL"
+
+
+def test_instruments_cover_their_numbered_siblings_only() -> None:
+    assert is_instrument("harness") and is_instrument("proxy") and is_instrument("proxy-3")
+    assert not any(is_instrument(p) for p in ("server", "worker-0", "coordinator", "probe-1", "proxyish"))
+    assert is_instrument("worker-0", {"worker"}) and not is_instrument("worker-x", {"worker"})
