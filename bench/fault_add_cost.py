@@ -1,0 +1,444 @@
+"""Benchmark: what adding a fault through the control API costs the other connections streaming through
+sendspin-proxy.
+
+Background: on a busy machine the proxy's data path stopped for ~300 ms, for every connection, while the
+control API added a fault (the fault catalogue was imported on the first POST /faults; it is now imported
+at start). This measures the data path of connections the fault does not touch, while faults are added.
+
+Topology (127.0.0.1 only, ephemeral ports, each its own process group; helpers from proxy_overhead.py):
+the echo server of `bench/proxy_overhead.py` (`/echo` echoes every message), `sendspin-proxy` in front of
+it (the real CLI, control API on), and --conns (4) WebSocket connections through the proxy from this
+process. Each connection sends a ~100-byte timestamped text message every 10 ms (on a fixed schedule,
+not waiting for the echo) and takes, per message, the echo round trip: the forwarding latency through the
+proxy both ways, plus the echo server and this client.
+
+One repetition = a fresh proxy process (so the first, cold add is included), the connections opened,
+a warm-up with no control-API activity, then two windows of equal length:
+  baseline   nothing on the control API
+  adds       --adds (100) times, every --every-ms (50): POST /faults, then DELETE /faults/NAME. The fault
+             is a `drop` restricted to `"connections": {"client_port": 1}`: valid, attached to no
+             connection, so it touches none of the measured data.
+A message belongs to the window in which it was sent. Repetitions (--reps, 3) run one after another.
+
+Two conditions in one run: neighbour off, then neighbour on: `stress-ng --cpu 2 --io 2 --hdd 1
+--hdd-bytes 512M --vm 1 --vm-bytes 1G --timeout 0` (temp files in this run's temporary directory) in its
+own process group, stopped (SIGTERM, then SIGKILL to its group) and reaped when the condition ends,
+whatever happens. --no-neighbour runs only the first condition.
+
+Printed per condition: round trip p50 / p99 / max (ms, nearest rank, all repetitions pooled) in the
+baseline and during the adds, the p99 change (adds - baseline; also per repetition), messages lost; the
+control API's own latency (POST /faults p50 / p99 / max, the first add of each fresh proxy separately,
+DELETE p50 / p99); the proxy's and the machine's CPU in each window; and, if the proxy writes `loop_lag`
+events (ticks of its event loop that ran > 30 ms late), how many fell in each window and the worst.
+
+    .venv/bin/python bench/fault_add_cost.py [--quick] [--no-neighbour] [--out results.json]
+        [--reps 3] [--conns 4] [--adds 100] [--every-ms 50]      (or: ./run bench fault_add_cost ...)
+
+Not a test: it judges nothing, it prints the goal next to the figure (issue goal: p99 change < 10 ms).
+Every wait is bounded (the whole run too); every child runs in its own process group (SIGKILL if this
+process dies) and is killed and reaped at the end whatever happens; the temporary directory is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from proxy_overhead import Children, pct, start_echo, start_sendspin_proxy, ws_close, ws_connect
+
+from harness.topology import Child, cpu_times, machine_ticks
+
+GOAL_P99_CHANGE_MS = 10.0
+MSG_BYTES = 100
+INTERVAL_S = 0.010  # one message per connection every 10 ms
+REP_TIMEOUT_S = 90.0
+DRAIN_TIMEOUT_S = 3.0  # after the last send: echoes still in flight
+HTTP_TIMEOUT_S = 10.0
+NEIGHBOUR_RAMP_S = 3.0
+NEIGHBOUR = ["stress-ng", "--cpu", "2", "--io", "2", "--hdd", "1", "--hdd-bytes", "512M", "--vm", "1",
+             "--vm-bytes", "1G", "--timeout", "0"]
+
+
+def now_ns() -> int:
+    return time.monotonic_ns()  # the clock of the proxy's event log (harness/protocol/clock.py), in ns
+
+
+# ---------------------------------------------------------------------------------------------- streams
+
+
+@dataclass
+class Stream:
+    """One connection through the proxy: a message every INTERVAL_S, each echo's round trip."""
+
+    idx: int
+    ws: Any
+    sent: int = 0
+    skipped: int = 0  # sends this client itself was too late for (its own loop stalled)
+    samples: list[tuple[int, int]] = field(default_factory=list)  # (sent at, ns; round trip, ns)
+    errors: list[str] = field(default_factory=list)
+
+    def message(self, seq: int, t: int) -> str:
+        head = json.dumps({"c": self.idx, "seq": seq, "t": t, "pad": ""})
+        return head[:-2] + "x" * max(0, MSG_BYTES - len(head)) + '"}'
+
+    async def send_loop(self, stop: asyncio.Event) -> None:
+        t0 = now_ns()
+        step = int(INTERVAL_S * 1e9)
+        k = 0
+        try:
+            while not stop.is_set():
+                delay = (t0 + k * step - now_ns()) / 1e9
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+                    if stop.is_set():
+                        break
+                elif delay < -INTERVAL_S:  # behind schedule: no catch-up burst
+                    late = int(-delay / INTERVAL_S)
+                    self.skipped += late
+                    k += late
+                t = now_ns()
+                await ws_send(self.ws, self.message(self.sent, t))
+                self.sent += 1
+                k += 1
+        except Exception as e:
+            self.errors.append(f"send: {type(e).__name__}: {e}")
+
+    async def recv_loop(self) -> None:
+        try:
+            while True:
+                m = await self.ws.recv()
+                t = now_ns()
+                d = json.loads(m)
+                if d["c"] != self.idx or d["seq"] != len(self.samples):
+                    raise RuntimeError(f"connection {self.idx}: echo {d['c']}/{d['seq']} where "
+                                       f"{self.idx}/{len(self.samples)} was due")
+                self.samples.append((d["t"], t - d["t"]))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.errors.append(f"recv: {type(e).__name__}: {e}")
+
+
+async def ws_send(ws: Any, msg: str) -> None:
+    async with asyncio.timeout(HTTP_TIMEOUT_S):
+        await ws.send(msg)
+
+
+# ---------------------------------------------------------------------------------------------- control API
+
+
+class Control:
+    """The proxy's control API over one keep-alive HTTP connection (aiohttp)."""
+
+    def __init__(self, url: str) -> None:
+        import aiohttp
+
+        self.url = url.rstrip("/")
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S),
+                                             connector=aiohttp.TCPConnector(limit=1))
+
+    async def call(self, method: str, path: str, body: Any = None, expect: int = 200) -> tuple[float, Any]:
+        """(seconds until the whole answer was read, the JSON answer); RuntimeError on another status."""
+        t0 = time.perf_counter()
+        async with self.session.request(method, self.url + path, json=body) as r:
+            data = await r.json(content_type=None)
+            dt = time.perf_counter() - t0
+            if r.status != expect:
+                raise RuntimeError(f"{method} {path}: HTTP {r.status} (expected {expect}): {data}")
+        return dt, data
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+def fault_spec(i: int) -> dict[str, Any]:
+    return {"type": "drop", "name": f"bench-add-{i}", "connections": {"client_port": 1}}
+
+
+# ---------------------------------------------------------------------------------------------- one repetition
+
+
+class Window:
+    """One measured window: its time span, the proxy's and the machine's CPU over it."""
+
+    def __init__(self, proxy_pid: int) -> None:
+        self.pid = proxy_pid
+        self.t0 = self.t1 = 0
+        self.cpu0 = (0.0, 0.0)
+        self.m0 = (0, 0, 0)
+        self.cpu: dict[str, float] = {}
+
+    def start(self) -> None:
+        self.t0 = now_ns()
+        self.cpu0 = cpu_times(self.pid)
+        self.m0 = machine_ticks()
+
+    def stop(self) -> None:
+        self.t1 = now_ns()
+        u, s = cpu_times(self.pid)
+        m1 = machine_ticks()
+        wall = (self.t1 - self.t0) / 1e9 or 1e-9
+        busy, total = m1[0] - self.m0[0], m1[2] - self.m0[2]
+        ncpu = os.cpu_count() or 1
+        self.cpu = {"seconds": round(wall, 3), "proxy_pct": round(100 * (u + s - sum(self.cpu0)) / wall, 1),
+                    "machine_pct": round(100 * ncpu * busy / total, 1) if total else 0.0}
+
+    def holds(self, t: int) -> bool:
+        return self.t0 <= t < self.t1
+
+
+async def repetition(args: argparse.Namespace, children: Children, work: Path, upstream: str, label: str
+                     ) -> dict[str, Any]:
+    name = f"proxy-{label}"
+    t_start = time.perf_counter()
+    proxy, url = await start_sendspin_proxy(children, work, upstream, name=name)
+    start_s = time.perf_counter() - t_start
+    streams: list[Stream] = []
+    tasks: list[asyncio.Task[None]] = []
+    ctl: Control | None = None
+    try:
+        info = json.loads((work / f"{name}.ready.json").read_text())
+        if not info.get("control"):
+            raise RuntimeError(f"{name}: no control API in its readiness file: {info}")
+        ctl = Control(info["control"]["url"])
+        for i in range(args.conns):
+            async with asyncio.timeout(HTTP_TIMEOUT_S + 5):
+                streams.append(Stream(i, await ws_connect(url + "/echo")))
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(s.recv_loop()) for s in streams]
+        senders = [asyncio.create_task(s.send_loop(stop)) for s in streams]
+        await asyncio.sleep(args.warm_s)
+        base, adds = Window(proxy.pid), Window(proxy.pid)
+        base.start()
+        await asyncio.sleep(args.window_s)
+        base.stop()
+        post: list[float] = []
+        delete: list[float] = []
+        adds.start()
+        step = args.every_ms / 1000
+        t0 = time.perf_counter()
+        for i in range(args.adds):
+            delay = t0 + i * step - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            dt, _ = await ctl.call("POST", "/faults", fault_spec(i), expect=201)
+            post.append(dt)
+            dt, _ = await ctl.call("DELETE", f"/faults/bench-add-{i}")
+            delete.append(dt)
+        adds.stop()
+        stop.set()
+        async with asyncio.timeout(HTTP_TIMEOUT_S + 5):
+            await asyncio.gather(*senders)
+        end = time.monotonic() + DRAIN_TIMEOUT_S
+        while any(len(s.samples) < s.sent and not s.errors for s in streams) and time.monotonic() < end:
+            await asyncio.sleep(0.02)
+        _, left = await ctl.call("GET", "/faults")
+        if left.get("faults"):
+            await ctl.call("POST", "/reset")
+        lags: list[dict[str, Any]] = []
+        with contextlib.suppress(RuntimeError, KeyError):  # only a proxy that measures its loop has them
+            _, ev = await ctl.call("GET", "/events?event=loop_lag&limit=10000")
+            lags = ev["events"]
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for s in streams:
+            await ws_close(s.ws)
+        if ctl is not None:
+            await ctl.close()
+        await proxy.astop(signal.SIGTERM, 10, 5)
+    errors = [f"connection {s.idx}: {e}" for s in streams for e in s.errors]
+    if errors:
+        raise RuntimeError(f"{label}: " + "; ".join(errors[:4]))
+
+    def rtts(w: Window) -> list[int]:
+        return [rtt for s in streams for sent, rtt in s.samples if w.holds(sent)]
+
+    def lag_in(w: Window) -> list[int]:  # a late tick counts where it ran (t_us)
+        return [e["lag_us"] for e in lags if w.holds(e["t_us"] * 1000)]
+
+    return {"label": label, "proxy_start_s": round(start_s, 2),
+            "baseline": {"rtt_ns": rtts(base), **base.cpu, "loop_lag_us": lag_in(base)},
+            "adds": {"rtt_ns": rtts(adds), **adds.cpu, "loop_lag_us": lag_in(adds)},
+            "post_s": post, "delete_s": delete,
+            "sent": sum(s.sent for s in streams), "echoed": sum(len(s.samples) for s in streams),
+            "skipped": sum(s.skipped for s in streams), "loop_lag_events": len(lags)}
+
+
+# ---------------------------------------------------------------------------------------------- conditions
+
+
+async def start_neighbour(children: Children, work: Path) -> Child:
+    tmp = work / "stress-ng-tmp"
+    tmp.mkdir(exist_ok=True)
+    exe = shutil.which("stress-ng")
+    if exe is None:
+        raise RuntimeError("stress-ng not found (apt-get install -y stress-ng), or run with --no-neighbour")
+    nb = children.spawn("stress-ng", [exe, *NEIGHBOUR[1:], "--temp-path", str(tmp)])
+    if await nb.wait_exited(NEIGHBOUR_RAMP_S):
+        raise RuntimeError(f"stress-ng exited at once:\n{nb.tail()}")
+    return nb
+
+
+def ms(ns: float) -> float:
+    return round(ns / 1e6, 3)
+
+
+def summarize(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for w in ("baseline", "adds"):
+        v = [x for r in reps for x in r[w]["rtt_ns"]]
+        lag = [x for r in reps for x in r[w]["loop_lag_us"]]
+        out[w] = {"n": len(v), "p50_ms": ms(pct(v, 0.5)), "p99_ms": ms(pct(v, 0.99)), "max_ms": ms(max(v)),
+                  "proxy_pct": round(sum(r[w]["proxy_pct"] for r in reps) / len(reps), 1),
+                  "machine_pct": round(sum(r[w]["machine_pct"] for r in reps) / len(reps), 1),
+                  "loop_lag_n": len(lag), "loop_lag_max_ms": round(max(lag) / 1000, 1) if lag else None}
+    out["p99_change_ms"] = round(out["adds"]["p99_ms"] - out["baseline"]["p99_ms"], 3)
+    out["p99_change_per_rep_ms"] = [ms(pct(r["adds"]["rtt_ns"], 0.99) - pct(r["baseline"]["rtt_ns"], 0.99))
+                                    for r in reps]
+    post = [x for r in reps for x in r["post_s"][1:]]  # warm adds; the first of each proxy separately
+    dele = [x for r in reps for x in r["delete_s"]]
+    out["post_ms"] = {"n": len(post), "p50": round(1e3 * pct(post, 0.5), 2), "p99": round(1e3 * pct(post, 0.99), 2),
+                      "max": round(1e3 * max(post), 2)} if post else {}
+    out["first_post_ms"] = [round(1e3 * r["post_s"][0], 2) for r in reps]
+    out["delete_ms"] = {"p50": round(1e3 * pct(dele, 0.5), 2), "p99": round(1e3 * pct(dele, 0.99), 2)}
+    out["lost"] = sum(r["sent"] - r["echoed"] for r in reps)
+    out["skipped"] = sum(r["skipped"] for r in reps)
+    out["proxy_start_s"] = [r["proxy_start_s"] for r in reps]
+    return out
+
+
+async def run(args: argparse.Namespace, work: Path, children: Children) -> dict[str, Any]:
+    _, upstream = await start_echo(children, work)
+    conditions = ["neighbour off"] if args.no_neighbour else ["neighbour off", "neighbour on"]
+    out: dict[str, Any] = {}
+    for cond in conditions:
+        nb = await start_neighbour(children, work) if cond == "neighbour on" else None
+        try:
+            reps = []
+            for r in range(args.reps):
+                label = f"{cond.split()[-1]}-{r + 1}"
+                async with asyncio.timeout(REP_TIMEOUT_S):
+                    reps.append(await repetition(args, children, work, upstream, label))
+                s = reps[-1]
+                print(f"  {cond:<13} rep {r + 1}: p99 baseline {ms(pct(s['baseline']['rtt_ns'], 0.99)):7.2f} ms, "
+                      f"adds {ms(pct(s['adds']['rtt_ns'], 0.99)):7.2f} ms, max adds "
+                      f"{ms(max(s['adds']['rtt_ns'])):7.2f} ms; first POST {1e3 * s['post_s'][0]:.1f} ms",
+                      flush=True)
+        finally:
+            if nb is not None:
+                how = await nb.astop(signal.SIGTERM, 10, 5)
+                print(f"  stress-ng stopped ({how})", flush=True)
+        out[cond] = {"summary": summarize(reps), "reps": reps}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def report(res: dict[str, Any], args: argparse.Namespace) -> None:
+    print()
+    print(f"fault_add_cost: {args.conns} connections through sendspin-proxy to an echo server, each a "
+          f"{MSG_BYTES}-byte text every {INTERVAL_S * 1e3:.0f} ms; {args.reps} repetition(s) per condition, "
+          f"each on a fresh proxy: {args.window_s:.1f} s baseline, then {args.adds} x (POST /faults + DELETE) "
+          f"every {args.every_ms:.0f} ms (a drop for client_port 1: no measured connection)")
+    print("round trip through the proxy (ms, all repetitions pooled):")
+    print(f"{'condition':<15}{'window':<10}{'msgs':>7}{'p50':>9}{'p99':>9}{'max':>9}"
+          f"{'proxy CPU':>11}{'machine':>9}{'loop lag>30ms':>15}")
+    for cond, c in res["conditions"].items():
+        s = c["summary"]
+        for w in ("baseline", "adds"):
+            x = s[w]
+            lag = f"{x['loop_lag_n']} (max {x['loop_lag_max_ms']})" if x["loop_lag_max_ms"] is not None else "0"
+            print(f"{cond if w == 'baseline' else '':<15}{w:<10}{x['n']:>7}{x['p50_ms']:>9.2f}{x['p99_ms']:>9.2f}"
+                  f"{x['max_ms']:>9.2f}{x['proxy_pct']:>10.0f}%{x['machine_pct']:>8.0f}%{lag:>15}")
+        ch = s["p99_change_ms"]
+        per = ", ".join(f"{v:+.2f}" for v in s["p99_change_per_rep_ms"])
+        print(f"{'':<15}p99 change {ch:+.2f} ms (goal < {GOAL_P99_CHANGE_MS:.0f} ms: "
+              f"{'reached' if ch < GOAL_P99_CHANGE_MS else 'NOT reached'}); per repetition {per}; "
+              f"lost {s['lost']}, client-late sends skipped {s['skipped']}")
+    print("control API (ms):")
+    for cond, c in res["conditions"].items():
+        s = c["summary"]
+        p = s["post_ms"]
+        first = ", ".join(f"{v:.1f}" for v in s["first_post_ms"])
+        warm = f"p50 {p['p50']:.2f} p99 {p['p99']:.2f} max {p['max']:.2f} (n {p['n']})" if p else "-"
+        print(f"  {cond:<13} POST /faults {warm}; first add on a fresh proxy {first}; "
+              f"DELETE p50 {s['delete_ms']['p50']:.2f} p99 {s['delete_ms']['p99']:.2f}; "
+              f"proxy start {', '.join(f'{v:.1f}' for v in s['proxy_start_s'])} s")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n", 1)[0])
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 1 repetition, 20 adds, 1 s windows")
+    ap.add_argument("--no-neighbour", action="store_true", help="only the condition without stress-ng")
+    ap.add_argument("--out", type=Path, help="write the figures as JSON here")
+    ap.add_argument("--reps", type=int, help="repetitions per condition, each on a fresh proxy (default 3)")
+    ap.add_argument("--conns", type=int, default=4, help="streaming connections (default 4)")
+    ap.add_argument("--adds", type=int, help="faults added per repetition (default 100, --quick 20)")
+    ap.add_argument("--every-ms", type=float, default=50.0, help="one add every N ms (default 50)")
+    a = ap.parse_args(argv)
+    a.reps = a.reps or (1 if a.quick else 3)
+    a.adds = a.adds or (20 if a.quick else 100)
+    a.window_s = a.adds * a.every_ms / 1000  # baseline as long as the adds take
+    a.warm_s = 0.5 if a.quick else 1.0
+    if a.reps < 1 or a.conns < 1 or a.adds < 1 or a.every_ms <= 0:
+        ap.error("--reps, --conns, --adds and --every-ms must be positive")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def interrupted(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, interrupted)
+    work = Path(tempfile.mkdtemp(prefix="fault-add-cost-"))
+    children = Children(work)
+    hard_s = 120.0 if args.quick else 300.0
+    t0 = time.monotonic()
+    load0 = os.getloadavg()
+    try:
+        conditions = asyncio.run(asyncio.wait_for(run(args, work, children), hard_s))
+    except (RuntimeError, TimeoutError, OSError) as e:
+        print(f"fault_add_cost: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        children.kill_all()
+        shutil.rmtree(work, ignore_errors=True)
+    res: dict[str, Any] = {"conditions": conditions}
+    res["env"] = {"python": platform.python_version(), "cpus": os.cpu_count(), "loadavg_before": load0,
+                  "loadavg_after": os.getloadavg(), "seconds": round(time.monotonic() - t0, 1)}
+    res["config"] = {"conns": args.conns, "interval_ms": INTERVAL_S * 1e3, "msg_bytes": MSG_BYTES,
+                     "reps": args.reps, "adds": args.adds, "every_ms": args.every_ms, "window_s": args.window_s,
+                     "fault": fault_spec(0), "neighbour": " ".join(NEIGHBOUR), "goal_p99_change_ms": GOAL_P99_CHANGE_MS}
+    report(res, args)
+    print(f"\n(load average before {load0[0]:.2f}, after {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs; "
+          f"run took {res['env']['seconds']} s)")
+    if args.out is not None:
+        for c in conditions.values():  # per-message samples in ms, for whoever wants to plot them
+            for r in c["reps"]:
+                for w in ("baseline", "adds"):
+                    r[w]["rtt_ms"] = [ms(v) for v in r[w].pop("rtt_ns")]
+        args.out.write_text(json.dumps(res, indent=2))
+        print(f"figures written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
