@@ -32,7 +32,11 @@ DELETE p50 / p99); the proxy's and the machine's CPU in each window; and, if the
 events (ticks of its event loop that ran > 30 ms late), how many fell in each window and the worst.
 
     .venv/bin/python bench/fault_add_cost.py [--quick] [--no-neighbour] [--out results.json]
-        [--reps 3] [--conns 4] [--adds 100] [--every-ms 50]      (or: ./run bench fault_add_cost ...)
+        [--reps 3] [--conns 4] [--adds 100] [--every-ms 50] [--proxy-root DIR]
+                                                                 (or: ./run bench fault_add_cost ...)
+
+--proxy-root DIR runs `python -m proxy` from another tree, e.g. the code before the fix:
+`mkdir /tmp/old && git archive 022023b | tar -x -C /tmp/old`, then `--proxy-root /tmp/old`.
 
 Not a test: it judges nothing, it prints the goal next to the figure (issue goal: p99 change < 10 ms).
 Every wait is bounded (the whole run too); every child runs in its own process group (SIGKILL if this
@@ -324,6 +328,8 @@ def summarize(reps: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def run(args: argparse.Namespace, work: Path, children: Children) -> dict[str, Any]:
     _, upstream = await start_echo(children, work)
+    if args.proxy_root is not None:  # the children after the echo server start there: `-m proxy` imports it
+        children.spawn_defaults["cwd"] = args.proxy_root
     conditions = ["neighbour off"] if args.no_neighbour else ["neighbour off", "neighbour on"]
     out: dict[str, Any] = {}
     for cond in conditions:
@@ -355,7 +361,8 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"fault_add_cost: {args.conns} connections through sendspin-proxy to an echo server, each a "
           f"{MSG_BYTES}-byte text every {INTERVAL_S * 1e3:.0f} ms; {args.reps} repetition(s) per condition, "
           f"each on a fresh proxy: {args.window_s:.1f} s baseline, then {args.adds} x (POST /faults + DELETE) "
-          f"every {args.every_ms:.0f} ms (a drop for client_port 1: no measured connection)")
+          f"every {args.every_ms:.0f} ms (a drop for client_port 1: no measured connection)"
+          + (f"; proxy run from {args.proxy_root}" if args.proxy_root else ""))
     print("round trip through the proxy (ms, all repetitions pooled):")
     print(f"{'condition':<15}{'window':<10}{'msgs':>7}{'p50':>9}{'p99':>9}{'max':>9}"
           f"{'proxy CPU':>11}{'machine':>9}{'loop lag>30ms':>15}")
@@ -391,11 +398,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--conns", type=int, default=4, help="streaming connections (default 4)")
     ap.add_argument("--adds", type=int, help="faults added per repetition (default 100, --quick 20)")
     ap.add_argument("--every-ms", type=float, default=50.0, help="one add every N ms (default 50)")
+    ap.add_argument("--proxy-root", type=Path, help="run sendspin-proxy from this tree (python -m proxy there)")
     a = ap.parse_args(argv)
     a.reps = a.reps or (1 if a.quick else 3)
     a.adds = a.adds or (20 if a.quick else 100)
     a.window_s = a.adds * a.every_ms / 1000  # baseline as long as the adds take
     a.warm_s = 0.5 if a.quick else 1.0
+    if a.proxy_root is not None:
+        a.proxy_root = a.proxy_root.resolve()
+        if not (a.proxy_root / "proxy" / "__main__.py").is_file():
+            ap.error(f"--proxy-root {a.proxy_root}: no proxy/__main__.py there")
     if a.reps < 1 or a.conns < 1 or a.adds < 1 or a.every_ms <= 0:
         ap.error("--reps, --conns, --adds and --every-ms must be positive")
     return a
@@ -426,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                   "loadavg_after": os.getloadavg(), "seconds": round(time.monotonic() - t0, 1)}
     res["config"] = {"conns": args.conns, "interval_ms": INTERVAL_S * 1e3, "msg_bytes": MSG_BYTES,
                      "reps": args.reps, "adds": args.adds, "every_ms": args.every_ms, "window_s": args.window_s,
-                     "fault": fault_spec(0), "neighbour": " ".join(NEIGHBOUR), "goal_p99_change_ms": GOAL_P99_CHANGE_MS}
+                     "fault": fault_spec(0), "neighbour": " ".join(NEIGHBOUR), "goal_p99_change_ms": GOAL_P99_CHANGE_MS,
+                     "proxy_root": str(args.proxy_root or Path(__file__).resolve().parent.parent)}
     report(res, args)
     print(f"\n(load average before {load0[0]:.2f}, after {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs; "
           f"run took {res['env']['seconds']} s)")
