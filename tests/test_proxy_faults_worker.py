@@ -105,7 +105,8 @@ def test_worker_crash_reset_stop_kill_through_registered_pids(run: Any) -> None:
                 f = await post_fault(px, {"type": "worker_crash", "action": "stop", "seed": 1})
                 await until(lambda: bool(fault_events(px, "worker_crash")[1:]), 2, "the stop")
                 stopped = fault_events(px, "worker_crash")[-1]["pid"]
-                assert proc_state(stopped) == "T"
+                # SIGSTOP takes effect when the kernel next schedules the target: wait for it, don't poll once
+                await until(lambda: proc_state(stopped) == "T", 2, f"worker {stopped} to be stopped (state T)")
                 r, w = by_pid[stopped]
                 w.write(encode_frame(TEXT, b"queued", mask=True))
                 assert (await collect(r, 0.4)).frames == []  # a hung worker answers nothing

@@ -1,0 +1,178 @@
+"""`./run stress [N] [-- PYTEST ARGS]`: `./run test` N times beside a stress neighbour.
+
+The suite must hold on a busy machine (shared CI runners are noisy): the harness may
+never cause the latency it blames on a peer. This is the check for that, and for every
+change that touches timing. It is not part of CI.
+
+The neighbour is stress-ng (Debian's package, installed if missing) with CPU, I/O,
+disk and memory load together, sized for a 2-core machine:
+
+    stress-ng --cpu 2 --io 2 --hdd 1 --hdd-bytes 512M --vm 1 --vm-bytes 1G
+
+It runs for the whole session. Each run is `./run test` with its own `--basetemp` and
+JUnit XML under the work directory (failed tests keep their event logs there). The
+report gives the green runs out of N, the INCONCLUSIVE outcomes, and for every failure
+its test, the first line of its message and the longest `loop_lag` each process of
+that test logged: the stalled process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NEIGHBOUR = ["stress-ng", "--cpu", "2", "--io", "2", "--hdd", "1", "--hdd-bytes", "512M",
+             "--vm", "1", "--vm-bytes", "1G", "--timeout", "0"]
+RUN_TIMEOUT_S = 45 * 60  # one ./run test under stress; far above the ~10 min it takes
+
+
+@dataclass
+class Outcome:
+    run: int
+    seconds: float
+    exit_code: int
+    tests: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (test id, first line)
+    inconclusive: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def green(self) -> bool:
+        return self.exit_code == 0 and not self.failures
+
+
+def ensure_stress_ng() -> None:
+    if shutil.which("stress-ng"):
+        return
+    if os.geteuid() != 0:
+        sys.exit("stress: stress-ng is not installed (apt-get install stress-ng)")
+    print("stress: installing stress-ng (Debian package)", flush=True)
+    subprocess.run(["apt-get", "update", "-qq"], check=True, timeout=600)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "stress-ng"], check=True, timeout=600)
+
+
+def start_neighbour(work: Path) -> subprocess.Popen[bytes]:
+    hdd_dir = work / "stress-ng"
+    hdd_dir.mkdir(exist_ok=True)
+    with open(work / "stress-ng.log", "ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([*NEIGHBOUR, "--temp-path", str(hdd_dir)], cwd=work, start_new_session=True,
+                                stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=20)
+
+
+def read_junit(path: Path, outcome: Outcome) -> None:
+    if not path.exists():
+        return
+    for case in ET.parse(path).getroot().iter("testcase"):
+        outcome.tests += 1
+        test = f"{case.get('classname')}::{case.get('name')}"
+        for tag in ("failure", "error"):
+            bad = case.find(tag)
+            if bad is not None:
+                outcome.failures.append((test, (bad.get("message") or tag).splitlines()[0][:200]))
+        skipped = case.find("skipped")
+        if skipped is not None and "INCONCLUSIVE" in (skipped.get("message") or ""):
+            outcome.inconclusive.append((test, (skipped.get("message") or "").splitlines()[0][:200]))
+
+
+def stalls(basetemp: Path, test_name: str) -> dict[str, int]:
+    """The longest loop_lag (µs) per process in the event logs a test left behind."""
+    prefix = test_name.split("[")[0][:30]
+    worst: dict[str, int] = {}
+    for directory in basetemp.glob(f"{prefix}*"):
+        for log in directory.rglob("*.jsonl"):
+            for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+                if '"loop_lag"' not in line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                worst[record["proc"]] = max(worst.get(record["proc"], 0), record.get("lag_us", 0))
+    return worst
+
+
+def one_run(n: int, work: Path, pytest_args: list[str]) -> Outcome:
+    basetemp, junit = work / f"run-{n}", work / f"run-{n}.xml"
+    started = time.monotonic()
+    with open(work / f"run-{n}.log", "wb") as out:
+        proc = subprocess.Popen([str(ROOT / "run"), "test", "-q", f"--basetemp={basetemp}",
+                                 f"--junitxml={junit}", *pytest_args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            code = proc.wait(timeout=60)
+    outcome = Outcome(n, time.monotonic() - started, code)
+    read_junit(junit, outcome)
+    if code != 0 and not outcome.failures:
+        outcome.failures.append(("(no test failed)", f"./run test exited {code}; see {work}/run-{n}.log"))
+    return outcome
+
+
+def report(outcome: Outcome, basetemp: Path, total: int) -> None:
+    verdict = "green" if outcome.green else f"{len(outcome.failures)} failed"
+    print(f"run {outcome.run}/{total}: {verdict}, {outcome.tests} tests, {len(outcome.inconclusive)} inconclusive, "
+          f"{outcome.seconds / 60:.1f} min", flush=True)
+    for test, message in outcome.failures + outcome.inconclusive:
+        lags = stalls(basetemp, test.rsplit("::", 1)[-1])
+        worst = ", ".join(f"{proc} {lag / 1000:.0f} ms" for proc, lag in sorted(lags.items(), key=lambda kv: -kv[1]))
+        print(f"    {test}\n        {message}\n        longest loop stall per process: {worst or 'none logged'}",
+              flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="?", type=int, default=10, help="how many ./run test runs (default 10)")
+    parser.add_argument("--work", type=Path, default=None, help="keep logs here (default: a new temp directory)")
+    parser.add_argument("--no-neighbour", action="store_true", help="the same runs without stress-ng (a baseline)")
+    parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: extra pytest arguments")
+    args = parser.parse_args()
+    pytest_args = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
+    work = args.work or Path(tempfile.mkdtemp(prefix="sendspin-stress-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if not args.no_neighbour:
+        ensure_stress_ng()
+    print(f"stress: {args.runs} runs of ./run test, neighbour {'off' if args.no_neighbour else ' '.join(NEIGHBOUR)}; "
+          f"logs in {work}", flush=True)
+    outcomes: list[Outcome] = []
+    neighbour = None
+    try:
+        for n in range(1, args.runs + 1):
+            if not args.no_neighbour and (neighbour is None or neighbour.poll() is not None):
+                neighbour = start_neighbour(work)
+            outcome = one_run(n, work, pytest_args)
+            outcomes.append(outcome)
+            report(outcome, work / f"run-{n}", args.runs)
+    finally:
+        if neighbour is not None:
+            stop(neighbour)
+    green = sum(o.green for o in outcomes)
+    inconclusive = sum(len(o.inconclusive) for o in outcomes)
+    print(f"\nstress: {green} of {len(outcomes)} runs green; {inconclusive} INCONCLUSIVE outcomes in all; "
+          f"logs in {work}")
+    return 0 if green == len(outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
