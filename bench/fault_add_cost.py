@@ -17,7 +17,9 @@ a warm-up with no control-API activity, then two windows of equal length:
   baseline   nothing on the control API
   adds       --adds (100) times, every --every-ms (50): POST /faults, then DELETE /faults/NAME. The fault
              is a `drop` restricted to `"connections": {"client_port": 1}`: valid, attached to no
-             connection, so it touches none of the measured data.
+             connection, so it touches none of the measured data. The adds come from a process of their
+             own (this file, `--adder`: blocking http.client, one keep-alive connection opened before
+             the baseline), so the measuring client's event loop does no HTTP during the window.
 A message belongs to the window in which it was sent (messages sent in the 0.1 s between the windows
 to neither). Repetitions (--reps, 3) run one after another.
 
@@ -139,6 +141,12 @@ class Stream:
             self.errors.append(f"recv: {type(e).__name__}: {e}")
 
 
+async def sleep_until(t_ns: int) -> None:
+    delay = (t_ns - now_ns()) / 1e9
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
 async def ws_send(ws: Any, msg: str) -> None:
     async with asyncio.timeout(HTTP_TIMEOUT_S):
         await ws.send(msg)
@@ -173,6 +181,50 @@ class Control:
 
 def fault_spec(i: int) -> dict[str, Any]:
     return {"type": "drop", "name": f"bench-add-{i}", "connections": {"client_port": 1}}
+
+
+def run_adder(url: str, start_ns: int, n: int, every_ms: float, result: Path) -> int:
+    """The adds, in their own process (`--adder`), so that the measuring client's event loop does no HTTP
+    in the window: from `start_ns` (CLOCK_MONOTONIC), every `every_ms`: POST /faults, DELETE it. Blocking
+    http.client on one keep-alive connection, opened before `start_ns`; the result as JSON in `result`."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=HTTP_TIMEOUT_S)
+    res: dict[str, Any] = {"ready_ns": 0, "t0_ns": 0, "t1_ns": 0, "post_s": [], "delete_s": [], "error": None}
+
+    def call(method: str, path: str, body: Any, expect: int) -> float:
+        t0 = time.perf_counter()
+        conn.request(method, path, body=None if body is None else json.dumps(body),
+                     headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        data = r.read()
+        dt = time.perf_counter() - t0
+        if r.status != expect:
+            raise RuntimeError(f"{method} {path}: HTTP {r.status} (expected {expect}): {data[:300]!r}")
+        return dt
+
+    try:
+        conn.connect()
+        res["ready_ns"] = now_ns()
+        for i in range(n):
+            delay = (start_ns + int(i * every_ms * 1e6) - now_ns()) / 1e9
+            if delay > 0:
+                time.sleep(delay)
+            if i == 0:
+                res["t0_ns"] = now_ns()
+            res["post_s"].append(call("POST", "/faults", fault_spec(i), 201))
+            res["delete_s"].append(call("DELETE", f"/faults/bench-add-{i}", None, 200))
+        res["t1_ns"] = now_ns()
+    except Exception as e:
+        res["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        conn.close()
+        tmp = result.with_name(result.name + ".tmp")
+        tmp.write_text(json.dumps(res))
+        os.replace(tmp, result)
+    return 0 if res["error"] is None else 1
 
 
 # ---------------------------------------------------------------------------------------------- one repetition
@@ -227,26 +279,36 @@ async def repetition(args: argparse.Namespace, children: Children, work: Path, u
         stop = asyncio.Event()
         tasks = [asyncio.create_task(s.recv_loop()) for s in streams]
         senders = [asyncio.create_task(s.send_loop(stop)) for s in streams]
-        await asyncio.sleep(args.warm_s)
+        # the schedule: warm-up, baseline, gap, adds (the adder starts now and waits for its time)
+        b0 = now_ns() + int(args.warm_s * 1e9)
+        a0 = b0 + int((args.window_s + GAP_S) * 1e9)
+        result = work / f"adder-{label}.json"
+        adder = children.spawn(f"adder-{label}", [sys.executable, str(Path(__file__).resolve()), "--adder",
+                                                  info["control"]["url"], "--start-ns", str(a0), "--adds",
+                                                  str(args.adds), "--every-ms", str(args.every_ms),
+                                                  "--result", str(result)])
         base, adds = Window(proxy.pid), Window(proxy.pid)
+        await sleep_until(b0)
         base.start()
-        await asyncio.sleep(args.window_s)
+        await sleep_until(b0 + int(args.window_s * 1e9))
         base.stop()
-        await asyncio.sleep(GAP_S)  # messages in flight at the end of the baseline are in neither window
-        post: list[float] = []
-        delete: list[float] = []
+        await sleep_until(a0)  # messages in flight at the end of the baseline are in neither window
         adds.start()
-        step = args.every_ms / 1000
-        t0 = time.perf_counter()
-        for i in range(args.adds):
-            delay = t0 + i * step - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            dt, _ = await ctl.call("POST", "/faults", fault_spec(i), expect=201)
-            post.append(dt)
-            dt, _ = await ctl.call("DELETE", f"/faults/bench-add-{i}")
-            delete.append(dt)
+        budget = args.adds * (args.every_ms / 1000 + 2 * HTTP_TIMEOUT_S) + 10
+        if not await adder.wait_exited(min(budget, REP_TIMEOUT_S)):
+            raise RuntimeError(f"the adder ({label}) did not finish:\n{adder.tail()}")
         adds.stop()
+        await adder.astop(signal.SIGKILL, 1, 5)  # reaps it
+        if not result.exists():
+            raise RuntimeError(f"the adder ({label}) wrote no result (rc {adder.returncode}):\n{adder.tail()}")
+        r = json.loads(result.read_text())
+        if r["error"]:
+            raise RuntimeError(f"the adder ({label}): {r['error']}")
+        if r["ready_ns"] > b0:
+            raise RuntimeError(f"the adder ({label}) was ready only {(r['ready_ns'] - b0) / 1e6:.0f} ms into the "
+                               f"baseline: its start-up would be in the baseline (raise the warm-up)")
+        adds.t0, adds.t1 = r["t0_ns"], r["t1_ns"]  # the window = first POST sent .. last DELETE answered
+        post, delete = r["post_s"], r["delete_s"]
         stop.set()
         async with asyncio.timeout(HTTP_TIMEOUT_S + 5):
             await asyncio.gather(*senders)
@@ -276,7 +338,7 @@ async def repetition(args: argparse.Namespace, children: Children, work: Path, u
     def rtts(w: Window) -> list[int]:
         return [rtt for s in streams for sent, rtt in s.samples if w.holds(sent)]
 
-    first_slot = adds.t0 + int(step * 1e9)  # messages sent in the first add's slot
+    first_slot = adds.t0 + int(args.every_ms * 1e6)  # messages sent in the first add's slot
     first = [rtt for s in streams for sent, rtt in s.samples if adds.t0 <= sent < first_slot]
 
     def lag_in(w: Window) -> list[int]:  # a late tick counts where it ran (t_us)
@@ -409,11 +471,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--adds", type=int, help="faults added per repetition (default 100, --quick 20)")
     ap.add_argument("--every-ms", type=float, default=50.0, help="one add every N ms (default 50)")
     ap.add_argument("--proxy-root", type=Path, help="run sendspin-proxy from this tree (python -m proxy there)")
+    ap.add_argument("--adder", metavar="CONTROL_URL", help=argparse.SUPPRESS)
+    ap.add_argument("--start-ns", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     a.reps = a.reps or (1 if a.quick else 3)
     a.adds = a.adds or (20 if a.quick else 100)
     a.window_s = a.adds * a.every_ms / 1000  # baseline as long as the adds take
-    a.warm_s = 0.5 if a.quick else 1.0
+    a.warm_s = 1.0 if a.quick else 1.5  # also the adder's start-up (python, imports): before the baseline
     if a.proxy_root is not None:
         a.proxy_root = a.proxy_root.resolve()
         if not (a.proxy_root / "proxy" / "__main__.py").is_file():
@@ -425,6 +490,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.adder:
+        return run_adder(args.adder, args.start_ns, args.adds, args.every_ms, args.result)
 
     def interrupted(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
