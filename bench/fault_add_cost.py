@@ -64,12 +64,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from proxy_overhead import Children, pct, start_echo, start_sendspin_proxy, ws_close, ws_connect
+from proxy_overhead import (
+    Children,
+    pct,
+    py_spy_exe,
+    start_echo,
+    start_sendspin_proxy,
+    summarize_collapsed,
+    wait_exit,
+    ws_close,
+    ws_connect,
+)
 
 from harness.topology import Child, cpu_times, machine_ticks
 
 GOAL_P99_CHANGE_MS = 10.0
 GAP_S = 0.1  # between the windows
+PROFILE_GAP_S = 1.0  # with --py-spy: time for py-spy to attach between the windows
 MSG_BYTES = 100
 INTERVAL_S = 0.010  # one message per connection every 10 ms
 REP_TIMEOUT_S = 90.0
@@ -281,7 +292,7 @@ async def repetition(args: argparse.Namespace, children: Children, work: Path, u
         senders = [asyncio.create_task(s.send_loop(stop)) for s in streams]
         # the schedule: warm-up, baseline, gap, adds (the adder starts now and waits for its time)
         b0 = now_ns() + int(args.warm_s * 1e9)
-        a0 = b0 + int((args.window_s + GAP_S) * 1e9)
+        a0 = b0 + int((args.window_s + (PROFILE_GAP_S if args.py_spy else GAP_S)) * 1e9)
         result = work / f"adder-{label}.json"
         adder = children.spawn(f"adder-{label}", [sys.executable, str(Path(__file__).resolve()), "--adder",
                                                   info["control"]["url"], "--start-ns", str(a0), "--adds",
@@ -292,12 +303,15 @@ async def repetition(args: argparse.Namespace, children: Children, work: Path, u
         base.start()
         await sleep_until(b0 + int(args.window_s * 1e9))
         base.stop()
+        spy = start_py_spy(children, work, proxy, label) if args.py_spy else None
+        spy_in_time = await py_spy_sampling(spy, a0) if spy is not None else False
         await sleep_until(a0)  # messages in flight at the end of the baseline are in neither window
         adds.start()
         budget = args.adds * (args.every_ms / 1000 + 2 * HTTP_TIMEOUT_S) + 10
         if not await adder.wait_exited(min(budget, REP_TIMEOUT_S)):
             raise RuntimeError(f"the adder ({label}) did not finish:\n{adder.tail()}")
         adds.stop()
+        profile = await stop_py_spy(spy, work, label, spy_in_time) if spy is not None else None
         await adder.astop(signal.SIGKILL, 1, 5)  # reaps it
         if not result.exists():
             raise RuntimeError(f"the adder ({label}) wrote no result (rc {adder.returncode}):\n{adder.tail()}")
@@ -349,7 +363,38 @@ async def repetition(args: argparse.Namespace, children: Children, work: Path, u
             "adds": {"rtt_ns": rtts(adds), **adds.cpu, "loop_lag_us": lag_in(adds)},
             "first_slot_max_ns": max(first, default=0), "post_s": post, "delete_s": delete,
             "sent": sum(s.sent for s in streams), "echoed": sum(len(s.samples) for s in streams),
-            "skipped": sum(s.skipped for s in streams), "loop_lag_events": len(lags)}
+            "skipped": sum(s.skipped for s in streams), "loop_lag_events": len(lags), "profile": profile}
+
+
+def start_py_spy(children: Children, work: Path, proxy: Child, label: str) -> Child:
+    """py-spy record on the proxy (raw, idle stacks too, without pausing it) until `stop_py_spy`."""
+    exe = py_spy_exe()
+    if exe is None:
+        raise RuntimeError("--py-spy: py-spy not found (.venv/bin/python -m pip install py-spy, or put it on PATH)")
+    return children.spawn(f"py-spy-{label}", [exe, "record", "--pid", str(proxy.pid), "--format", "raw",
+                                              "--function", "--idle", "--nonblocking", "--rate", "250",
+                                              "-o", str(work / f"profile-{label}.txt")])
+
+
+async def py_spy_sampling(spy: Child, until_ns: int) -> bool:
+    """Whether py-spy says it is sampling, waiting for that at most until `until_ns`."""
+    while "Sampling process" not in spy.tail(4000):
+        if spy.exited() or now_ns() >= until_ns:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def stop_py_spy(spy: Child, work: Path, label: str, in_time: bool) -> dict[str, Any]:
+    """SIGINT (py-spy writes its output then); the busy share and the top frames of what it sampled."""
+    with contextlib.suppress(ProcessLookupError):
+        spy.popen.send_signal(signal.SIGINT)
+    if not await wait_exit(spy, 20):
+        await spy.astop(signal.SIGKILL, 1, 5)
+    out = work / f"profile-{label}.txt"
+    if not out.exists():
+        return {"error": f"py-spy wrote no profile (rc {spy.returncode}): {spy.tail(600)}"}
+    return {"sampling_before_adds": in_time, **summarize_collapsed(out.read_text(), 12)}
 
 
 # ---------------------------------------------------------------------------------------------- conditions
@@ -459,6 +504,24 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> None:
               f"(worst round trip of a message sent in its slot {slot}); "
               f"DELETE p50 {s['delete_ms']['p50']:.2f} p99 {s['delete_ms']['p99']:.2f}; "
               f"proxy start {', '.join(f'{v:.1f}' for v in s['proxy_start_s'])} s")
+    for cond, c in res["conditions"].items():  # --py-spy: the repetition with the worst p99 during the adds
+        profiled = [r for r in c["reps"] if r.get("profile")]
+        if not profiled:
+            continue
+        r = max(profiled, key=lambda r: pct(r["adds"]["rtt_ns"], 0.99))
+        p = r["profile"]
+        print()
+        if "error" in p:
+            print(f"py-spy {cond} ({r['label']}): {p['error']}")
+            continue
+        print(f"py-spy on the proxy, {cond}, {r['label']} (adds p99 {ms(pct(r['adds']['rtt_ns'], 0.99)):.2f} ms), "
+              f"from the end of the baseline to the end of the adds"
+              f"{'' if p['sampling_before_adds'] else ' (sampling began only after the adds had started)'}: "
+              f"{p['samples']} samples, busy {p['busy_pct']}% (outside select); % of busy samples:")
+        for key, title in (("self", "self"), ("inclusive", "inclusive")):
+            print(f"  top by {title}:")
+            for fn, n, share in p[key]:
+                print(f"    {share:7.1f}  {n:>6}  {fn}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -471,6 +534,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--adds", type=int, help="faults added per repetition (default 100, --quick 20)")
     ap.add_argument("--every-ms", type=float, default=50.0, help="one add every N ms (default 50)")
     ap.add_argument("--proxy-root", type=Path, help="run sendspin-proxy from this tree (python -m proxy there)")
+    ap.add_argument("--py-spy", action="store_true",
+                    help="py-spy record on the proxy during each adds window (disturbs the figures; 1 s gap)")
     ap.add_argument("--adder", metavar="CONTROL_URL", help=argparse.SUPPRESS)
     ap.add_argument("--start-ns", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
