@@ -21,7 +21,7 @@ a warm-up with no control-API activity, then two windows of equal length:
              own (this file, `--adder`: blocking http.client, one keep-alive connection opened before
              the baseline), so the measuring client's event loop does no HTTP during the window.
 A message belongs to the window in which it was sent (messages sent in the 0.1 s between the windows
-to neither). Repetitions (--reps, 3) run one after another.
+to neither). Repetitions (--reps, 4) run one after another.
 
 Two conditions in one run: neighbour off, then neighbour on: `stress-ng --cpu 2 --io 2 --hdd 1
 --hdd-bytes 512M --vm 1 --vm-bytes 1G --timeout 0` (temp files in this run's temporary directory) in its
@@ -36,7 +36,7 @@ and the machine's CPU in each window; and, if the proxy writes `loop_lag` events
 loop that ran > 30 ms late), how many fell in each window and the worst.
 
     .venv/bin/python bench/fault_add_cost.py [--quick] [--no-neighbour] [--out results.json]
-        [--reps 3] [--conns 4] [--adds 100] [--every-ms 50] [--proxy-root DIR]
+        [--reps 4] [--conns 4] [--adds 100] [--every-ms 50] [--proxy-root DIR]
                                                                  (or: ./run bench fault_add_cost ...)
 
 --proxy-root DIR runs `python -m proxy` from another tree, e.g. the code before the fix:
@@ -421,7 +421,7 @@ def summarize(reps: list[dict[str, Any]]) -> dict[str, Any]:
     for w in ("baseline", "adds"):
         v = [x for r in reps for x in r[w]["rtt_ns"]]
         lag = [x for r in reps for x in r[w]["loop_lag_us"]]
-        out[w] = {"n": len(v), "p50_ms": ms(pct(v, 0.5)), "p99_ms": ms(pct(v, 0.99)), "max_ms": ms(max(v)),
+        out[w] = {"n": len(v), "p50_ms": ms(pct(v, 0.5)), "p99_ms": ms(pct(v, 0.99)), "max_ms": ms(max(v, default=0)),
                   "proxy_pct": round(sum(r[w]["proxy_pct"] for r in reps) / len(reps), 1),
                   "machine_pct": round(sum(r[w]["machine_pct"] for r in reps) / len(reps), 1),
                   "loop_lag_n": len(lag), "loop_lag_max_ms": round(max(lag) / 1000, 1) if lag else None}
@@ -458,7 +458,7 @@ async def run(args: argparse.Namespace, work: Path, children: Children) -> dict[
                 s = reps[-1]
                 print(f"  {cond:<13} rep {r + 1}: p99 baseline {ms(pct(s['baseline']['rtt_ns'], 0.99)):7.2f} ms, "
                       f"adds {ms(pct(s['adds']['rtt_ns'], 0.99)):7.2f} ms, max adds "
-                      f"{ms(max(s['adds']['rtt_ns'])):7.2f} ms; first POST {1e3 * s['post_s'][0]:.1f} ms",
+                      f"{ms(max(s['adds']['rtt_ns'], default=0)):7.2f} ms; first POST {1e3 * s['post_s'][0]:.1f} ms",
                       flush=True)
         finally:
             if nb is not None:
@@ -480,19 +480,21 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> None:
           + (f"; proxy run from {args.proxy_root}" if args.proxy_root else ""))
     print("round trip through the proxy (ms, all repetitions pooled):")
     print(f"{'condition':<15}{'window':<10}{'msgs':>7}{'p50':>9}{'p99':>9}{'max':>9}"
-          f"{'proxy CPU':>11}{'machine':>9}{'loop lag>30ms':>15}")
+          f"{'proxy CPU':>11}{'machine':>9}{'loop lag>30ms*':>16}")
     for cond, c in res["conditions"].items():
         s = c["summary"]
         for w in ("baseline", "adds"):
             x = s[w]
             lag = f"{x['loop_lag_n']} (max {x['loop_lag_max_ms']})" if x["loop_lag_max_ms"] is not None else "0"
             print(f"{cond if w == 'baseline' else '':<15}{w:<10}{x['n']:>7}{x['p50_ms']:>9.2f}{x['p99_ms']:>9.2f}"
-                  f"{x['max_ms']:>9.2f}{x['proxy_pct']:>10.0f}%{x['machine_pct']:>8.0f}%{lag:>15}")
-        ch = s["p99_change_ms"]
-        per = ", ".join(f"{v:+.2f}" for v in s["p99_change_per_rep_ms"])
+                  f"{x['max_ms']:>9.2f}{x['proxy_pct']:>10.0f}%{x['machine_pct']:>8.0f}%{lag:>16}")
+        ch = round(s["p99_change_ms"], 2) + 0.0  # no "-0.00"
+        per = ", ".join(f"{round(v, 2) + 0.0:+.2f}" for v in s["p99_change_per_rep_ms"])
         print(f"{'':<15}p99 change {ch:+.2f} ms (goal < {GOAL_P99_CHANGE_MS:.0f} ms: "
               f"{'reached' if ch < GOAL_P99_CHANGE_MS else 'NOT reached'}); per repetition {per}; "
               f"lost {s['lost']}, client-late sends skipped {s['skipped']}")
+    print("* the proxy's `loop_lag` events in the window (worst, ms); 0 also from a proxy that does not measure "
+          "its loop. CPU: % of one core")
     print("control API (ms):")
     for cond, c in res["conditions"].items():
         s = c["summary"]
@@ -529,7 +531,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="a smoke run: 1 repetition, 20 adds, 1 s windows")
     ap.add_argument("--no-neighbour", action="store_true", help="only the condition without stress-ng")
     ap.add_argument("--out", type=Path, help="write the figures as JSON here")
-    ap.add_argument("--reps", type=int, help="repetitions per condition, each on a fresh proxy (default 3)")
+    ap.add_argument("--reps", type=int, help="repetitions per condition, each on a fresh proxy (default 4)")
     ap.add_argument("--conns", type=int, default=4, help="streaming connections (default 4)")
     ap.add_argument("--adds", type=int, help="faults added per repetition (default 100, --quick 20)")
     ap.add_argument("--every-ms", type=float, default=50.0, help="one add every N ms (default 50)")
@@ -540,7 +542,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--start-ns", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    a.reps = a.reps or (1 if a.quick else 3)
+    a.reps = a.reps or (1 if a.quick else 4)
     a.adds = a.adds or (20 if a.quick else 100)
     a.window_s = a.adds * a.every_ms / 1000  # baseline as long as the adds take
     a.warm_s = 1.0 if a.quick else 1.5  # also the adder's start-up (python, imports): before the baseline
