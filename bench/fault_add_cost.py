@@ -277,8 +277,10 @@ async def repetition(args: argparse.Namespace, children: Children, work: Path, u
     proxy, url = await start_sendspin_proxy(children, work, upstream, name=name)
     start_s = time.perf_counter() - t_start
     streams: list[Stream] = []
-    tasks: list[asyncio.Task[None]] = []
+    tasks: list[asyncio.Task[None]] = []  # receivers and senders
     ctl: Control | None = None
+    adder: Child | None = None
+    spy: Child | None = None
     try:
         info = json.loads((work / f"{name}.ready.json").read_text())
         if not info.get("control"):
@@ -288,8 +290,8 @@ async def repetition(args: argparse.Namespace, children: Children, work: Path, u
             async with asyncio.timeout(HTTP_TIMEOUT_S + 5):
                 streams.append(Stream(i, await ws_connect(url + "/echo")))
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(s.recv_loop()) for s in streams]
         senders = [asyncio.create_task(s.send_loop(stop)) for s in streams]
+        tasks = [*senders, *(asyncio.create_task(s.recv_loop()) for s in streams)]
         # the schedule: warm-up, baseline, gap, adds (the adder starts now and waits for its time)
         b0 = now_ns() + int(args.warm_s * 1e9)
         a0 = b0 + int((args.window_s + (PROFILE_GAP_S if args.py_spy else GAP_S)) * 1e9)
@@ -337,6 +339,9 @@ async def repetition(args: argparse.Namespace, children: Children, work: Path, u
             _, ev = await ctl.call("GET", "/events?event=loop_lag&limit=10000")
             lags = ev["events"]
     finally:
+        for c in (adder, spy):  # still running only if something went wrong
+            if c is not None and c.returncode is None:
+                await c.astop(signal.SIGKILL, 1, 5)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
