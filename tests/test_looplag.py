@@ -50,8 +50,14 @@ def test_the_meter_refuses_a_non_positive_interval_or_threshold() -> None:
         LagMeter(threshold_us=-1)
 
 
-def test_the_defaults_are_a_20_ms_tick_and_a_30_ms_threshold() -> None:
-    assert (TICK_INTERVAL_US, LATE_THRESHOLD_US) == (20_000, 30_000)
+def test_the_defaults_catch_every_stall_longer_than_80_ms() -> None:
+    # the least-noticed stall starts right as a tick ran: the next one is late by S - interval
+    meter = LagMeter()
+    ran = 1_000_000
+    due = meter.next_due(ran)
+    assert meter.tick(due, ran + 81_000) is not None
+    assert meter.tick(due, ran + 80_000) is None
+    assert TICK_INTERVAL_US + LATE_THRESHOLD_US == 80_000
 
 
 def _records(path: Path, event: str = "loop_lag") -> list[dict]:

@@ -22,7 +22,10 @@ from typing import Any, Protocol
 
 from .clock import now_us
 
-TICK_INTERVAL_US = 20_000
+# Every tick wakes the loop: at 20 ms that cost a 400-listener server 10 % more CPU per
+# listener (A/B, NOTES.md §6); at 50 ms any stall longer than 80 ms (under every bound
+# the checkers judge by) still makes a tick late by more than the threshold.
+TICK_INTERVAL_US = 50_000
 # Above the ~1 ms a timer normally runs late (epoll rounds its timeout to ms) and above
 # ordinary scheduling jitter on a busy machine, below any bound the checkers judge by.
 LATE_THRESHOLD_US = 30_000
