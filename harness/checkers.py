@@ -5,7 +5,8 @@ silence is never a pass.
 
 A violation the harness itself may have caused is not a finding: a FAIL whose
 measurement overlaps a stall of one of our instruments' event loops (`loop_lag`
-of the probes' process `harness` or of the proxy; settings.INSTRUMENTS) is judged
+of the probes' process `harness` or of the proxy; settings.INSTRUMENTS), long
+enough to account for a late measurement's excess over its bound, is judged
 INCONCLUSIVE by `judge`, and `require` raises `InconclusiveViolation` when every
 failure is, which the pytest plugin re-runs once. A stall of the implementation
 under test stays a FAIL."""
@@ -28,6 +29,7 @@ class Stall:
     proc: str
     lag_us: int
     at_s: float  # when its late tick ran, seconds into the run
+    blocked_us: int = 0  # the longest it can have been blocked: lag plus one tick interval
 
     def describe(self) -> str:
         return f"{self.proc}'s own event loop stalled {self.lag_us / 1000:.0f} ms at {self.at_s:.1f} s"
@@ -42,6 +44,7 @@ class Verdict:
     figures: dict[str, Any] = field(default_factory=dict)
     excerpt: str = ""
     stalls: list[Stall] = field(default_factory=list)  # any process's loop stalls overlapping the violation
+    excess_us: int | None = None  # how far past its bound the violation went (None: not a duration)
     stalled_by: Stall | None = None  # set by `judge`: the instrument's stall that makes a FAIL inconclusive
 
     def __bool__(self) -> bool:
@@ -84,9 +87,13 @@ def is_instrument(proc: str, instruments: Collection[str] = INSTRUMENTS) -> bool
 
 def judge(verdict: Verdict, instruments: Collection[str] = INSTRUMENTS) -> Verdict:
     """A FAIL whose violation overlaps a loop stall of one of `instruments` becomes
-    INCONCLUSIVE; a stall of the implementation under test leaves it a FAIL."""
+    INCONCLUSIVE; a stall of the implementation under test leaves it a FAIL. A stall
+    adds at most its own length to a latency or a delay, so one that cannot account for
+    the excess over the bound (a read seconds late, our loop 50 ms) leaves it a FAIL too."""
     ours = [s for s in verdict.stalls if is_instrument(s.proc, instruments)]
     if verdict.ok or verdict.stalled_by is not None or not ours:
+        return verdict
+    if verdict.excess_us is not None and sum(s.blocked_us for s in ours) < verdict.excess_us:
         return verdict
     worst = max(ours, key=lambda s: s.lag_us)
     return replace(verdict, stalled_by=worst,
@@ -118,19 +125,21 @@ def stalls_during(events: Events, window: tuple[int, int]) -> list[Stall]:
     """Every process's `loop_lag` whose stall window overlaps `window` (µs, inclusive)."""
     lo, hi = window
     t0 = events.start_us()
-    return [Stall(r["proc"], r["lag_us"], (r["t_us"] - t0) / 1e6) for r in events.select("loop_lag")
+    return [Stall(r["proc"], r["lag_us"], (r["t_us"] - t0) / 1e6, r["lag_us"] + r["interval_us"])
+            for r in events.select("loop_lag")
             if stall_window(r["t_us"], r["lag_us"], r["interval_us"])[0] <= hi and r["t_us"] >= lo]
 
 
 def _fail(invariant: str, probe: str, summary: str, events: Events, at: Record | int | None,
-          sessions: set[str] | None = None, window: tuple[int, int] | None = None, **figures: Any) -> Verdict:
+          sessions: set[str] | None = None, window: tuple[int, int] | None = None, excess_us: int | None = None,
+          **figures: Any) -> Verdict:
     """A FAIL with its excerpt. `window`: when the violating measurement was taken, given
     only where a stall of our own could have caused it (a late read, a late chunk, a
-    silence), so that `judge` can tell."""
+    silence), so that `judge` can tell; `excess_us`: how far a duration went past its bound."""
     t = at["t_us"] if isinstance(at, dict) else at
     excerpt = events.excerpt(t, sessions=sessions) if t is not None else ""
     stalls = stalls_during(events, window) if window is not None else []
-    return Verdict(invariant, probe, False, summary, figures, excerpt, stalls)
+    return Verdict(invariant, probe, False, summary, figures, excerpt, stalls, excess_us)
 
 
 def _since_previous(records: list[Record], record: Record) -> tuple[int, int]:
@@ -214,7 +223,8 @@ def reads_prompt(events: Events, probe: str, bounds: Bounds, end_us: int, start_
                      sessions, window=(unread[0]["client_transmitted"], end_us), **figures)
     if worst is not None and figures["max_us"] > bounds.read_latency_us:
         return _fail(inv, probe, f"read latency over the bound; {text}", events, worst, sessions,
-                     window=(worst["client_transmitted"], worst["t_us"]), **figures)
+                     window=(worst["client_transmitted"], worst["t_us"]),
+                     excess_us=figures["max_us"] - bounds.read_latency_us, **figures)
     return Verdict(inv, probe, True, text, figures)
 
 
@@ -271,7 +281,8 @@ def lead_kept(events: Events, probe: str, bounds: Bounds, start_us: int, end_us:
     text = f"min lead {low['lead_us'] / 1000:.1f} ms over {len(chunks)} chunks " \
            f"(bound {bounds.min_lead_us / 1000:.0f} ms)"
     if low["lead_us"] < bounds.min_lead_us:
-        return _fail(inv, probe, text, events, low, {probe}, window=_since_previous(chunks, low), **figures)
+        return _fail(inv, probe, text, events, low, {probe}, window=_since_previous(chunks, low),
+                     excess_us=bounds.min_lead_us - low["lead_us"], **figures)
     return Verdict(inv, probe, True, text, figures)
 
 
@@ -293,7 +304,7 @@ def latency_isolated(events: Events, probe: str, bounds: Bounds, baseline: tuple
            f"(tolerance +{bounds.isolation_latency_us / 1000:.0f} ms)"
     if p99_during - p99_before > bounds.isolation_latency_us:
         return _fail(inv, probe, text, events, fault[0], window=(decisive["client_transmitted"], decisive["t_us"]),
-                     **figures)
+                     excess_us=p99_during - p99_before - bounds.isolation_latency_us, **figures)
     return Verdict(inv, probe, True, text, figures)
 
 
@@ -378,7 +389,8 @@ def crash_detected(events: Events, worker: int, killed_us: int, within_us: int) 
     delay = exits[0]["t_us"] - killed_us
     text = f"noticed after {delay / 1000:.1f} ms via {exits[0]['how']} (bound {within_us / 1000:.0f} ms)"
     if delay > within_us:  # `killed_us` is stamped before the kill: a stall of ours in between lengthens it
-        return _fail(inv, f"worker-{worker}", text, events, exits[0], window=(killed_us, exits[0]["t_us"]))
+        return _fail(inv, f"worker-{worker}", text, events, exits[0], window=(killed_us, exits[0]["t_us"]),
+                     excess_us=delay - within_us)
     return Verdict(inv, f"worker-{worker}", True, text, {"delay_us": delay})
 
 
@@ -395,7 +407,8 @@ def streams_again(events: Events, probe: str, lost_us: int, within_us: int) -> V
     delay = audio[0]["t_us"] - lost_us
     text = f"streaming again after {delay / 1000:.0f} ms (bound {within_us / 1000:.0f} ms)"
     if delay > within_us:
-        return _fail(inv, probe, text, events, audio[0], {probe}, window=(lost_us, audio[0]["t_us"]))
+        return _fail(inv, probe, text, events, audio[0], {probe}, window=(lost_us, audio[0]["t_us"]),
+                     excess_us=delay - within_us)
     return Verdict(inv, probe, True, text, {"delay_us": delay})
 
 

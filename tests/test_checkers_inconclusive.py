@@ -30,12 +30,12 @@ def rec(t_us: int, proc: str, event: str, session: str | None = None, **fields: 
     return {"t_us": t_us, "proc": proc, "session": session, "event": event, **fields}
 
 
-def slow_read(*extra: dict[str, Any]) -> Events:
+def slow_read(*extra: dict[str, Any], latency_us: int = 500_000) -> Events:
     """probe-1 sends client/time at 1.0 s; the server reads it 500 ms later (bound 200 ms)."""
     return Events(sorted([
         rec(0, "server", "recv", "s1", type="client/hello", client_id="probe-1"),
         rec(1_000_000, "probe-1", "send", "probe-1", type="client/time", client_transmitted=1_000_000),
-        rec(1_500_000, "server", "recv", "s1", type="client/time", client_transmitted=1_000_000),
+        rec(1_000_000 + latency_us, "server", "recv", "s1", type="client/time", client_transmitted=1_000_000),
         *extra], key=lambda r: r["t_us"]))
 
 
@@ -98,12 +98,24 @@ def test_a_stall_that_does_not_overlap_the_violation_leaves_it_a_fail(stall: dic
 
 
 def test_a_stall_overlapping_only_by_its_tick_interval_counts() -> None:
-    # The tick due at 1.505 s ran at 1.540 s; the loop may have blocked right after the tick
-    # before it (1.485 s), while the read that ended at 1.5 s was still under way.
-    verdict = judge(reads_prompt(slow_read(lag(1_540_000, "harness", 35_000)), "probe-1", BOUNDS, END_US))
-    assert verdict.inconclusive
-    verdict = judge(reads_prompt(slow_read(lag(1_560_000, "harness", 35_000)), "probe-1", BOUNDS, END_US))
-    assert verdict.status == "FAIL"
+    # A read 240 ms late (40 ms over the bound), ending at 1.24 s. The tick due at 1.245 s ran
+    # at 1.28 s; the loop may have blocked right after the tick before it (1.225 s).
+    def verdict(stall_t_us: int) -> Verdict:
+        events = slow_read(lag(stall_t_us, "harness", 35_000), latency_us=240_000)
+        return judge(reads_prompt(events, "probe-1", BOUNDS, END_US))
+
+    assert verdict(1_280_000).inconclusive
+    assert verdict(1_300_000).status == "FAIL"  # may have begun at 1.245 s: after the read
+
+
+def test_a_stall_too_short_to_account_for_the_excess_leaves_it_a_fail() -> None:
+    # A read 3 s late is 2.8 s over the bound; our loop stalled 412 ms (+20 ms) of it at most.
+    events = slow_read(lag(3_000_000, "harness", 412_000), latency_us=3_000_000)
+    verdict = judge(reads_prompt(events, "probe-1", BOUNDS, END_US))
+    assert verdict.status == "FAIL" and [s.proc for s in verdict.stalls] == ["harness"]
+    # Several stalls of ours add up.
+    events = slow_read(lag(1_400_000, "harness", 200_000), lag(1_450_000, "proxy", 100_000))
+    assert judge(reads_prompt(events, "probe-1", BOUNDS, END_US)).inconclusive
 
 
 def test_one_real_fail_among_inconclusive_ones_is_a_fail_never_re_run() -> None:
