@@ -498,6 +498,11 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> None:
         print(f"{'':<15}p99 change {ch:+.2f} ms (goal < {GOAL_P99_CHANGE_MS:.0f} ms: "
               f"{'reached' if ch < GOAL_P99_CHANGE_MS else 'NOT reached'}); per repetition {per}; "
               f"lost {s['lost']}, client-late sends skipped {s['skipped']}")
+        slot = ", ".join(f"{v:.1f}" for v in s["first_slot_max_ms"])
+        print(f"{'':<15}first add (cold), worst round trip of a message sent in its slot: {slot} ms "
+              f"(baseline max {s['baseline']['max_ms']:.1f} ms)")
+    print(f"A one-off stall of every connection moves the window's p99 only if it lasts over ~1 % of the window "
+          f"({10 * args.window_s:.0f} ms here): see max and the first add's slot.")
     print("* the proxy's `loop_lag` events in the window (worst, ms); 0 also from a proxy that does not measure "
           "its loop. CPU: % of one core")
     print("control API (ms):")
