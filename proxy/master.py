@@ -99,7 +99,7 @@ class EmbeddedProxy:
     async def start(self) -> EmbeddedProxy:
         t0 = time.perf_counter()
         # The whole catalogue now, not at the first POST /faults: importing 18 modules on the
-        # event loop then read them from disk while every connection waited (NOTES.md §5).
+        # event loop then read them from disk while every connection waited (NOTES.md §6).
         fault_types()
         if self.log_dir is not None:
             confdir = self.log_dir / "mitmproxy"
