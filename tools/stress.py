@@ -146,9 +146,10 @@ def main() -> int:
     parser.add_argument("runs", nargs="?", type=int, default=10, help="how many ./run test runs (default 10)")
     parser.add_argument("--work", type=Path, default=None, help="keep logs here (default: a new temp directory)")
     parser.add_argument("--no-neighbour", action="store_true", help="the same runs without stress-ng (a baseline)")
-    parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: extra pytest arguments")
-    args = parser.parse_args()
-    pytest_args = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    pytest_args = argv[split + 1:]  # after --: extra pytest arguments
     work = args.work or Path(tempfile.mkdtemp(prefix="sendspin-stress-"))
     work.mkdir(parents=True, exist_ok=True)
     if not args.no_neighbour:
