@@ -16,7 +16,8 @@ records no messages. This recorder appends them to `flow.websocket.messages` its
     the first stream/start) and the newest, of which at most a quarter are audio or
     visualizer chunks (else one second of audio would push every control message out);
     trimming removes a quarter at a time, so the count the UI watches changes and it
-    re-fetches the list;
+    re-fetches the list (a full flow keeps 3/4 of `max_messages`, less at most a quarter
+    of the chunk quota when a chunk cut follows);
   * all flows together keep at most `budget_bytes` of message content (oldest flows
     lose their messages first), and at most `max_flows` finished flows stay in the view.
 Faults that hit a connection are noted in the flow's comment (and mark the flow); the

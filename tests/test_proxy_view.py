@@ -218,7 +218,10 @@ def test_web_serves_mitmweb_with_the_messages_of_each_flow_bounded(run: Any, tmp
                         assert "FAULT c→s drop client/time" in flow["comment"], flow
                         assert flow["marked"] == "\u26a0"  # mitmproxy shows :warning: as the plain sign
                         count = flow["websocket"]["messages_meta"]["count"]
-                        assert limit * 3 // 4 <= count <= limit
+                        # a full flow is cut to 3/4 of the limit; a stream-chunk cut right after
+                        # takes up to a quarter of the chunk quota more (proxy/web.py)
+                        quota = limit // 4
+                        assert limit * 3 // 4 - (quota - quota * 3 // 4) <= count <= limit
                         msgs = await get(f"/flows/{flow['id']}/messages/content/auto.json")
                         assert len(msgs) == count
                         assert {m["view_name"] for m in msgs} == {"Sendspin"}
