@@ -51,6 +51,12 @@ EVENTS: dict[str, EventType] = {e.name: e for e in [
        "the process's own event loop ran a periodic tick late (looplag.py); `t_us` = when it ran, so the loop "
        "was blocked within [t_us − lag_us − interval_us, t_us]",
        lag_us="how late the tick ran (µs)", interval_us="the tick interval (µs)"),
+    _e("log_slow_write", "server coordinator proxy probe harness",
+       "writing a record to this event log blocked (the kernel's buffer for the disk was full); written after it",
+       write_us="how long the write took (µs)", bytes="the record's bytes"),
+    _e("log_gap", "server coordinator proxy probe harness",
+       "records before this one could not be written (eventlog.py); written first once writing works again",
+       lost="records lost", error="why (the OS error)"),
     _e("shutdown", "server coordinator", "shutting down",
        sessions="server: live sessions", live_workers="coordinator: live workers"),
     _e("accept", "server proxy", "a TCP connection accepted",
