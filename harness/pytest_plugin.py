@@ -23,6 +23,10 @@ from _pytest.runner import runtestprotocol
 from hypothesis import HealthCheck, Phase, settings
 
 from .checkers import InconclusiveViolation
+from .gate.client import ClientCommandError, ClientUnderTest
+from .gate.client_cases import CLIENT
+from .gate.gate_session import GATE, GATE_PROG, PROFILES, GateSession
+from .gate.knownfailures import KnownFailures, KnownFailuresError
 from .settings import DEFAULT_BOUNDS, Bounds
 from .topology import live_children
 
@@ -42,6 +46,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="let Hypothesis shrink a failing scenario to its smallest schedule (slow)")
     group.addoption("--examples", type=int, default=None,
                     help="Hypothesis examples per scenario (default: each scenario's own small budget)")
+    gate = parser.getgroup("sendspin-gate", "sendspin-harness: the client gate (docs/ci-gate.md)")
+    gate.addoption("--client-cmd", metavar="TEMPLATE",
+                   help="start the client under test, fresh for each case: a command with placeholders "
+                        "{url} {host} {port} {path} {client_id} {name} (no shell)")
+    gate.addoption("--client-roles", default="player@v1", metavar="ROLE,...",
+                   help="roles the client supports (default %(default)s); a case that needs another is UNIMPLEMENTED")
+    gate.addoption("--client-codecs", default="pcm", metavar="CODEC,...",
+                   help="codecs the client supports (default %(default)s)")
+    gate.addoption("--case", action="append", default=[], metavar="GROUP.CASE",
+                   help="run only this case (repeatable), e.g. --case 2.3")
+    gate.addoption("--gate-profile", choices=PROFILES, default="default",
+                   help="default: the CI gate; thorough: every case, longer")
+    gate.addoption("--known-failures", type=Path, metavar="FILE",
+                   help="cases the client is known to fail, one 'ID reason' per line; a listed case that "
+                        "passes is stale, an error")
+    gate.addoption("--report-dir", type=Path, metavar="DIR", help="write results.json there")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -49,6 +69,47 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("examples") is not None:
         os.environ["SENDSPIN_EXAMPLES"] = str(config.getoption("examples"))
     config.addinivalue_line("markers", "scenario: a conformance scenario (scenarios/)")
+    config.stash[GATE] = _gate_session(config)
+
+
+def _gate_session(config: pytest.Config) -> GateSession:
+    """The gate's options, checked before anything runs (a bad one is a usage error)."""
+    def words(name: str) -> tuple[str, ...]:
+        return tuple(w.strip() for w in config.getoption(name).split(",") if w.strip())
+
+    template = config.getoption("client_cmd")
+    try:
+        client = None if template is None else ClientUnderTest(template, words("client_roles"),
+                                                                 words("client_codecs"))
+    except ClientCommandError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    for case_id in config.getoption("case"):
+        if case_id not in CLIENT:
+            raise pytest.UsageError(f"--case {case_id}: no such case; the cases are {', '.join(CLIENT.ids())}")
+    known = None
+    if config.getoption("known_failures") is not None:
+        try:
+            known = KnownFailures.load(config.getoption("known_failures"), CLIENT)
+        except KnownFailuresError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    return GateSession(client, strict=bool(config.getoption("strict", False)), profile=config.getoption("gate_profile"),
+                       known=known, report_dir=config.getoption("report_dir"), prog=os.environ.get(GATE_PROG, "pytest"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    chosen = set(config.getoption("case"))
+    if not chosen:
+        return
+    keep = [i for i in items
+            if getattr(i, "originalname", "") != "test_client" or i.callspec.params["case_id"] in chosen]
+    config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+    items[:] = keep
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    gate = session.config.stash.get(GATE, None)
+    if gate is not None and gate.results:
+        gate.write()
 
 
 @pytest.fixture(scope="session")

@@ -65,12 +65,13 @@ class Scenario:
         self.servers.append(process)
         return FaultProxy(process)
 
-    async def cluster_behind_proxy(self, workers: int, *server_args: str) -> tuple[ManagedProcess, FaultProxy]:
+    async def cluster_behind_proxy(self, workers: int, *server_args: str, proxy_args: tuple[str, ...] = ()
+                                   ) -> tuple[ManagedProcess, FaultProxy]:
         """A coordinator with `workers` workers and the fault proxy in front of them,
         each worker's pid registered (for `worker_crash`). Clients use `proxy.url`."""
         server = await self.server("--workers", str(workers), *server_args)
         info = server.ready["workers"]
-        proxy = await self.proxy([w["url"] for w in info])
+        proxy = await self.proxy([w["url"] for w in info], *proxy_args)
         for w in info:
             await proxy.register_pid(w["worker"], w["pid"])
         proxy.url += urlsplit(info[0]["url"]).path

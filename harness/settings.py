@@ -35,6 +35,23 @@ class Bounds:
     # I5: a client whose worker died streams again (first audio chunk) within this.
     recovery_us: int = 2_000_000
 
+    # --- the client gate (harness/gate/client_cases.py) ---
+    # 1.2: the initial client/state follows server/hello within this.
+    client_state_us: int = 2_000_000
+    # 2.1: the first client/time follows server/hello within this.
+    client_time_start_us: int = 2_000_000
+    # 2.x: the longest a client may go without sending client/time (the spec leaves the
+    # cadence to the client; this is "it keeps syncing", not a rate).
+    client_time_gap_us: int = 5_000_000
+    # 3.1: bytes the server may hold for a client that reads at the audio rate (≈1 s of PCM
+    # 48 kHz stereo is 192 KB; the server's lead is below that).
+    client_held_bytes: int = 512 * 1024
+    # 8.x: after its connection is lost, a client streams again (a new session gets audio) within this.
+    client_recovery_us: int = 10_000_000
+    # 8.x: connection attempts a client may make during a 15 s outage (a backoff from 1 s
+    # makes about 5; a client retrying every 100 ms makes 150).
+    client_attempts_per_outage: int = 10
+
     def with_overrides(self, pairs: list[str]) -> Bounds:
         fields = {f.name: f.type for f in dataclasses.fields(self)}
         changes: dict[str, int | float] = {}

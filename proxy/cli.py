@@ -2,7 +2,7 @@
 
     sendspin-proxy --listen 127.0.0.1:0 --upstream ws://127.0.0.1:8927 [--upstream ...]
                    [--control 127.0.0.1:0 | --no-control] [--plan FILE] [--ready-file F] [--log-dir D]
-                   [--health-interval 0.1] [--strip-extensions] [--quiet]
+                   [--health-interval 0.1] [--strip-extensions] [--quiet] [--wire-log]
                    [--view [all]] [--web [HOST:PORT]] [--web-messages 200]
 
     sendspin-proxy fault types|list|add|update|remove|reset --control URL ...
@@ -67,6 +67,8 @@ def serve_parser() -> argparse.ArgumentParser:
     ap.add_argument("--strip-extensions", action="store_true",
                     help="remove Sec-WebSocket-Extensions (no permessage-deflate: faults see plain payloads)")
     ap.add_argument("--quiet", action="store_true", help="log only errors on stderr")
+    ap.add_argument("--wire-log", action="store_true",
+                    help="write every message that crosses the proxy to the event log (`wire` events)")
     ap.add_argument("--view", nargs="?", const="summary", choices=("summary", "all"),
                     help="print the decoded Sendspin traffic on stdout, audio summed up per second "
                          "(`--view all`: every message)")
@@ -103,7 +105,8 @@ async def _serve(a: argparse.Namespace) -> int:
                            control_host=None if a.no_control else a.control[0], control_port=a.control[1],
                            log_dir=a.log_dir, faults=faults, health_interval=a.health_interval,
                            strip_extensions=a.strip_extensions, socket_buffer=a.socket_buffer, proc=a.proc,
-                           observers=[view] if view else None, web=a.web, web_max_messages=a.web_messages)
+                           observers=[view] if view else None, web=a.web, web_max_messages=a.web_messages,
+                           wire_log=a.wire_log)
     except ValueError as e:
         print(f"sendspin-proxy: {e}", file=sys.stderr)
         return 2

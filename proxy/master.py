@@ -53,7 +53,7 @@ class EmbeddedProxy:
                  socket_buffer: int = DEFAULT_SOCKET_BUFFER,
                  extra_addons: list[Any] | None = None, proc: str = "proxy",
                  observers: list[TrafficConsumer] | None = None, web: tuple[str, int] | None = None,
-                 web_max_messages: int = 200) -> None:
+                 web_max_messages: int = 200, wire_log: bool = False) -> None:
         if not upstreams:
             raise ValueError("at least one upstream is needed")
         self.listen_host = listen_host
@@ -68,6 +68,12 @@ class EmbeddedProxy:
 
             self.web = WebUI(web[0], web[1], max_messages=web_max_messages)
             consumers.append(self.web)
+        wire = None
+        if wire_log:
+            from .wirelog import WireLog
+
+            wire = WireLog()
+            consumers.append(wire)
         log_path = log_dir / f"{proc}.jsonl" if log_dir is not None else None
         if consumers:
             self.observation: Observation | None = Observation(consumers)
@@ -77,6 +83,8 @@ class EmbeddedProxy:
             self.observation = None
             self.events = EventSink(log_path, proc)
             self.state = ProxyState(self.events, upstreams)
+        if wire is not None:
+            wire.events = self.events
         self.initial_faults = faults or []
         self.health_interval = health_interval
         self.strip_extensions = strip_extensions

@@ -150,6 +150,11 @@ EVENTS: dict[str, EventType] = {e.name: e for e in [
        code="close: code", reason="close: reason", action="worker_crash/down: action", upstream="upstream index",
        url="upstream URL", pid="process signalled", flows="flows reset", error="why it could not act",
        client="down: refused peer", seq="down: refused connection number"),
+    _e("wire", "proxy", "a message crossed the proxy (`--wire-log`; before any fault acted on it)",
+       direction="`upstream` (client→server) or `downstream`", kind="text, binary, close, ping or pong",
+       type="JSON `type`, or the binary type byte", size="payload bytes on the wire",
+       fragments="WebSocket frames, if more than one", compressed="permessage-deflate was on it",
+       complete="False: a new message began before its last frame", code="close: its code"),
     # --- probe client -------------------------------------------------------------------
     _e("connect", "probe", "connected (after the 101)", url="URL", rcvbuf="its SO_RCVBUF"),
     _e("redirect", "probe", "followed an HTTP redirect", url="asked", location="sent to"),

@@ -1,0 +1,161 @@
+"""The client under test: how it is started, and one case's world around it.
+
+`ClientUnderTest` is what the implementer declared (`--client-cmd`, `--client-roles`,
+`--client-codecs`). `ClientWorld` is one case's topology, built fresh per case:
+
+    client under test ──► sendspin-proxy (--wire-log) ──► reference server (1..N workers)
+
+The client gets the proxy's URL; the harness judges it only from outside: the
+server's and the proxy's event logs, and the client's exit status and output
+(`client.log` in the case's directory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import string
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..events import Events
+from ..fault_proxy import FaultProxy
+from ..scenario import Scenario
+from ..topology import Child, spawn_child
+
+PLACEHOLDERS = ("url", "host", "port", "path", "client_id", "name")
+STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL to its process group
+# every message recorded; no permessage-deflate, so every fault sees plain payloads
+PROXY_ARGS = ("--wire-log", "--strip-extensions")
+
+
+class ClientCommandError(ValueError):
+    """--client-cmd is not a usable template."""
+
+
+@dataclass(frozen=True)
+class ClientUnderTest:
+    template: str  # e.g. "my-player --server {url} --id {client_id}"
+    roles: tuple[str, ...] = ("player@v1",)
+    codecs: tuple[str, ...] = ("pcm",)
+    name: str = "client under test"
+
+    def __post_init__(self) -> None:
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None}
+        except ValueError as exc:
+            raise ClientCommandError(f"--client-cmd {self.template!r}: {exc}") from None
+        unknown = sorted(f for f in fields if f not in PLACEHOLDERS)
+        if unknown:
+            raise ClientCommandError(f"--client-cmd: unknown placeholder(s) {', '.join('{' + f + '}' for f in unknown)}"
+                                     f"; the placeholders are {', '.join('{' + p + '}' for p in PLACEHOLDERS)}")
+        if "url" not in fields and not {"host", "port"} <= fields:
+            raise ClientCommandError("--client-cmd must say where to connect: {url}, or {host} and {port}")
+        if not shlex.split(self.template):
+            raise ClientCommandError("--client-cmd is empty")
+
+    def argv(self, url: str, client_id: str, name: str) -> list[str]:
+        """The command for one case: the template's words, each with its placeholders filled (no shell)."""
+        parts = urlsplit(url)
+        values = {"url": url, "host": parts.hostname or "127.0.0.1", "port": str(parts.port or 80),
+                  "path": parts.path or "/", "client_id": client_id, "name": name}
+        return [word.format(**values) for word in shlex.split(self.template)]
+
+
+@dataclass
+class ClientWorld:
+    """One case: the reference server, the proxy in front of it, and the client, fresh.
+
+    `async with ClientWorld(dir, client, case_id) as w:` starts the server and proxy;
+    `await w.start_client()` starts the client; leaving stops the client (its exit
+    status and output stay in `exit_code` / `client.log`), then the proxy and servers."""
+
+    directory: Path
+    client: ClientUnderTest
+    case_id: str
+    workers: int = 0
+    server_args: tuple[str, ...] = ()
+    scenario: Scenario = field(init=False)
+    proxy: FaultProxy = field(init=False)
+    process: Child | None = None
+    exit_code: int | None = None  # once it exited (by itself, or when stopped)
+    exited_by_itself: bool = False
+    started_us: int = 0
+    stop_us: int = 0  # when the harness stopped it: what ended after that, the harness ended
+    stopped: str = ""
+
+    @property
+    def client_id(self) -> str:
+        return f"gate-{self.case_id.replace('.', '-')}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "client.log"
+
+    async def __aenter__(self) -> ClientWorld:
+        self.scenario = Scenario(self.directory)
+        await self.scenario.__aenter__()
+        try:
+            if self.workers:
+                _, self.proxy = await self.scenario.cluster_behind_proxy(self.workers, *self.server_args,
+                                                                         proxy_args=PROXY_ARGS)
+            else:
+                server = await self.scenario.server(*self.server_args)
+                self.proxy = await self.scenario.proxy([server.ready["url"]], *PROXY_ARGS)
+                self.proxy.url += urlsplit(server.ready["url"]).path
+        except BaseException:
+            await self.scenario.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        try:
+            await self.stop_client()
+        finally:
+            await self.scenario.__aexit__(*exc)
+
+    async def start_client(self) -> None:
+        argv = self.client.argv(self.proxy.url, self.client_id, f"Gate {self.case_id}")
+        self.started_us = time.monotonic_ns() // 1000
+        try:
+            self.process = spawn_child("client", argv, self.log_path)
+        except OSError as exc:
+            raise ClientCommandError(f"--client-cmd: cannot start {argv[0]!r}: {exc.strerror}") from None
+
+    async def stop_client(self) -> None:
+        if self.process is None or self.stopped:
+            return
+        self.stop_us = time.monotonic_ns() // 1000
+        self.exited_by_itself = self.process.exited()
+        self.stopped = await self.process.astop(timeout=STOP_GRACE_S)
+        self.exit_code = self.process.returncode
+
+    def running(self) -> bool:
+        return self.process is not None and not self.process.exited()
+
+    def output(self, limit: int = 4000) -> str:
+        return self.process.tail(limit) if self.process is not None else ""
+
+    def events(self) -> Events:
+        return self.scenario.events()
+
+    async def until(self, what: str, found: Callable[[Events], Any], timeout: float) -> Any:
+        """Polls the event logs until `found(events)` is truthy; returns it, or None after
+        `timeout` s or once the client has exited (the judge then says what was missing)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = found(self.events())
+            if result or time.monotonic() >= deadline or not self.running():
+                return result or None
+            await asyncio.sleep(0.05)
+
+    async def observe(self, seconds: float) -> None:
+        """Lets the session run; returns early if the client exits."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and self.running():
+            await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+

@@ -1,0 +1,94 @@
+"""The client gate as pytest tests: `test_client[GROUP.CASE]`, one per catalogue case.
+
+Collected from `scenarios/test_client_gate.py` in this repository, and by `sendspin-gate`
+(gate_cli.py) from the installed package. Without `--client-cmd` every case is skipped:
+there is no client to judge.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..checkers import InconclusiveViolation, Stall, judge, stalls_during
+from ..checkers import Verdict as InvariantVerdict
+from ..settings import INSTRUMENTS, Bounds
+from .client import ClientWorld
+from .client_cases import CLIENT, RUNS
+from .gate_session import GATE, GateSession
+from .verdict import CaseResult, Judgement, Verdict, decide
+from .wire import close_verdict, flows
+
+# Against a client under test, all of our processes are instruments: a stall of the
+# reference server is ours, not the client's.
+GATE_INSTRUMENTS = INSTRUMENTS | {"server", "worker", "coordinator"}
+
+
+def _session(config: pytest.Config) -> GateSession:
+    gate = config.stash.get(GATE, None)
+    if gate is None or gate.client is None:
+        pytest.skip("no client under test: give --client-cmd (see docs/ci-gate.md)")
+    return gate
+
+
+@pytest.mark.parametrize("case_id", CLIENT.ids())
+def test_client(case_id: str, request: pytest.FixtureRequest, bounds: Bounds, tmp_path: Path, run: Any) -> None:
+    gate = _session(request.config)
+    assert gate.client is not None
+    case, spec = CLIENT[case_id], RUNS[case_id]
+    if case.thorough and gate.profile != "thorough":
+        pytest.skip("in the thorough profile only (--gate-profile thorough)")
+    result = CaseResult(case, Verdict.OK, "", replay=gate.replay(request.node), peer=gate.peer())
+    missing = case.not_applicable(gate.client.roles, gate.client.codecs)
+    if missing is not None:
+        result.verdict, result.reason = Verdict.UNIMPLEMENTED, missing
+        gate.record(result)
+        pytest.skip(f"UNIMPLEMENTED: {missing}")
+
+    judgement = Judgement()
+    started = time.monotonic()
+
+    async def body() -> ClientWorld:
+        async with ClientWorld(tmp_path, gate.client, case_id, spec.workers) as world:
+            await spec.run(world, bounds, judgement)
+        return world
+
+    world = run(body(), spec.timeout_s)
+    ev = world.events()
+    result.seconds = time.monotonic() - started
+    result.figures = judgement.figures
+    first = flows(ev)
+    result.close = close_verdict(ev, first[0], world.stop_us, bounds.client_time_gap_us) if first else None
+    result.verdict = decide(case, judgement, gate.strict)
+    result.reason = judgement.failures[0] if judgement.failures else "; ".join(judgement.notes)
+    result.peer["exit"] = {"code": world.exit_code, "by_itself": world.exited_by_itself, "stopped": world.stopped}
+    result.timeline = _timeline(ev, judgement, world)
+    if result.verdict is Verdict.FAILED:
+        _raise_if_inconclusive(result, judgement, ev)
+    gate.record(result)
+    gate.conclude(result, world.output())
+
+
+def _timeline(ev: Any, judgement: Judgement, world: ClientWorld) -> str:
+    failing = next((f for f in judgement.figures if not f.holds and f.window_us), None)
+    at = failing.window_us[1] if failing and failing.window_us else world.stop_us or ev.start_us()
+    return ev.excerpt(at, before_us=2_000_000, after_us=500_000, skip=frozenset({"audio", "session_stats"}))
+
+
+def _raise_if_inconclusive(result: CaseResult, judgement: Judgement, ev: Any) -> None:
+    """A FAILED whose every failure is a duration that a stall of our own processes,
+    inside the time it measured, could account for: re-run once (pytest_plugin.py)."""
+    failing = [f for f in judgement.figures if not f.holds]
+    if len(failing) != len(judgement.failures) or any(f.excess_us is None or f.window_us is None for f in failing):
+        return  # a failure that is not a duration (a message out of order, a count) no stall explains
+    verdicts = []
+    for f in failing:
+        assert f.window_us is not None
+        stalls: list[Stall] = stalls_during(ev, f.window_us)
+        verdicts.append(judge(InvariantVerdict(f"case {result.case.id}", "client", False, str(f), stalls=stalls,
+                                               excess_us=f.excess_us), GATE_INSTRUMENTS))
+    if all(v.inconclusive for v in verdicts):
+        raise InconclusiveViolation(verdicts)

@@ -1,0 +1,91 @@
+"""One pytest run of a gate: its options, the results so far, and how each verdict ends
+its test (FAILED fails it, UNIMPLEMENTED skips it, a known failure xfails it, a stale
+known failure fails it)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .client import ClientUnderTest
+from .knownfailures import KnownFailures
+from .results import results_document, write_results
+from .verdict import CaseResult, Verdict
+
+PROFILES = ("default", "thorough")
+GATE_PROG = "SENDSPIN_GATE_PROG"  # set by sendspin-gate: replay commands then start with it
+
+
+@dataclass
+class GateSession:
+    client: ClientUnderTest | None
+    strict: bool = False
+    profile: str = "default"
+    known: KnownFailures | None = None
+    report_dir: Path | None = None
+    prog: str = "pytest"  # how this run was started, for replay commands
+    results: list[CaseResult] = field(default_factory=list)
+
+    def peer(self) -> dict[str, Any]:
+        assert self.client is not None
+        return {"side": "client", "command": self.client.template, "roles": list(self.client.roles),
+                "codecs": list(self.client.codecs), "initiator": "client"}
+
+    def replay(self, item: pytest.Item) -> str:
+        """The command that runs exactly this case again, the same way."""
+        assert self.client is not None
+        case_id = item.callspec.params["case_id"] if hasattr(item, "callspec") else ""
+        prog = shlex.split(self.prog)
+        if prog == ["pytest"]:  # from a checkout: name the file (sendspin-gate knows its own)
+            prog.append(item.nodeid.split("::")[0])
+        words = [*prog, "--case", case_id, "--client-cmd", self.client.template,
+                 "--client-roles", ",".join(self.client.roles), "--client-codecs", ",".join(self.client.codecs)]
+        if self.strict:
+            words.append("--strict")
+        return shlex.join(words)
+
+    def record(self, result: CaseResult) -> None:
+        if self.known is not None:
+            result.known_failure = self.known.reasons.get(result.case.id, "")
+        self.results.append(result)
+
+    def conclude(self, result: CaseResult, output: str) -> None:
+        """End the test as its verdict says."""
+        stale = self.known.stale(result.case.id, result.verdict) if self.known else None
+        if stale:
+            pytest.fail(f"stale known failure: {stale}", pytrace=False)
+        if result.verdict is Verdict.FAILED:
+            if result.known_failure:
+                pytest.xfail(f"known failure ({result.known_failure}): {result.reason}")
+            pytest.fail(explain(result, output), pytrace=False)
+
+    def write(self) -> Path | None:
+        if self.report_dir is None or self.client is None:
+            return None
+        path = self.report_dir / "results.json"
+        write_results(path, results_document(self.results, self.peer(), {
+            "strict": self.strict, "profile": self.profile, "python": sys.version.split()[0]}))
+        return path
+
+
+def explain(result: CaseResult, output: str = "") -> str:
+    c = result.case
+    lines = [f"case {c.id} [{c.severity.value}] {c.title}: {result.verdict.value}",
+             f"  expected: {c.expectation}", f"  source:   {c.source}", f"  reason:   {result.reason}"]
+    lines += [f"  {'ok  ' if f.holds else 'FAIL'} {f}" for f in result.figures]
+    if result.close is not None:
+        lines.append(f"  close:    {result.close}")
+    if result.timeline:
+        lines += ["  timeline (ms since the logs began):", *("    " + ln for ln in result.timeline.splitlines())]
+    if output.strip():
+        lines += ["  client output (last lines):", *("    " + ln for ln in output.strip().splitlines()[-15:])]
+    lines.append(f"  replay:   {result.replay}")
+    return "\n".join(lines)
+
+
+GATE = pytest.StashKey[GateSession]()
