@@ -123,7 +123,9 @@ EVENTS: dict[str, EventType] = {e.name: e for e in [
     _e("upstream_up", "proxy", "an upstream back in the pool", upstream="index", url="URL", why="what said so"),
     _e("upstream_down", "proxy", "an upstream out of the pool", upstream="index", url="URL", why="what said so"),
     _e("relay", "proxy", "the relay takes over a connection after its 101", path="request path",
-       upstream="upstream index"),
+       upstream="upstream index", extensions="Sec-WebSocket-Extensions of the 101 (None: no extension)",
+       stripped="the client's extension offer, removed before forwarding (None: it made none, or "
+                "--keep-extensions)"),
     _e("error", "proxy", "a relay failed unexpectedly", error="the exception"),
     _e("fault_added", "proxy", "a fault added", spec="its full spec"),
     _e("fault_removed", "proxy", "a fault removed or retired", fault="its name", type="its type",
