@@ -286,7 +286,16 @@ def _client(argv: list[str]) -> int:
         print(f"sendspin-proxy: --spec is not valid JSON: {e}", file=sys.stderr)
         return 2
     print(json.dumps(out, indent=2))
+    if a.cmd == "fault" and a.action in ("add", "update"):
+        _warn_not_applied(out["fault"])
     return 0
+
+
+def _warn_not_applied(fault: dict[str, Any]) -> None:
+    """A fault that cannot act on some live connection says so, where a person looks."""
+    for c in fault.get("not_applied", []):
+        print(f"sendspin-proxy: {fault['name']} cannot apply on connection #{c['seq']} (client port "
+              f"{c['client_port']}): {c['why']}", file=sys.stderr)
 
 
 CLIENT_COMMANDS = ("fault", "connections", "upstreams", "events", "upstream")

@@ -130,6 +130,12 @@ EVENTS: dict[str, EventType] = {e.name: e for e in [
     _e("fault_added", "proxy", "a fault added", spec="its full spec"),
     _e("fault_removed", "proxy", "a fault removed or retired", fault="its name", type="its type",
        why="`api`, `reset`, `count`, `duration`, …", applied="times it acted"),
+    _e("fault_not_applied", "proxy",
+       "a fault cannot act on a connection at all (a message fault where an extension such as permessage-deflate "
+       "was negotiated): logged when the two meet, instead of a fault that is silently inert",
+       fault="its name", type="its type", direction="its direction", seq="the connection's number",
+       client_port="the client's TCP port", upstream="upstream index", extensions="the negotiated extensions",
+       why="why, in words"),
     _e("fault_undo", "proxy", "a fault undone (a stopped worker continued)", fault="its name", type="its type",
        action="what was done", pid="the process"),
     _e("fault", "proxy", "a fault acted once (fields by fault type)",
