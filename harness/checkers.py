@@ -420,7 +420,11 @@ def proxy_fault_applied(events: Events, fault_type: str, after_us: int = 0) -> V
     never happened has judged nothing."""
     applied = [r for r in events.select("fault", type=fault_type) if r["t_us"] >= after_us]
     if not applied:
-        return Verdict("fault injected", fault_type, False, "the proxy logged no application of this fault")
+        # the proxy says why, when it knows: e.g. a message fault on a permessage-deflate connection
+        refused = [r for r in events.select("fault_not_applied", type=fault_type) if r["t_us"] >= after_us]
+        why = "; ".join(sorted({str(r.get("why")) for r in refused}))
+        more = f"; it could not act on {len(refused)} connection(s): {why}" if refused else ""
+        return Verdict("fault injected", fault_type, False, "the proxy logged no application of this fault" + more)
     first = applied[0]
     fields = {k: v for k, v in first.items() if k not in ("t_us", "proc", "event", "params", "selector", "seq")}
     return Verdict("fault injected", fault_type, True, f"{len(applied)} application(s), first: {fields}",

@@ -2,7 +2,7 @@
 
     sendspin-proxy --listen 127.0.0.1:0 --upstream ws://127.0.0.1:8927 [--upstream ...]
                    [--control 127.0.0.1:0 | --no-control] [--plan FILE] [--ready-file F] [--log-dir D]
-                   [--health-interval 0.1] [--strip-extensions] [--quiet] [--wire-log]
+                   [--health-interval 0.1] [--keep-extensions] [--quiet] [--wire-log]
                    [--view [all]] [--web [HOST:PORT]] [--web-messages 200]
 
     sendspin-proxy fault types|list|add|update|remove|reset --control URL ...
@@ -64,8 +64,14 @@ def serve_parser() -> argparse.ArgumentParser:
     ap.add_argument("--socket-buffer", type=int, default=128 * 1024, metavar="BYTES",
                     help="SO_RCVBUF/SO_SNDBUF of the proxy's sockets, set before data flows, so faults that "
                          "hold a sender give backpressure at once (default %(default)s; 0: kernel autotuning)")
-    ap.add_argument("--strip-extensions", action="store_true",
-                    help="remove Sec-WebSocket-Extensions (no permessage-deflate: faults see plain payloads)")
+    ext = ap.add_mutually_exclusive_group()
+    ext.add_argument("--keep-extensions", dest="strip_extensions", action="store_false",
+                     help="forward the client's Sec-WebSocket-Extensions offer, so the peers may negotiate "
+                          "permessage-deflate: the real traffic, but message faults cannot act on such a "
+                          "connection (they say so)")
+    ext.add_argument("--strip-extensions", dest="strip_extensions", action="store_true",
+                     help="remove the offer (the default; kept for old scripts)")
+    ap.set_defaults(strip_extensions=True)
     ap.add_argument("--quiet", action="store_true", help="log only errors on stderr")
     ap.add_argument("--wire-log", action="store_true",
                     help="write every message that crosses the proxy to the event log (`wire` events)")
@@ -283,7 +289,16 @@ def _client(argv: list[str]) -> int:
         print(f"sendspin-proxy: --spec is not valid JSON: {e}", file=sys.stderr)
         return 2
     print(json.dumps(out, indent=2))
+    if a.cmd == "fault" and a.action in ("add", "update"):
+        _warn_not_applied(out["fault"])
     return 0
+
+
+def _warn_not_applied(fault: dict[str, Any]) -> None:
+    """A fault that cannot act on some live connection says so, where a person looks."""
+    for c in fault.get("not_applied", []):
+        print(f"sendspin-proxy: {fault['name']} cannot apply on connection #{c['seq']} (client port "
+              f"{c['client_port']}): {c['why']}", file=sys.stderr)
 
 
 CLIENT_COMMANDS = ("fault", "connections", "upstreams", "events", "upstream")

@@ -49,7 +49,7 @@ class EmbeddedProxy:
 
     def __init__(self, upstreams: list[str], *, listen_host: str = "127.0.0.1", listen_port: int = 0,
                  control_host: str | None = "127.0.0.1", control_port: int = 0, log_dir: Path | None = None,
-                 faults: list[Fault] | None = None, health_interval: float = 0.1, strip_extensions: bool = False,
+                 faults: list[Fault] | None = None, health_interval: float = 0.1, strip_extensions: bool = True,
                  socket_buffer: int = DEFAULT_SOCKET_BUFFER,
                  extra_addons: list[Any] | None = None, proc: str = "proxy",
                  observers: list[TrafficConsumer] | None = None, web: tuple[str, int] | None = None,
@@ -87,7 +87,7 @@ class EmbeddedProxy:
             wire.events = self.events
         self.initial_faults = faults or []
         self.health_interval = health_interval
-        self.strip_extensions = strip_extensions
+        self.strip_extensions = strip_extensions  # False (--keep-extensions): the peers may negotiate compression
         self.socket_buffer = socket_buffer
         self.extra_addons = extra_addons or []
         self.master: Master | None = None

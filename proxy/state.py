@@ -133,13 +133,26 @@ class ProxyState:
         upstream = relay.upstream.index if relay.upstream is not None else None
         if not f.active or relay.finished or not f.affects(relay.seq, relay.client_port, upstream):
             return
+        why = f.cannot_act_on(relay.connection)
+        if why is not None:  # never silently inert: the API answer, the log and --view say so
+            self._not_applied(f, relay, upstream, why)
+            return
         for direction, pipe in relay.pipes.items():
             if f.direction in (direction, "both"):
                 pipe.add(f, f.attach)
 
+    def _not_applied(self, f: Fault, relay: Relay, upstream: int | None, why: str) -> None:
+        extensions = list(relay.extensions)
+        f.not_applied.append({"session": relay.flow_id, "seq": relay.seq, "client_port": relay.client_port,
+                              "upstream": upstream, "extensions": extensions, "why": why})
+        self.events.emit("fault_not_applied", session=relay.flow_id, fault=f.name, type=f.kind,
+                         direction=f.direction, seq=relay.seq, client_port=relay.client_port, upstream=upstream,
+                         extensions=extensions, why=why)
+
     # --- faults -------------------------------------------------------------------------
     def add_fault(self, f: Fault) -> Fault:
-        """Add and apply to every live connection (and every new one)."""
+        """Add and apply to every live connection (and every new one); the connections it
+        cannot act on are in `f.not_applied`."""
         if f.name in self.faults:
             if f.named:
                 raise FaultSpecError(f"a fault named {f.name!r} exists already (PATCH or DELETE it)")

@@ -9,7 +9,8 @@ audio duration, timestamp range, round trip through the server as the proxy sees
 `--view all` prints every message instead.
 
 Markers (always there, so a capture or `grep` finds them; coloured on a terminal):
-  `!!` a fault acted, or something is wrong (invalid message, relay error)
+  `!!` a fault acted or cannot act on a connection, or something is wrong (invalid
+       message, relay error)
   `**` the fault table changed, an upstream went up/down, a message was left unfinished
   `++` a connection opened, `--` it closed (with the close codes each side sent)
 
@@ -201,7 +202,9 @@ class LiveView:
         client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
         u = relay.upstream
         upstream = f"ws://{u.host}:{u.port}" if u is not None else "?"
-        self._line("++", tag, None, f"open {client} → {upstream} GET {relay.path}")
+        # a negotiated extension is worth seeing at once: message faults cannot act on such a connection
+        ext = f" (extension {', '.join(relay.extensions)})" if relay.extensions else ""
+        self._line("++", tag, None, f"open {client} → {upstream} GET {relay.path}{ext}")
 
     def message(self, relay: Relay, msg: ObservedMessage) -> None:
         s = self.sessions.get(relay.flow_id)
@@ -329,6 +332,11 @@ class LiveView:
         session = rec.get("session")
         if ev == "fault":
             self._line("!!", self._tag(session), rec.get("direction"), "FAULT " + fault_applied(rec))
+        elif ev == "fault_not_applied":
+            tag = self._tag(session)
+            self._line("!!", tag, rec.get("direction"),
+                       f"FAULT {fault_name(rec.get('fault'), rec.get('type'))} cannot apply on connection {tag}: "
+                       f"{rec.get('why')}")
         elif ev == "fault_added":
             self._line("**", "--", None, "fault added: " + _fault_spec(rec.get("spec", {})))
         elif ev == "fault_removed":

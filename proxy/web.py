@@ -44,7 +44,7 @@ from harness.protocol import wsframes as fr
 
 from . import contentview  # noqa: F401 - registers the Sendspin content view
 from .contentview import trim
-from .describe import ARROW, close_summary, fault_applied, is_stream_chunk
+from .describe import ARROW, close_summary, fault_applied, fault_name, is_stream_chunk
 from .observe import ObservedMessage
 from .relay.relay import Relay
 
@@ -285,6 +285,13 @@ class WebUI:
             if rec is not None:
                 self._note(rec, f"{time.strftime('%H:%M:%S')} FAULT {ARROW.get(ev.get('direction', ''), '')} "
                            f"{fault_applied(ev)}")
+                rec.flow.marked = ":warning:"
+                self._schedule(rec)
+        elif kind == "fault_not_applied":  # as loud as an application: the fault did not happen here
+            rec = self._live.get(ev.get("session") or "")
+            if rec is not None:
+                self._note(rec, f"{time.strftime('%H:%M:%S')} FAULT {fault_name(ev.get('fault'), ev.get('type'))} "
+                           f"cannot apply on this connection: {ev.get('why')}")
                 rec.flow.marked = ":warning:"
                 self._schedule(rec)
         elif kind == "close":

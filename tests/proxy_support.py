@@ -135,8 +135,10 @@ def nodelay(writer: asyncio.StreamWriter) -> None:
 
 
 async def client_connect(port: int, path: str = "/", host: str = "127.0.0.1", limit: int = 2**24,
-                         rcvbuf: int | None = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A raw WebSocket client: the handshake, then the bare stream."""
+                         rcvbuf: int | None = None,
+                         headers: str = "") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw WebSocket client: the handshake (plus `headers`, "Name: value\r\n" lines),
+    then the bare stream."""
     sock = None
     if rcvbuf is not None:  # before connect, so the window really is small
         sock = socket.socket()
@@ -149,7 +151,8 @@ async def client_connect(port: int, path: str = "/", host: str = "127.0.0.1", li
     nodelay(writer)
     key = base64.b64encode(os.urandom(16)).decode()
     writer.write((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
+                  ).encode())
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     if b" 101 " not in head.split(b"\r\n", 1)[0]:
         writer.close()
@@ -172,9 +175,10 @@ class RawUpstream:
     """A WebSocket server on 127.0.0.1:0 that hands each upgraded connection to
     `script(reader, writer, info)`; info has the request path."""
 
-    def __init__(self, script: Script, greeting: bytes = b"") -> None:
+    def __init__(self, script: Script, greeting: bytes = b"", headers: str = "") -> None:
         self.script = script
         self.greeting = greeting  # bytes written in the same write() as the 101
+        self.headers = headers  # more header lines of the 101 ("Name: value\r\n")
         self.server: asyncio.Server | None = None
         self.port = 0
         self.accepted: list[dict[str, Any]] = []
@@ -197,7 +201,7 @@ class RawUpstream:
             hdrs = {k.lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
             acc = base64.b64encode(hashlib.sha1(hdrs["sec-websocket-key"].encode() + GUID).digest()).decode()
             writer.write(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                          f"Sec-WebSocket-Accept: {acc}\r\n\r\n").encode() + self.greeting)
+                          f"Sec-WebSocket-Accept: {acc}\r\n{self.headers}\r\n").encode() + self.greeting)
             info: dict[str, Any] = {"path": path, "port": self.port, "headers": hdrs}
             self.accepted.append(info)
             await self.script(reader, writer, info)

@@ -29,8 +29,8 @@ from ..topology import Child, spawn_child
 
 PLACEHOLDERS = ("url", "host", "port", "path", "client_id", "name")
 STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL to its process group
-# every message recorded; no permessage-deflate, so every fault sees plain payloads
-PROXY_ARGS = ("--wire-log", "--strip-extensions")
+# every message recorded (extensions are kept off by default: every fault sees plain payloads)
+PROXY_ARGS = ("--wire-log",)
 
 
 class ClientCommandError(ValueError):

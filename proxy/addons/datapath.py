@@ -104,8 +104,9 @@ class DataPath:
         flow.metadata.pop("sendspin_counted", None)  # from now on the relay's end uncounts it
         idx = flow.metadata.get(UPSTREAM_KEY)
         upstream = self.state.upstreams[idx] if isinstance(idx, int) and idx < len(self.state.upstreams) else None
+        negotiated = flow.response.headers.get("Sec-WebSocket-Extensions") if flow.response is not None else None
         relay = Relay(tr["client"], tr["server"], flow_id=context.client.id, seq=flow.metadata.get("sendspin_seq", 0),
-                      upstream=upstream, events=self.state.events, path=flow.request.path)
+                      upstream=upstream, events=self.state.events, path=flow.request.path, extensions=negotiated)
         self.state.register(relay)
         for side in SIDES:  # step 3 releases this; until then the socket stays unread
             relay.pipe_from(side).hold(TAKEOVER)
@@ -115,7 +116,8 @@ class DataPath:
         wd.can_timeout.clear()
         relay.on_finish.append(lambda r: self._finished(r, handler, io))
         self.state.events.emit("relay", session=relay.flow_id, path=flow.request.path,
-                               upstream=upstream.index if upstream else None)
+                               upstream=upstream.index if upstream else None, extensions=negotiated,
+                               stripped=flow.metadata.get("sendspin_stripped"))
         relay.start()
         for side in SIDES:
             # the old protocol gets no resume_writing any more: wake whoever waits in

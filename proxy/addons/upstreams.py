@@ -37,12 +37,13 @@ from .datapath import UPSTREAM_KEY
 
 SEQ_KEY = "sendspin_seq"
 COUNTED_KEY = "sendspin_counted"
+STRIPPED_KEY = "sendspin_stripped"  # flow.metadata: the client's extension offer, removed before forwarding
 
 
 class UpstreamPool:
     name = "upstreams"
 
-    def __init__(self, state: ProxyState, health_interval: float = 0.1, strip_extensions: bool = False) -> None:
+    def __init__(self, state: ProxyState, health_interval: float = 0.1, strip_extensions: bool = True) -> None:
         self.state = state
         self.health_interval = health_interval
         self.strip_extensions = strip_extensions
@@ -114,8 +115,14 @@ class UpstreamPool:
         self.state.events.emit("refused", session=client.id, why=why)
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if self.strip_extensions:  # message faults then see plain payloads, not deflated ones
-            flow.request.headers.pop("Sec-WebSocket-Extensions", None)
+        if self.strip_extensions:
+            # No offer, no extension: neither side compresses, so every message fault can read
+            # and change every message (a compressed one it can do neither with). Sendspin
+            # needs no compression; --keep-extensions forwards the offer.
+            offer = flow.request.headers.get_all("Sec-WebSocket-Extensions")
+            if offer:
+                del flow.request.headers["Sec-WebSocket-Extensions"]
+                flow.metadata[STRIPPED_KEY] = ", ".join(offer)
         u = self.choose()
         flow.metadata[SEQ_KEY] = self._client_seq.get(flow.client_conn.id, 0)
         if u is None:

@@ -46,8 +46,12 @@ Writing a fault::
         PARAMS = {}                            # name -> Param(type, default, min, max, ...)
         State = DropState                      # made for every pipe the fault is attached to
 
-Hooks of the spec (`Fault`), 5:
+Hooks of the spec (`Fault`), 6:
   * `validate()`: cross-parameter checks of the spec (raise FaultSpecError).
+  * `cannot_act_on(conn) -> str | None`: why this fault cannot act on that connection at
+    all (None: it can), asked before `attach`. A message fault cannot act on a connection
+    whose 101 negotiated an extension (permessage-deflate: compressed payloads); the table
+    then logs `fault_not_applied` instead and the fault's `not_applied` lists it.
   * `attach(conn) -> FaultState`: the fault meets a pipe (new connections right after
     the WebSocket upgrade, existing ones when the fault is added); whatever it does
     then (timers, holds, an event) happens here, by default in `State.__init__`.
@@ -86,6 +90,7 @@ log through `conn.log`, counts it, and retires the fault when `count` is reached
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -102,6 +107,18 @@ if TYPE_CHECKING:
 
 DIRECTIONS = ("upstream", "downstream", "both")
 REGISTRY: dict[str, type[Fault]] = {}
+NOT_APPLIED_KEPT = 100  # connections a fault could not act on, newest kept (GET /faults shows them)
+
+
+def opaque_payloads(extensions: Sequence[str]) -> str:
+    """Why a message fault cannot act on a connection with these extensions negotiated."""
+    if "permessage-deflate" in extensions:
+        return ("permessage-deflate negotiated: its messages are compressed, so a message fault can neither "
+                "select them by content nor change one without breaking the receiver's inflate context "
+                "(sendspin-proxy strips the offer unless --keep-extensions)")
+    return (f"extension {', '.join(extensions)} negotiated: its payloads and RSV bits are the extension's, "
+            "so a message fault cannot read or change them (sendspin-proxy strips the offer unless "
+            "--keep-extensions)")
 
 
 @dataclass
@@ -253,11 +270,20 @@ class Fault:
         self.events: EventSinkLike | None = None
         self.proxy: ProxyServices | None = None
         self.on_retire: Callable[[Fault, str], None] | None = None
+        # connections it met and could not act on (cannot_act_on), newest last
+        self.not_applied: deque[dict[str, Any]] = deque(maxlen=NOT_APPLIED_KEPT)
         self.validate()
 
     # --- hooks (override what you need) ---------------------------------------------------
     def validate(self) -> None:
         """Cross-parameter checks; raise FaultSpecError."""
+
+    def cannot_act_on(self, conn: Connection) -> str | None:
+        """Why this fault cannot act on `conn` at all; None: it can. A message fault reads
+        and changes plain payloads, which a negotiated extension takes away."""
+        if self.needs_messages and conn.extensions:
+            return opaque_payloads(conn.extensions)
+        return None
 
     def attach(self, conn: Channel) -> FaultState[Any]:
         """This fault's state on one pipe (`conn`); what it does on meeting the pipe."""
@@ -334,6 +360,8 @@ class Fault:
         d = self.spec()
         d["applied"] = self.applied
         d["added_us"] = self.added_us
+        if self.not_applied:
+            d["not_applied"] = list(self.not_applied)
         return d
 
     @classmethod
@@ -349,6 +377,6 @@ class Fault:
 
 Fault._BASE_ATTRS = frozenset(
     {"name", "named", "direction", "sel", "toxicity", "connections", "count", "duration", "params", "applied",
-     "retired", "added_us", "events", "proxy", "on_retire", "kind", "active", "record", "retire", "spec",
-     "affects", "attach", "State"}
+     "retired", "added_us", "events", "proxy", "on_retire", "not_applied", "kind", "active", "record", "retire",
+     "spec", "affects", "attach", "State"}
     | {n for n in dir(Fault) if not n.startswith("__")})

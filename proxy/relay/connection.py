@@ -7,7 +7,9 @@ proxy's services.
 
 `Connection`, the whole connection:
   identity   `session` (flow id: the event log's session), `seq` (1, 2, ... in this
-             proxy process), `client_port`, `upstream` (index of the upstream, or None)
+             proxy process), `client_port`, `upstream` (index of the upstream, or None),
+             `extensions` (the WebSocket extensions its 101 negotiated, e.g.
+             ("permessage-deflate",): then payloads are the extension's, not plain)
   status     `finished` (both sockets gone), `ending` (finished, or the proxy sent a
              peer an end: FIN, RST or close frame, or stopped forwarding a direction),
              `forwarding` (some direction still forwards), `closing(side)` (the proxy's
@@ -81,6 +83,10 @@ class Connection:
     def upstream(self) -> int | None:
         u = self._relay.upstream
         return u.index if u is not None else None
+
+    @property
+    def extensions(self) -> tuple[str, ...]:
+        return self._relay.extensions
 
     # --- status -------------------------------------------------------------------------
     @property

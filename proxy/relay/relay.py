@@ -62,15 +62,25 @@ class SideProtocol(asyncio.Protocol):
         self.relay.pipe_to(self.side).release("write-buffer")
 
 
+def extension_names(header: str | None) -> tuple[str, ...]:
+    """The extension tokens of a Sec-WebSocket-Extensions value (RFC 6455 §9.1), without
+    their parameters: "permessage-deflate; client_max_window_bits" -> ("permessage-deflate",)."""
+    names = (item.split(";", 1)[0].strip() for item in (header or "").split(","))
+    return tuple(n for n in names if n)
+
+
 class Relay:
     def __init__(self, client: asyncio.Transport, server: asyncio.Transport, *, flow_id: str, seq: int = 0,
-                 upstream: Any = None, events: Any = None, path: str = "") -> None:
+                 upstream: Any = None, events: Any = None, path: str = "", extensions: str | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.flow_id = flow_id
         self.seq = seq  # connection sequence number (1, 2, ...): seeds per-connection randomness
         self.upstream = upstream  # proxy.state.Upstream (has .index) or None
         self.events = events
         self.path = path
+        # what the 101 negotiated: with an extension, RSV bits and payloads are the extension's
+        # (permessage-deflate: compressed), so message faults cannot read or change them
+        self.extensions = extension_names(extensions)
         self.tr: dict[str, asyncio.Transport] = {"client": client, "server": server}
         peer = client.get_extra_info("peername")
         self.client_port: int | None = peer[1] if isinstance(peer, tuple) else None
