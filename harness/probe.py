@@ -636,3 +636,9 @@ class ProbeClient:
 
     def wait_type(self, cls: type[Message], timeout: float) -> Coroutine[Any, Any, Message]:
         return self.wait_for(lambda msg: isinstance(msg, cls), timeout)
+
+
+if __name__ == "__main__":  # python -m harness.probe: the command line lives in probe_cli.py
+    from harness.probe_cli import main
+
+    raise SystemExit(main())
