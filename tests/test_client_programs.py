@@ -2,7 +2,10 @@
 outside as the client gate will: the server's event log, exit status, stdout, stderr.
 
 - `python -m harness.probe` (harness/probe_cli.py) against a spawned reference server,
-  and listening while aiosendspin 6.1.1's server dials in (server-initiated).
+  and listening while aiosendspin 6.1.1's server dials in (server-initiated);
+- `clients/aiosendspin_client.py` (aiosendspin 6.1.1's SendspinClient) against a
+  spawned reference server, found through a conformance registry file, and what it
+  does when the server dies (it does not reconnect).
 
 Real processes, real sockets on 127.0.0.1; every wait is bounded.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import importlib.util
 import json
 import signal
 import socket
@@ -18,6 +22,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -26,9 +31,10 @@ from harness import probe_cli
 from harness.probe import ProbeConfig
 from harness.protocol import messages as m
 from harness.scenario import Scenario
-from harness.topology import Child, await_ready_file, spawn_child
+from harness.topology import Child, await_ready_file, reference_server, spawn_child
 
 ROOT = Path(__file__).resolve().parent.parent
+ADAPTER = ROOT / "clients" / "aiosendspin_client.py"
 BAD_ARGUMENT = 2
 
 
@@ -226,3 +232,121 @@ def test_probe_cli_as_a_program_exit_2_and_1_with_one_line_on_stderr() -> None:
     assert len(refused.stderr.splitlines()) == 1, refused.stderr
     assert refused.stderr.startswith("sendspin-probe: no Sendspin session was established"), refused.stderr
     assert json.loads(refused.stdout)["exit"] == 1
+
+
+# --- the aiosendspin 6.1.1 adapter --------------------------------------------------------------------
+
+
+def adapter_module() -> ModuleType:
+    """clients/ is not a package: load the script by path (registered, as dataclasses need)."""
+    if "aiosendspin_client" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("aiosendspin_client", ADAPTER)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return sys.modules["aiosendspin_client"]
+
+
+@needs_aiosendspin
+@pytest.mark.timeout(90)
+def test_aiosendspin_client_finds_the_server_plays_answers_commands_and_exits_0_on_sigterm(
+        run: Callable[..., Any], tmp_path: Path) -> None:
+    """Conformance flags: the server's URL comes from the registry file, the summary
+    is conformance's client summary."""
+    registry, ready, summary_path = tmp_path / "registry.json", tmp_path / "ready.json", tmp_path / "summary.json"
+    server_log = tmp_path / "server.jsonl"
+
+    async def body() -> tuple[int | None, str]:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server()
+            url = server.ready["url"]
+            registry.write_text(json.dumps({"reference server": {"url": url}}))
+            client = spawn("aio", [str(ADAPTER), "--summary", str(summary_path), "--ready", str(ready),
+                                   "--registry", str(registry), "--scenario-id", "client-initiated-pcm",
+                                   "--initiator-role", "client", "--preferred-codec", "pcm",
+                                   "--timeout-seconds", "80", "--client-name", "Aio one", "--client-id", "aio-1",
+                                   "--server-id", "reference-server", "--server-name", "reference server"], tmp_path)
+            try:
+                assert (await await_ready_file(client, ready, 20))["status"] == "ready"
+                session = await session_of(server_log, "aio-1")
+                await audio_flowing(server_log, session)
+                await set_group_volume(sc, url, 40)
+                await wait_record(server_log, lambda r: r["event"] == "recv" and r["session"] == session
+                                  and r.get("type") == "client/state", 10, "a second client/state (the new volume)",
+                                  count=2)
+                return await sigterm(client), session
+            finally:
+                await client.astop()
+
+    code, session = run(body(), 80)
+    assert code == 0, (tmp_path / "aio.out").read_text()
+    summary = json.loads(summary_path.read_text())
+    assert summary["status"] == "ok" and summary["client_id"] == "aio-1" and summary["client_name"] == "Aio one"
+    assert summary["peer_hello"]["payload"]["server_id"] == "reference-server"
+    assert summary["stream"]["codec"] == "pcm" and summary["sessions"] == 1 and summary["server_commands"] >= 1
+    audio = summary["audio"]
+    assert audio["audio_chunk_count"] > 0 and audio["received_sample_count"] > 0
+    assert len(audio["received_pcm_sha256"]) == 64
+    server = records(server_log)
+    assert [r["reason"] for r in server if r["event"] == "goodbye" and r["session"] == session] == ["shutdown"]
+    close = [r for r in server if r["event"] == "close" and r["session"] == session]
+    assert len(close) == 1 and close[0]["audio_sent"] > 0, close
+
+
+@needs_aiosendspin
+@pytest.mark.timeout(90)
+def test_aiosendspin_client_does_not_reconnect_when_the_server_dies(run: Callable[..., Any], tmp_path: Path) -> None:
+    """A finding about the library: after a lost connection SendspinClient stays
+    disconnected. Without --reconnect the adapter's run ends with it: exit 1."""
+    ready = tmp_path / "ready.json"
+
+    async def body() -> tuple[bool, int | None]:
+        server = reference_server(tmp_path)
+        client = spawn("aio", [str(ADAPTER), "--url", server.ready["url"], "--client-id", "aio-2",
+                               "--ready", str(ready)], tmp_path)
+        try:
+            await await_ready_file(client, ready, 20)   # written once connected
+            server.kill_group(signal.SIGKILL)
+            server.reap(5)
+            exited = await client.wait_exited(15)
+            return exited, client.reap() if exited else None
+        finally:
+            await client.astop()
+            server.stop()
+
+    exited, code = run(body(), 80)
+    out = (tmp_path / "aio.out").read_text()
+    assert exited and code == 1, out
+    assert out.splitlines()[-1].startswith("aiosendspin_client: session ended before the run did (close code 1006)")
+    assert "does not reconnect" in out.splitlines()[-1]
+    assert json_lines(tmp_path / "aio.out")[-1]["sessions"] == 1
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    ([], "where is the server?"),
+    (["--url", "http://127.0.0.1/sendspin"], "expected a ws:// URL"),
+    (["--initiator-role", "server", "--port", "0"], "expected a TCP port 1-65535"),
+    (["--url", "ws://127.0.0.1/sendspin", "--duration", "-1"], "must be > 0"),
+    (["--initiator-role", "server", "--path", "sendspin"], "--path must start with '/'"),
+    (["--url", "ws://127.0.0.1/sendspin", "--initiator-role", "both"], "invalid choice"),
+])
+def test_aiosendspin_client_bad_arguments_exit_2(argv: list[str], message: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        adapter_module().main(argv)
+    assert exc.value.code == BAD_ARGUMENT
+    assert message in capsys.readouterr().err
+
+
+@needs_aiosendspin
+def test_aiosendspin_client_refuses_an_unsupported_scenario_with_an_error_summary(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    summary = tmp_path / "summary.json"
+    code = adapter_module().main(["--url", "ws://127.0.0.1:9/sendspin", "--scenario-id", "server-initiated-flac",
+                                  "--summary", str(summary), "--ready", str(tmp_path / "ready.json")])
+    assert code == 1
+    report = json.loads(summary.read_text())
+    assert report["status"] == "error" and "server-initiated-flac" in report["reason"]
+    assert (tmp_path / "ready.json").exists()
+    assert capsys.readouterr().err.splitlines()[-1].startswith("aiosendspin_client: scenario 'server-initiated-flac'")
