@@ -20,8 +20,9 @@ from typing import Any
 
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Response
+from websockets.http11 import Request, Response
 from websockets.protocol import State
+from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 from .protocol import (
@@ -57,6 +58,8 @@ class ProbeConfig:
     reconnect: bool = False               # after losing the connection, connect again (RECONNECT_BACKOFF_S)
     max_message_bytes: int | None = 256 * 1024 * 1024
     profile: str = "legacy"               # the wire revision (harness.protocol.get_profile)
+    client_id: str | None = None          # client/hello's client_id (None: the name)
+    answer_commands: bool = False         # apply server/command volume/mute and report it in client/state
 
 
 MAX_REDIRECTS = 3
@@ -140,7 +143,8 @@ class ProbeClient:
         self.log = log or EventLog(None, self.name)
         self.profile = get_profile(self.config.profile)
         self.codec = self.profile.session("client")  # per connection: a new one on every (re)connect
-        self.ws = ClientProtocol(parse_uri(url), max_size=self.config.max_message_bytes)
+        self.ws: ClientProtocol | ServerProtocol = ClientProtocol(parse_uri(url),
+                                                                  max_size=self.config.max_message_bytes)
         self.transport: asyncio.Transport | None = None
         self.handshake: ClientHandshake | None = None
         self.read_rate = self.config.read_rate
@@ -168,8 +172,17 @@ class ProbeClient:
         self.connected_url = url
         self.clock_offset_us = 0
         self._best_rtt_us = 1 << 62
+        self.volume = 100
+        self.muted = False
+        self._accept_path: str | None = None   # set while the connection is one a server dialled (accept())
 
     # --- connection ------------------------------------------------------------------
+
+    @property
+    def in_session(self) -> bool:
+        """Connected, upgraded and past server/hello, and not closed."""
+        return (self.transport is not None and not self.closed.is_set() and self._server_hello.is_set()
+                and self.ws.state is State.OPEN)
 
     @property
     def local_port(self) -> int | None:
@@ -181,7 +194,7 @@ class ProbeClient:
         c = self.config
         roles = c.roles
         return m.ClientHello(
-            client_id=self.name, name=self.name, supported_roles=roles,
+            client_id=c.client_id or self.name, name=self.name, supported_roles=roles,
             device_info=m.DeviceInfo(product_name="sendspin-harness probe"),
             player_support=m.PlayerSupport(supported_formats=c.formats, buffer_capacity=c.buffer_capacity,
                                            supported_commands=["volume", "mute"])
@@ -189,9 +202,12 @@ class ProbeClient:
             artwork_support=m.ArtworkSupport(channels=c.artwork_channels) if "artwork@v1" in roles else UNSET,
         )
 
-    def _new_connection(self, url: str) -> None:
-        """Fresh per-connection state; what the probe measured so far stays."""
-        self.ws = ClientProtocol(parse_uri(url), max_size=self.config.max_message_bytes)
+    def _new_connection(self, url: str, accept_path: str | None = None) -> None:
+        """Fresh per-connection state; what the probe measured so far stays.
+        `accept_path`: a server dialled us, so we speak the WebSocket server side."""
+        self._accept_path = accept_path
+        self.ws = ClientProtocol(parse_uri(url), max_size=self.config.max_message_bytes) if accept_path is None \
+            else ServerProtocol(max_size=self.config.max_message_bytes)
         self.transport = None
         self.codec = self.profile.session("client")
         self.handshake = None
@@ -231,16 +247,19 @@ class ProbeClient:
         if send_hello:
             await self.sendspin_handshake()
 
-    async def _open(self, url: str) -> None:
-        uri = parse_uri(url)
-        loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    def _tune(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         # asyncio sets TCP_NODELAY only for sockets it creates; without it a small
         # client/time can wait ~40 ms for a delayed ACK (Nagle).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.config.rcvbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.rcvbuf)
+
+    async def _open(self, url: str) -> None:
+        uri = parse_uri(url)
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._tune(sock)
         timeout = self.config.connect_timeout_s
         try:
             await asyncio.wait_for(loop.sock_connect(sock, (uri.host, uri.port)), timeout)
@@ -250,16 +269,55 @@ class ProbeClient:
         self._silent_close = False
         self.transport, _ = await loop.create_connection(lambda: _Stream(self), sock=sock)
         self.log.emit("connect", self.name, url=url, rcvbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        assert isinstance(self.ws, ClientProtocol)
         self.ws.send_request(self.ws.connect())
         self._flush()
         await asyncio.wait_for(self._opened.wait(), timeout)
+
+    async def accept(self, sock: socket.socket, path: str = "/sendspin", send_hello: bool = True) -> None:
+        """A server-initiated connection (the spec's discovery path: the client listens,
+        the server dials): answer the WebSocket upgrade on an accepted socket (404 for
+        any other `path`), then run the same client session; we still say client/hello
+        first. Never reconnects: after a loss it is the server's turn to dial again."""
+        self._new_connection(self.url, accept_path=path)
+        self._tune(sock)
+        self._silent_close = False
+        loop = asyncio.get_running_loop()
+        self.transport, _ = await loop.connect_accepted_socket(lambda: _Stream(self), sock)
+        host, port = sock.getpeername()[:2]
+        self.connected_url = f"ws://{host}:{port}"
+        self.log.emit("accepted", self.name, peer=f"{host}:{port}",
+                      rcvbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        try:
+            await asyncio.wait_for(self._opened.wait(), self.config.connect_timeout_s)
+            if self.ws.state is not State.OPEN:
+                raise ConnectionError(f"{self.name}: refused the upgrade from {host}:{port}: "
+                                      f"{self.ws.handshake_exc or 'wrong path or closed'}")
+        except BaseException:
+            self._silent_close = True  # no upgrade, no session: nothing to log as a close
+            self.transport.abort()
+            raise
+        if self.read_rate == 0:
+            self.transport.pause_reading()
+        if send_hello:
+            await self.sendspin_handshake()
+
+    def _answer_upgrade(self, request: Request) -> None:
+        assert isinstance(self.ws, ServerProtocol)
+        wanted = self._accept_path
+        if request.path.split("?", 1)[0] != wanted:
+            response = self.ws.reject(404, f"no Sendspin endpoint at {request.path} (this client serves {wanted})\n")
+        else:
+            response = self.ws.accept(request)
+        self.ws.send_response(response)
+        self._opened.set()
 
     async def sendspin_handshake(self) -> None:
         hello = self.hello()
         self.handshake = ClientHandshake(hello)
         self.send(hello)
         await asyncio.wait_for(self._server_hello.wait(), self.config.connect_timeout_s)
-        self.send(m.ClientState(state="synchronized", player=m.PlayerState(volume=100, muted=False)
+        self.send(m.ClientState(state="synchronized", player=m.PlayerState(volume=self.volume, muted=self.muted)
                                 if "player@v1" in self.config.roles else UNSET))
         if self.config.time_interval_s:
             self._tasks.append(asyncio.create_task(self._time_loop(), name=f"{self.name}-time"))
@@ -408,7 +466,7 @@ class ProbeClient:
         for _, fut in self._message_waiters:
             if not fut.done():
                 fut.set_exception(ConnectionError(f"{self.name}: connection closed ({code} {self.close_reason})"))
-        if self.config.reconnect and not self._closing:
+        if self.config.reconnect and not self._closing and self._accept_path is None:
             self._tasks.append(asyncio.get_running_loop().create_task(self._reconnect(), name=f"{self.name}-reconnect"))
 
     async def _reconnect(self) -> None:
@@ -431,6 +489,9 @@ class ProbeClient:
         for event in self.ws.events_received():
             if isinstance(event, Response):
                 self._opened.set()
+                continue
+            if isinstance(event, Request):
+                self._answer_upgrade(event)
                 continue
             assert isinstance(event, Frame)
             if event.opcode is Opcode.PONG:
@@ -464,6 +525,7 @@ class ProbeClient:
             return
         self.messages.append(message)
         fields: dict[str, Any] = {}
+        obey: m.PlayerCommand | None = None
         match message:
             case m.ServerHello():
                 fields = {"server_id": message.server_id, "active_roles": message.active_roles}
@@ -489,10 +551,25 @@ class ProbeClient:
             case m.HarnessError():
                 self.errors.append(message)
                 fields = {"rule": message.rule, "message_type": message.message_type}
+            case m.ServerCommand(player=command) if command is not UNSET and self.config.answer_commands:
+                obey = command
         self.log.emit("recv", self.name, t_us=t, type=message.TYPE, bytes=len(text), fragments=len(sizes), **fields)
+        if obey is not None:
+            self._obey(obey)
         for matcher, fut in list(self._message_waiters):
             if not fut.done() and matcher(message):
                 fut.set_result(message)
+
+    def _obey(self, command: m.PlayerCommand) -> None:
+        """What a player does with server/command: take the volume or mute and report
+        its new state, so the server's group state follows the player."""
+        if command.command == "volume" and command.volume is not UNSET:
+            self.volume = command.volume
+        elif command.command == "mute" and command.mute is not UNSET:
+            self.muted = command.mute
+        else:
+            return
+        self.send(m.ClientState(player=m.PlayerState(volume=self.volume, muted=self.muted)))
 
     def _on_binary(self, data: bytes, t: int, sizes: list[int]) -> None:
         try:
@@ -559,3 +636,9 @@ class ProbeClient:
 
     def wait_type(self, cls: type[Message], timeout: float) -> Coroutine[Any, Any, Message]:
         return self.wait_for(lambda msg: isinstance(msg, cls), timeout)
+
+
+if __name__ == "__main__":  # python -m harness.probe: the command line lives in probe_cli.py
+    from harness.probe_cli import main
+
+    raise SystemExit(main())

@@ -165,6 +165,8 @@ EVENTS: dict[str, EventType] = {e.name: e for e in [
        complete="False: a new message began before its last frame", code="close: its code"),
     # --- probe client -------------------------------------------------------------------
     _e("connect", "probe", "connected (after the 101)", url="URL", rcvbuf="its SO_RCVBUF"),
+    _e("accepted", "probe", "a server dialled us (server-initiated), before the 101", peer="its host:port",
+       rcvbuf="its SO_RCVBUF"),
     _e("redirect", "probe", "followed an HTTP redirect", url="asked", location="sent to"),
     _e("reconnected", "probe", "connected again after losing the connection", attempt="attempt number",
        url="URL", down_us="time without a connection"),
