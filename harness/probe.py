@@ -166,6 +166,7 @@ class ProbeClient:
         self._first_frame_us = 0
         self._paused_until: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._reconnecting = False
         self._fragment_open = False
         self._silent_close = False
         self._closing = False
@@ -273,6 +274,8 @@ class ProbeClient:
         self.ws.send_request(self.ws.connect())
         self._flush()
         await asyncio.wait_for(self._opened.wait(), timeout)
+        if self.ws.state is not State.OPEN and self.ws.handshake_exc is None:
+            raise ConnectionError(f"{self.name}: connection lost during the WebSocket upgrade")
 
     async def accept(self, sock: socket.socket, path: str = "/sendspin", send_hello: bool = True) -> None:
         """A server-initiated connection (the spec's discovery path: the client listens,
@@ -466,24 +469,30 @@ class ProbeClient:
         for _, fut in self._message_waiters:
             if not fut.done():
                 fut.set_exception(ConnectionError(f"{self.name}: connection closed ({code} {self.close_reason})"))
-        if self.config.reconnect and not self._closing and self._accept_path is None:
+        # one reconnect loop at a time: a failed attempt that got as far as TCP ends here too
+        if self.config.reconnect and not self._closing and self._accept_path is None and not self._reconnecting:
+            self._reconnecting = True
             self._tasks.append(asyncio.get_running_loop().create_task(self._reconnect(), name=f"{self.name}-reconnect"))
 
     async def _reconnect(self) -> None:
         """Back off (RECONNECT_BACKOFF_S, then its last value) and connect to the
         original URL again until it works or close() is called."""
         lost = now_us()
-        for attempt in itertools.count(1):
-            delay = RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S)) - 1]
-            await asyncio.sleep(delay)
-            try:
-                await self.connect()
-            except (OSError, ConnectionError, TimeoutError) as exc:
-                self.log.emit("reconnect_failed", self.name, attempt=attempt, error=str(exc) or type(exc).__name__)
-                continue
-            self.log.emit("reconnected", self.name, attempt=attempt, url=self.connected_url,
-                          down_us=now_us() - lost)
-            return
+        try:
+            for attempt in itertools.count(1):
+                delay = RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S)) - 1]
+                await asyncio.sleep(delay)
+                try:
+                    await self.connect()
+                except (OSError, ConnectionError, TimeoutError) as exc:
+                    self.log.emit("reconnect_failed", self.name, attempt=attempt,
+                                  error=str(exc) or type(exc).__name__)
+                    continue
+                self.log.emit("reconnected", self.name, attempt=attempt, url=self.connected_url,
+                              down_us=now_us() - lost)
+                return
+        finally:
+            self._reconnecting = False
 
     def _process_events(self, t: int) -> None:
         for event in self.ws.events_received():

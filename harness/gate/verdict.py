@@ -74,7 +74,7 @@ class Figure:
 
 
 def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:.3g}"
+    return str(round(x)) if float(x).is_integer() or abs(x) >= 100 else f"{x:.3g}"
 
 
 @dataclass
