@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from typing import Any
 
 from harness.protocol import HEADER_SIZE, ProtocolError, UnknownMessageType, binary_role, binary_slot, decode_json
@@ -314,3 +315,41 @@ def fault_name(name: Any, kind: Any) -> str:
 
 def plain(v: Any) -> str:
     return ",".join(str(x) for x in v) if isinstance(v, list) else str(v)
+
+
+def fields_text(rec: dict[str, Any], skip: Collection[str] = ()) -> str:
+    """`key=value` for each field of an event but `skip`, long values cut as in the view."""
+    return " ".join(f"{k}={_v(v)}" for k, v in rec.items() if k not in skip)
+
+
+# What each fault type does, short enough for a table column (`sendspin-proxy fault types`);
+# a type missing here is described by the first sentence of its docstring, cut.
+FAULT_PURPOSE = {
+    "bandwidth": "at most rate_bps bytes/s (token bucket)",
+    "close": "a close frame with code and reason to both peers",
+    "corrupt": "XOR one payload byte of each selected message",
+    "delay": "hold each selected message back delay_ms",
+    "down": "reset every new connection at accept",
+    "drop": "drop the selected messages",
+    "duplicate": "send each selected message again, copies times",
+    "latency": "delay every chunk by latency ± jitter, in order",
+    "limit_data": "forward limit_bytes, then end the connection",
+    "orphan_header": "a message's header or first part, never the rest",
+    "reset_peer": "TCP RST both ways after after_s",
+    "slicer": "re-send selected messages as small fragments",
+    "slow_close": "pass the FIN on delay_ms late",
+    "slow_reader": "read the sender at rate_bps: real backpressure",
+    "stalled_payload": "a message stops partway, for stall_s or for good",
+    "timeout": "stop forwarding, keep the sockets open",
+    "truncate": "cut each selected message to keep_bytes",
+    "worker_crash": "SIGKILL or SIGSTOP a worker, or RST its connections",
+}
+PURPOSE_CHARS = 52
+
+
+def fault_purpose(kind: str, description: str) -> str:
+    """What a fault type does, in one short line."""
+    if kind in FAULT_PURPOSE:
+        return FAULT_PURPOSE[kind]
+    first = re.split(r"(?<=[.:;])\s", description.strip(), maxsplit=1)[0].rstrip(".:;")
+    return first if len(first) <= PURPOSE_CHARS else first[:PURPOSE_CHARS - 1] + "…"
