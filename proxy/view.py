@@ -388,18 +388,16 @@ class LiveView:
             run.tally = FaultTally()
         run.tally.add(rec)
 
-    def _fault_line(self, session: str | None, direction: Any, text: str, t_us: int | None = None) -> None:
-        t = None if t_us is None else time.time() - (now_us() - t_us) / 1e6  # the monotonic stamp on the wall clock
-        self._line("!!", self._tag(session), direction, "FAULT " + text, t)
+    def _fault_line(self, session: str | None, direction: Any, text: str) -> None:
+        self._line("!!", self._tag(session), direction, "FAULT " + text)
 
     def _flush_faults(self, which: Callable[[FaultKey], bool], forget: bool = False) -> None:
         """The summaries of the faults `which` selects; `forget`: their connection or fault is gone."""
         for key in [k for k in self.fault_runs if which(k)]:
             run = self.fault_runs[key]
             if run.tally is not None:
-                # a tally of one is that application's own line, at its own time
-                t_us = run.tally.first.get("t_us") if run.tally.count == 1 else None
-                self._fault_line(key[0] or None, key[2] or None, run.tally.text(), t_us)
+                # stamped now, not when it acted: the view's lines stay in time order
+                self._fault_line(key[0] or None, key[2] or None, run.tally.text())
                 run.tally = None
             if forget:
                 del self.fault_runs[key]
