@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from typing import Any
 
 from harness.protocol import HEADER_SIZE, ProtocolError, UnknownMessageType, binary_role, binary_slot, decode_json
@@ -218,19 +219,94 @@ def close_summary(rec: dict[str, Any]) -> str:
     return f"closed after {rec.get('seconds', 0):.1f} s; " + "; ".join(parts) + "; " + counts
 
 
+# a `fault` event's fields that are not the fault's own
+FAULT_RECORD_KEYS = {"t_us", "proc", "session", "event", "seq", "fault", "type", "direction", "params", "selector",
+                     "json_type", "binary_type", "index", "size"}
+
+
+def fault_target(rec: dict[str, Any]) -> str | None:
+    """What a `fault` event hit: a JSON type or a binary type's name (None: no message)."""
+    if rec.get("json_type"):
+        return str(rec["json_type"])
+    if rec.get("binary_type") is not None:
+        return binary_name(int(rec["binary_type"]))
+    return None
+
+
+def fault_extras(rec: dict[str, Any]) -> dict[str, Any]:
+    """The fields a fault added to its `fault` event (frames=, delay_ms=, ...)."""
+    return {k: v for k, v in rec.items() if k not in FAULT_RECORD_KEYS and v is not None}
+
+
 def fault_applied(rec: dict[str, Any]) -> str:
     """A `fault` event in words: the fault, what it hit, its own fields."""
-    what = []
-    if rec.get("json_type"):
-        what.append(str(rec["json_type"]))
-    elif rec.get("binary_type") is not None:
-        what.append(binary_name(int(rec["binary_type"])))
+    what = [t] if (t := fault_target(rec)) is not None else []
     if rec.get("size") is not None:
         what.append(size_text(int(rec["size"])))
-    skip = {"t_us", "proc", "session", "event", "seq", "fault", "type", "direction", "params", "selector",
-            "json_type", "binary_type", "index", "size"}
-    extra = [f"{k}={v}" for k, v in rec.items() if k not in skip and v is not None]
+    extra = [f"{k}={v}" for k, v in fault_extras(rec).items()]
     return " ".join([fault_name(rec.get("fault"), rec.get("type")), *what, *extra])
+
+
+DISTINCT_VALUES = 3  # a summed-up non-numeric field lists this many values, then "…"
+
+
+class FaultTally:
+    """Applications of one fault in one direction of one connection, summed up for the
+    view: how many, over how long, what they hit, the range of each field of theirs."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: dict[str, Any] = {}  # a tally of one is shown as that application's own line
+        self.t_first_us = self.t_last_us = 0
+        self.hits: dict[str, list[int]] = {}  # target -> [applications, bytes]
+        self.ranges: dict[str, tuple[float, float]] = {}  # numeric field -> (min, max)
+        self.values: dict[str, list[str]] = {}  # other field -> distinct values, the first few
+
+    def add(self, rec: dict[str, Any]) -> None:
+        t = int(rec.get("t_us") or 0)
+        if not self.count:
+            self.first, self.t_first_us = rec, t
+        self.count += 1
+        self.t_last_us = max(self.t_last_us, t)
+        target = fault_target(rec)
+        if target is not None:
+            hit = self.hits.setdefault(target, [0, 0])
+            hit[0] += 1
+            hit[1] += int(rec.get("size") or 0)
+        for k, v in fault_extras(rec).items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                lo, hi = self.ranges.get(k, (v, v))
+                self.ranges[k] = (min(lo, v), max(hi, v))
+            else:
+                seen = self.values.setdefault(k, [])
+                if plain(v) not in seen and len(seen) <= DISTINCT_VALUES:
+                    seen.append(plain(v))
+
+    def text(self) -> str:
+        """`slice (slicer) ×40 in 0.98 s: player audio ×39 183.6 KiB, server/time 127 B (frames=1–10)`"""
+        if self.count == 1:
+            return fault_applied(self.first)
+        span = (self.t_last_us - self.t_first_us) / 1e6
+        out = f"{fault_name(self.first.get('fault'), self.first.get('type'))} ×{self.count} in {span:.2f} s"
+        hits = [f"{t}{f' ×{n}' if n > 1 else ''} {size_text(b)}" for t, (n, b) in self.hits.items()]
+        if hits:
+            out += ": " + ", ".join(hits)
+        fields = [f"{k}={lo}" + (f"–{hi}" if hi != lo else "") for k, (lo, hi) in self.ranges.items()]
+        fields += [f"{k}=" + ",".join(v[:DISTINCT_VALUES]) + (",…" if len(v) > DISTINCT_VALUES else "")
+                   for k, v in self.values.items()]
+        return out + (f" ({' '.join(fields)})" if fields else "")
+
+
+def fault_spec_text(spec: dict[str, Any]) -> str:
+    """A fault's spec in one line: name (type), direction, selector, parameters, limits."""
+    sel = spec.get("selector") or {}
+    params = spec.get("params") or {}
+    bits = [fault_name(spec.get("name"), spec.get("type")), ARROW.get(spec.get("direction", ""), "")]
+    bits += [f"{k}={plain(v)}" for k, v in {**sel, **params}.items()]
+    bits += [f"{k}={spec[k]}" for k in ("count", "duration") if spec.get(k) is not None]
+    if spec.get("toxicity", 1.0) != 1.0:
+        bits.append(f"toxicity={spec['toxicity']}")
+    return " ".join(b for b in bits if b)
 
 
 def fault_name(name: Any, kind: Any) -> str:
@@ -239,3 +315,41 @@ def fault_name(name: Any, kind: Any) -> str:
 
 def plain(v: Any) -> str:
     return ",".join(str(x) for x in v) if isinstance(v, list) else str(v)
+
+
+def fields_text(rec: dict[str, Any], skip: Collection[str] = ()) -> str:
+    """`key=value` for each field of an event but `skip`, long values cut as in the view."""
+    return " ".join(f"{k}={_v(v)}" for k, v in rec.items() if k not in skip)
+
+
+# What each fault type does, short enough for a table column (`sendspin-proxy fault types`);
+# a type missing here is described by the first sentence of its docstring, cut.
+FAULT_PURPOSE = {
+    "bandwidth": "at most rate_bps bytes/s (token bucket)",
+    "close": "a close frame with code and reason to both peers",
+    "corrupt": "XOR one payload byte of each selected message",
+    "delay": "hold each selected message back delay_ms",
+    "down": "reset every new connection at accept",
+    "drop": "drop the selected messages",
+    "duplicate": "send each selected message again, copies times",
+    "latency": "delay every chunk by latency ± jitter, in order",
+    "limit_data": "forward limit_bytes, then end the connection",
+    "orphan_header": "a message's header or first part, never the rest",
+    "reset_peer": "TCP RST both ways after after_s",
+    "slicer": "re-send selected messages as small fragments",
+    "slow_close": "pass the FIN on delay_ms late",
+    "slow_reader": "read the sender at rate_bps: real backpressure",
+    "stalled_payload": "a message stops partway, for stall_s or for good",
+    "timeout": "stop forwarding, keep the sockets open",
+    "truncate": "cut each selected message to keep_bytes",
+    "worker_crash": "SIGKILL or SIGSTOP a worker, or RST its connections",
+}
+PURPOSE_CHARS = 52
+
+
+def fault_purpose(kind: str, description: str) -> str:
+    """What a fault type does, in one short line."""
+    if kind in FAULT_PURPOSE:
+        return FAULT_PURPOSE[kind]
+    first = re.split(r"(?<=[.:;])\s", description.strip(), maxsplit=1)[0].rstrip(".:;")
+    return first if len(first) <= PURPOSE_CHARS else first[:PURPOSE_CHARS - 1] + "…"

@@ -6,7 +6,11 @@ then the JSON type with its key fields, or the binary type with timestamp and si
 Audio and visualizer chunks, and time sync after the first exchange, come many per
 second: they are summed up once per second per connection and direction (count, bytes,
 audio duration, timestamp range, round trip through the server as the proxy sees it).
-`--view all` prints every message instead.
+A fault that acts on many messages (a slicer on all of them, a delay of every audio
+chunk) is summed up the same way, per fault, connection and direction: its first
+application has its own line at once, and so does any that follows a quiet second; the
+rest are counted and shown once per second, and when the connection closes.
+`--view all` prints every message and every application instead.
 
 Markers (always there, so a capture or `grep` finds them; coloured on a terminal):
   `!!` a fault acted or cannot act on a connection, or something is wrong (invalid
@@ -28,24 +32,26 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from harness.protocol import HEADER_SIZE, PLAYER_AUDIO
+from harness.protocol import HEADER_SIZE, PLAYER_AUDIO, now_us
 from harness.protocol import wsframes as fr
 
 from .describe import (
     ARROW,
+    FaultTally,
     binary_name,
     binary_summary,
     close_summary,
     fault_applied,
     fault_name,
+    fault_spec_text,
     format_text,
     is_stream_chunk,
     json_summary,
     parse_json_object,
-    plain,
     size_text,
     ts_text,
     type_from_prefix,
@@ -121,6 +127,17 @@ class _Chunks:
 
 
 @dataclass
+class _FaultRun:
+    """One fault in one direction of one connection: when it last acted, what waits to be summed up."""
+
+    last_us: int
+    tally: FaultTally | None = None
+
+
+FaultKey = tuple[str, str, str]  # (session or "", fault name, direction)
+
+
+@dataclass
 class _Session:
     tag: str
     relay: Relay
@@ -150,6 +167,7 @@ class LiveView:
         self.every_message = every_message
         self.interval = interval
         self.sessions: dict[str, _Session] = {}
+        self.fault_runs: dict[FaultKey, _FaultRun] = {}
         self.writer: LineWriter | None = None
         self._tick: asyncio.TimerHandle | None = None
 
@@ -164,14 +182,17 @@ class LiveView:
             self._tick = None
         for s in self.sessions.values():
             self._flush(s)
+        self._flush_faults(lambda key: True)
         if self.writer is not None:
             self.writer.close()
             self.writer = None
 
     def _on_tick(self) -> None:
-        for s in list(self.sessions.values()):
+        for sid, s in list(self.sessions.items()):
             self._flush(s)
+            self._flush_faults(lambda key, sid=sid: key[0] == sid)
             self._stalls(s)
+        self._flush_faults(lambda key: True)  # proxy-wide faults, and connections the view never saw open
         self._tick = asyncio.get_running_loop().call_later(self.interval, self._on_tick)
 
     # --- output ---------------------------------------------------------------------------
@@ -331,22 +352,25 @@ class LiveView:
         ev = rec.get("event")
         session = rec.get("session")
         if ev == "fault":
-            self._line("!!", self._tag(session), rec.get("direction"), "FAULT " + fault_applied(rec))
+            self._fault(rec)
         elif ev == "fault_not_applied":
             tag = self._tag(session)
             self._line("!!", tag, rec.get("direction"),
                        f"FAULT {fault_name(rec.get('fault'), rec.get('type'))} cannot apply on connection {tag}: "
                        f"{rec.get('why')}")
         elif ev == "fault_added":
-            self._line("**", "--", None, "fault added: " + _fault_spec(rec.get("spec", {})))
+            self._line("**", "--", None, "fault added: " + fault_spec_text(rec.get("spec", {})))
         elif ev == "fault_removed":
+            self._flush_faults(lambda key: key[1] == rec.get("fault"), forget=True)  # its counts before its end
             self._line("**", "--", None, f"fault removed: {rec.get('fault')} ({rec.get('type')}; {rec.get('why')}, "
                        f"applied {rec.get('applied')}×)")
         elif ev == "close":
-            s = self.sessions.pop(session or "", None)
+            s = self.sessions.get(session or "")
             if s is not None:
                 self._flush(s)
                 self._unfinished(s)
+            self._flush_faults(lambda key: key[0] == (session or ""), forget=True)
+            self.sessions.pop(session or "", None)
             self._line("--", s.tag if s else self._tag(session), None, close_summary(rec))
         elif ev == "error":
             self._line("!!", self._tag(session), None, f"relay error: {rec.get('error')}")
@@ -358,6 +382,34 @@ class LiveView:
         elif ev == "ready":
             ups = ", ".join(rec.get("upstreams") or [])
             self._line("**", "--", None, f"listening on {rec.get('listen')} → {ups}; control API {rec.get('control')}")
+
+    def _fault(self, rec: dict[str, Any]) -> None:
+        """A fault's own line at once if it is the first in a while, else counted for the next summary."""
+        key = (rec.get("session") or "", str(rec.get("fault")), str(rec.get("direction") or ""))
+        t = int(rec.get("t_us") or now_us())
+        run = self.fault_runs.get(key)
+        if self.every_message or run is None or (run.tally is None and t - run.last_us >= self.interval * 1e6):
+            self.fault_runs[key] = _FaultRun(t)
+            self._fault_line(rec.get("session"), rec.get("direction"), fault_applied(rec))
+            return
+        run.last_us = t
+        if run.tally is None:
+            run.tally = FaultTally()
+        run.tally.add(rec)
+
+    def _fault_line(self, session: str | None, direction: Any, text: str) -> None:
+        self._line("!!", self._tag(session), direction, "FAULT " + text)
+
+    def _flush_faults(self, which: Callable[[FaultKey], bool], forget: bool = False) -> None:
+        """The summaries of the faults `which` selects; `forget`: their connection or fault is gone."""
+        for key in [k for k in self.fault_runs if which(k)]:
+            run = self.fault_runs[key]
+            if run.tally is not None:
+                # stamped now, not when it acted: the view's lines stay in time order
+                self._fault_line(key[0] or None, key[2] or None, run.tally.text())
+                run.tally = None
+            if forget:
+                del self.fault_runs[key]
 
     def _stalls(self, s: _Session) -> None:
         now = time.time()
@@ -378,14 +430,3 @@ class LiveView:
                 kind = "text" if r.opcode == fr.TEXT else "binary"
                 self._line("**", s.tag, pipe.direction, f"unfinished {kind} message at the end: {r.fragments} "
                            f"fragment(s), {size_text(r.size)} in {time.time() - r.started:.1f} s")
-
-
-def _fault_spec(spec: dict[str, Any]) -> str:
-    sel = spec.get("selector") or {}
-    params = spec.get("params") or {}
-    bits = [fault_name(spec.get("name"), spec.get("type")), ARROW.get(spec.get("direction", ""), "")]
-    bits += [f"{k}={plain(v)}" for k, v in {**sel, **params}.items()]
-    bits += [f"{k}={spec[k]}" for k in ("count", "duration") if spec.get(k) is not None]
-    if spec.get("toxicity", 1.0) != 1.0:
-        bits.append(f"toxicity={spec['toxicity']}")
-    return " ".join(b for b in bits if b)

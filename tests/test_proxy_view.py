@@ -27,7 +27,7 @@ from mitmproxy.websocket import WebSocketMessage
 from proxy_support import in_process_proxy
 
 from harness.probe import ProbeClient, ProbeConfig
-from harness.protocol import encode_binary
+from harness.protocol import encode_binary, now_us
 from harness.protocol.wsframes import BINARY, CLOSE, CONT, PING, TEXT, encode_frame
 from harness.topology import ManagedProcess, reference_server, spawn
 from proxy.contentview import trim
@@ -121,6 +121,106 @@ def test_view_prints_a_decoded_session_with_the_fault_and_the_close(run: Any, tm
                  r'server: close 1000 "goodbye: shutdown", then FIN; c→s \d+ msgs')
     assert "\x1b[" not in text  # no terminal: no colour
     assert len([ln for ln in lines if "player audio" in ln]) < 10  # summed up, not one line per chunk
+
+
+FAULT_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} !! +#\d+ (?:s→c|c→s) FAULT (?P<name>\S+)(?: \(\S+\))?"
+                        r"(?: ×(?P<count>\d+) in \d+\.\d\d s)?")
+
+
+def test_view_sums_up_a_fault_that_acts_on_every_message(run: Any, tmp_path: Path) -> None:
+    """A slicer on every server→client message, through `--view`: of the hundreds of
+    applications the view shows the first on its own line and then one summary a second;
+    their counts add up to the `fault` events in the proxy's log, all shown before the
+    connection's close line. A fault that acts once still gets its own line."""
+    logs = tmp_path / "proxy"
+    with reference_server(tmp_path / "server") as server:
+        async def body() -> str:
+            px = await asyncio.to_thread(spawn, "proxy", proxy_argv(server.ready["url"], "--view", "--log-dir",
+                                                                    str(logs)), tmp_path)
+            out = px.stderr_path  # spawn() sends stdout there too
+            control = px.ready["control"]["url"]
+            try:
+                await add_fault(control, {"type": "slicer", "name": "slice", "frame_bytes": 1000})
+                probe = player(px.ready["listen"]["url"], "probe-sliced")
+                await probe.connect()
+                try:
+                    await until("120 audio chunks through the slicer", lambda: probe.audio_chunks >= 120, 30)
+                    await add_fault(control, {"type": "drop", "name": "once", "direction": "upstream",
+                                              "json_type": "client/time", "count": 1})
+                    await until("the drop's line", lambda: "FAULT once (drop) client/time" in out.read_text())
+                finally:
+                    await probe.close()
+                await until("the close line", lambda: "closed after" in out.read_text())
+            finally:
+                await stop(px)
+            return out.read_text()
+
+        text = run(body(), 90)
+    lines = text.splitlines()
+    events = [json.loads(ln) for ln in (logs / "proxy.jsonl").read_text().splitlines()]
+    applied = [e for e in events if e["event"] == "fault" and e["fault"] == "slice"]
+    shown = [(i, m) for i, ln in enumerate(lines) if (m := FAULT_LINE.match(ln)) and m["name"] == "slice"]
+    assert len(applied) >= 120 and len(shown) * 10 <= len(applied), (len(applied), text)
+    assert sum(int(m["count"] or 1) for _, m in shown) == len(applied), text
+    closed = next(i for i, ln in enumerate(lines) if "closed after" in ln)
+    assert all(i < closed for i, _ in shown)  # the close flushed the last summary
+    i, m = shown[0]  # the first application: on its own line (the server's first message)
+    assert m["count"] is None and re.search(r"FAULT slice \(slicer\) server/hello \d+ B frames=1$", lines[i]), lines[i]
+    summaries = [lines[i] for i, m in shown if m["count"]]
+    assert summaries and all(re.search(r"FAULT slice \(slicer\) ×\d+ in \d+\.\d\d s: .*player audio ×\d+ "
+                                       r"[\d.]+ KiB.* \(frames=\d+(–\d+)?\)$", ln) for ln in summaries), summaries
+    assert re.search(r"FAULT once \(drop\) client/time \d+ B$", next(ln for ln in lines if "FAULT once" in ln))
+
+
+class Lines:
+    """A LineWriter without its thread: what the view wrote, at once."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write(self, line: str) -> None:
+        self.lines.append(line)
+
+    def close(self, timeout: float = 2.0) -> None:
+        pass
+
+
+def test_view_sums_up_frequent_applications_and_never_hides_the_first() -> None:
+    """The rules of the fault summary: a fault's first application has its line at once,
+    and so has any after a quiet second; the rest are counted until the connection closes
+    (or the next tick, or the fault's removal), a count of one is shown as the plain line;
+    `--view all` shows every application."""
+    t0 = now_us()
+
+    def fault(view: LiveView, name: str, t_s: float, session: str = "f00d", **fields: Any) -> None:
+        view.event({"event": "fault", "session": session, "fault": name, "type": name, "direction": "downstream",
+                    "t_us": t0 + int(t_s * 1e6), **fields})
+
+    def faults_shown(out: Lines) -> list[str]:
+        return [ln.split(" FAULT ", 1)[1] for ln in out.lines if " FAULT " in ln]
+
+    view, out = LiveView(io.StringIO(), color=False), Lines()
+    view.writer = out  # type: ignore[assignment]
+    for i in range(40):  # every 25 ms for a second
+        fault(view, "slicer", i * 0.025, binary_type=4, size=4809, frames=5 + i % 2)
+        assert faults_shown(out) == ["slicer player audio 4.7 KiB frames=5"]
+    fault(view, "drop", 0.5, json_type="client/time", size=61)  # rare: at once, each time
+    fault(view, "drop", 2.0, json_type="client/time", size=61)
+    assert faults_shown(out)[1:] == ["drop client/time 61 B"] * 2
+    view.event({"event": "close", "session": "f00d", "seconds": 2.5})
+    assert faults_shown(out)[3:] == ["slicer ×39 in 0.95 s: player audio ×39 183.2 KiB (frames=5–6)"]
+    assert "closed after 2.5 s" in out.lines[-1]
+    fault(view, "slicer", 3.0, session="beef", json_type="server/time", size=127, frames=1)  # a new connection
+    fault(view, "slicer", 3.1, session="beef", json_type="server/time", size=127, frames=1)
+    view.event({"event": "fault_removed", "fault": "slicer", "type": "slicer", "why": "removed", "applied": 42})
+    assert faults_shown(out)[4:] == ["slicer server/time 127 B frames=1"] * 2  # a tally of one: the plain line
+    assert out.lines[-1].endswith("fault removed: slicer (slicer; removed, applied 42×)")
+
+    every, out = LiveView(io.StringIO(), color=False, every_message=True), Lines()
+    every.writer = out  # type: ignore[assignment]
+    for i in range(3):
+        fault(every, "slicer", i * 0.025, binary_type=4, size=4809, frames=5)
+    assert faults_shown(out) == ["slicer player audio 4.7 KiB frames=5"] * 3
 
 
 def _png(width: int, height: int, size: int) -> bytes:
