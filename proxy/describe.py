@@ -220,8 +220,8 @@ def close_summary(rec: dict[str, Any]) -> str:
 
 
 # a `fault` event's fields that are not the fault's own
-FAULT_RECORD_KEYS = {"t_us", "proc", "session", "event", "seq", "fault", "type", "direction", "params", "selector",
-                     "json_type", "binary_type", "index", "size"}
+FAULT_RECORD_KEYS = {"t_us", "proc", "session", "event", "seq", "conn_seq", "fault", "type", "direction", "params",
+                     "selector", "json_type", "binary_type", "index", "size"}
 
 
 def fault_target(rec: dict[str, Any]) -> str | None:

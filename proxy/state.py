@@ -39,8 +39,10 @@ class EventSink:
         t = now_us()
         self.log.emit(event, session=session, t_us=t, **fields)
         self.last_seq = next(self._seq)
-        self.recent.append({"seq": self.last_seq, "t_us": t, "proc": self.proc, "session": session,
-                            "event": event, **fields})
+        # the ring's own `seq` last: an event's field of that name (a connection number) must not
+        # overwrite it, or `since=` would skip events
+        self.recent.append({"t_us": t, "proc": self.proc, "session": session, "event": event, **fields,
+                            "seq": self.last_seq})
 
     def since(self, seq: int = 0, limit: int = 1000, event: str | None = None) -> list[dict[str, Any]]:
         out = []
@@ -146,7 +148,7 @@ class ProxyState:
         f.not_applied.append({"session": relay.flow_id, "seq": relay.seq, "client_port": relay.client_port,
                               "upstream": upstream, "extensions": extensions, "why": why})
         self.events.emit("fault_not_applied", session=relay.flow_id, fault=f.name, type=f.kind,
-                         direction=f.direction, seq=relay.seq, client_port=relay.client_port, upstream=upstream,
+                         direction=f.direction, conn_seq=relay.seq, client_port=relay.client_port, upstream=upstream,
                          extensions=extensions, why=why)
 
     # --- faults -------------------------------------------------------------------------

@@ -349,3 +349,14 @@ async def check_tables(sh: Any, ctl: str) -> None:
     assert all(re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3}", r["TIME"][0]) for r in rows)
     drops = parse_table(await sh("events", "--event", "fault", "--control", ctl))
     assert [r["DETAILS"] for r in drops if "drop" in r["DETAILS"][0]] == [["c→s drop client/time 61 B"]] * 2
+
+
+def test_the_event_ring_numbers_every_event_so_since_never_skips_one() -> None:
+    from proxy.state import EventSink
+
+    sink = EventSink(None)
+    sink.emit("accept", session="a", client="127.0.0.1:1", conn_seq=5)
+    sink.emit("relay", session="a", path="/sendspin", upstream=0)
+    assert [e["seq"] for e in sink.since(0)] == [1, 2]
+    assert [e["event"] for e in sink.since(1)] == ["relay"]
+    assert sink.since(0)[0]["conn_seq"] == 5

@@ -153,7 +153,7 @@ def test_a_server_answering_with_an_extension_anyway_gets_message_faults_refused
             _, writer2 = await client_connect(px.port, "/b", headers=offer)  # after the fault was added
             await until(lambda: len(px.state.faults["drop-all"].not_applied) == 2, WAIT_S, "the second refusal")
             logged = [e for e in px.events.since(0) if e["event"] == "fault_not_applied"]
-            assert [(e["fault"], e["seq"]) for e in logged] == [("drop-all", 1), ("drop-all", 2)]
+            assert [(e["fault"], e["conn_seq"]) for e in logged] == [("drop-all", 1), ("drop-all", 2)]
             assert all(e["why"].startswith(COMPRESSED) for e in logged)
             status, listed = await api(px, "GET", "/faults/drop-all")
             assert [c["seq"] for c in listed["fault"]["not_applied"]] == [1, 2]
@@ -202,7 +202,7 @@ def test_keep_extensions_with_a_deflate_pair_says_where_a_content_fault_cannot_a
                     assert extensions(ws) == ["permessage-deflate"]
                     await join(ws, "deflate-1")
                     r = await asyncio.to_thread(cli, "fault", "add", "drop", "--name", "drop-time", "--json-type",
-                                                "server/time", "--direction", "downstream", "--control", ctl)
+                                                "server/time", "--direction", "downstream", "--control", ctl, "--json")
                     assert r.returncode == 0, r.stderr
                     (refused,) = json.loads(r.stdout)["fault"]["not_applied"]
                     assert refused["seq"] == 1 and refused["why"].startswith(COMPRESSED)
@@ -222,7 +222,7 @@ def test_keep_extensions_with_a_deflate_pair_says_where_a_content_fault_cannot_a
         text = run(body(), 90)
     events = Events.load(tmp_path / "proxy")
     logged = events.select("fault_not_applied", fault="drop-time")
-    assert [(e["seq"], e["direction"], e["extensions"]) for e in logged] == [
+    assert [(e["conn_seq"], e["direction"], e["extensions"]) for e in logged] == [
         (1, "downstream", ["permessage-deflate"]), (2, "downstream", ["permessage-deflate"])]
     assert all(e["why"].startswith(COMPRESSED) for e in logged)
     assert not events.select("fault")

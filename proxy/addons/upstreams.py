@@ -90,7 +90,7 @@ class UpstreamPool:
         seq = self.state.next_seq()
         self._client_seq[client.id] = seq
         peer = tuple(client.peername[:2]) if client.peername else ("?", 0)
-        self.state.events.emit("accept", session=client.id, client=f"{peer[0]}:{peer[1]}", seq=seq)
+        self.state.events.emit("accept", session=client.id, client=f"{peer[0]}:{peer[1]}", conn_seq=seq)
         why = self.state.on_connect(ConnectInfo((str(peer[0]), int(peer[1])), seq))
         if why:
             self._refuse(client, why)

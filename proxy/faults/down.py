@@ -40,5 +40,5 @@ class Down(Fault):
     def on_connect(self, info: ConnectInfo) -> str | None:
         if not self.active or not self.affects(info.seq, info.client[1]):
             return None
-        self.record(None, action="refuse", client=f"{info.client[0]}:{info.client[1]}", seq=info.seq)
+        self.record(None, action="refuse", client=f"{info.client[0]}:{info.client[1]}", conn_seq=info.seq)
         return f"down (fault {self.name!r})"
