@@ -4,14 +4,19 @@ What a gate judges a peer by must be seen from outside the peer: this records, p
 message and before any fault acts on it, its direction, kind, Sendspin type and size,
 at the moment its last frame reached the proxy. Message order across the two
 directions (did the client send anything before `server/hello` passed?) can only be
-judged here. Cost: one event-log write per message (audio included), only when asked.
+judged here, and how early each audio chunk passed (its timestamp against the clock:
+a client that reads slower than audio is produced holds the stream back, and its
+chunks pass later and later). Cost: one event-log write per message (audio included),
+only when asked.
 """
 
 from __future__ import annotations
 
 import re
+import struct
 from typing import Any
 
+from harness.protocol import HEADER_SIZE
 from harness.protocol import wsframes as fr
 
 from .observe import ObservedMessage
@@ -37,7 +42,7 @@ class WireLog:
     """A `TrafficConsumer` (observe.py) that writes one `wire` event per message."""
 
     capture_text = TEXT_CAPTURE
-    capture_binary = 1
+    capture_binary = HEADER_SIZE  # type byte and timestamp: how early a chunk passed (its lead)
 
     events: EventSink  # set by the proxy once its sink exists (the sink is built after its consumers)
 
@@ -50,6 +55,8 @@ class WireLog:
         kind = message_type(msg)
         if kind is not None:
             fields["type"] = kind
+        if msg.opcode == fr.BINARY and len(msg.head) >= HEADER_SIZE:
+            fields["ts_us"] = struct.unpack_from(">q", msg.head, 1)[0]
         if msg.fragments > 1:
             fields["fragments"] = msg.fragments
         if msg.compressed:

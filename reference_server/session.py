@@ -41,7 +41,7 @@ from harness.protocol import (
     peek_type,
 )
 from harness.protocol import messages as m
-from harness.protocol.handshake import IMPLEMENTED_ROLES, unknown_roles
+from harness.protocol.handshake import IMPLEMENTED_ROLES, support_objects, unknown_roles
 
 from .artwork import make_image
 from .config import ServerConfig
@@ -183,7 +183,7 @@ class Session:
         self.hello = message
         self._pacer.capacity = message.player_support.buffer_capacity if message.player_support else 0
         self.log.emit("recv", self.session_id, t_us=t_received, type=message.TYPE, client_id=message.client_id,
-                      roles=message.supported_roles)
+                      roles=message.supported_roles, supports=support_objects(message))
         self.active_roles = activate_roles(message.supported_roles, IMPLEMENTED_ROLES)
         if m.HARNESS_ROLE in message.supported_roles:
             self.active_roles.append(m.HARNESS_ROLE)

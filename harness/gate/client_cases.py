@@ -19,6 +19,7 @@ from itertools import pairwise
 from typing import Any
 
 from ..events import Events, Record
+from ..protocol import PLAYER_AUDIO
 from ..settings import Bounds
 from .case import Case, Catalogue, Severity
 from .client import ClientWorld
@@ -147,20 +148,33 @@ async def initial_state(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     j.require(after is None or after >= 0, "client/state was sent before server/hello")
 
 
+ROLES_WITH_SUPPORT = {"player@v1", "artwork@v1", "visualizer@v1"}
+
+
 @client_case("1.3", "The hello is well formed, its roles and formats consistent",
              description="A normal handshake; the reference server validates client/hello field by field "
-                         "(types, role versions, a player's formats and buffer).",
-             expectation="The server accepts the client/hello: no field is refused and server/hello is sent.",
-             source="spec: client/hello")
+                         "(types, role versions, a player's formats and buffer) and logs which support "
+                         "objects it carried.",
+             expectation="The server accepts the client/hello, and each declared role that has a support object "
+                         "(player, artwork, visualizer) comes with it, and no support object without its role.",
+             source="spec: client/hello — `player@v1_support`: \"only if `player@v1` is listed\"")
 async def hello_well_formed(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     await w.start_client()
-    hello = await w.until("a hello read", lambda ev: server_sessions(ev) or ev.select("reject"), 15)
+    await w.until("a hello read", lambda ev: server_sessions(ev) or ev.select("reject"), 15)
     await w.observe(0.5)
     ev = w.events()
     for r in ev.select("reject"):
         j.require(False, f"the server refused {r['type']}: {r.get('field') or ''} {r['rule']}".replace("  ", " "))
-    j.require(bool(hello), "no client/hello was read within 15 s")
-    j.require(bool(ev.select("send_end", type="server/hello")) or not hello, "the server sent no server/hello")
+    hellos = server_sessions(ev)
+    if not j.require(bool(hellos), "no client/hello was read within 15 s"):
+        return
+    j.require(bool(ev.select("send_end", type="server/hello")), "the server sent no server/hello")
+    roles, supports = set(hellos[0]["roles"]), set(hellos[0].get("supports") or ())
+    for role in sorted(roles & ROLES_WITH_SUPPORT):
+        j.require(f"{role}_support" in supports, f"it declares {role} but sends no {role}_support: a server "
+                  "cannot know what to send it")
+    for key in sorted(supports):
+        j.require(key.removesuffix("_support") in roles, f"it sends {key} without declaring that role")
 
 
 # --- 2 Clock sync ------------------------------------------------------------------------------------
@@ -227,14 +241,16 @@ _time_fault_case("2.4", "Clock sync goes on when server/time stalls mid-message"
 
 # --- 3 Streaming -------------------------------------------------------------------------------------
 
-STREAM_OBSERVE_S = 8.0
+STREAM_OBSERVE_S = 15.0
+LEAD_SETTLE_US = 2_000_000  # the first chunks go out in a burst ahead of real time
 
 
 @client_case("3.1", "The client reads audio at the rate it is sent",
              description=f"A player session streams PCM for {STREAM_OBSERVE_S:.0f} s; the server logs what it "
                          "holds for the session every half second.",
-             expectation="The server's buffers for the session stay small and no chunk goes stale unsent: "
-                         "the client reads as fast as audio is produced.",
+             expectation="The server's buffers for the session stay small, no chunk goes stale unsent, and "
+                         "every chunk passes the proxy well before its play time: the client reads as fast as "
+                         "audio is produced.",
              source="field: a slow reader held 20 MB on the server and dragged its other listeners",
              roles=("player",))
 async def reads_at_rate(w: ClientWorld, b: Bounds, j: Judgement) -> None:
@@ -251,6 +267,15 @@ async def reads_at_rate(w: ClientWorld, b: Bounds, j: Judgement) -> None:
         return
     j.check("most bytes the server held for the client", max(r["held"] for r in stats), "<=", b.client_held_bytes,
             "bytes", "client_held_bytes")
+    # A client that reads slower than real time holds the stream back through the proxy:
+    # its chunks pass later and later, until they would arrive after their play time.
+    audio = [r for r in ev.select("wire", direction="downstream", kind="binary", type=str(PLAYER_AUDIO))
+             if "ts_us" in r]
+    if j.require(bool(audio), "no audio chunk passed the proxy"):
+        settled = [r for r in audio if r["t_us"] >= audio[0]["t_us"] + LEAD_SETTLE_US] or audio[-1:]
+        worst = min(settled, key=lambda r: r["ts_us"] - r["t_us"])
+        j.check("least lead of an audio chunk passing the proxy", ms(worst["ts_us"] - worst["t_us"]), ">=",
+                ms(b.min_lead_us), "ms", "min_lead_us", (settled[0]["t_us"], worst["t_us"]))
     j.check("audio chunks gone stale unsent", max(r["audio_skipped"] for r in stats), "==", 0)
     j.report("audio chunks sent", sent)
 

@@ -12,9 +12,11 @@ for the log is one line), and it costs one syscall per event.
 The kernel's page cache is the only buffer. When it is full (dirty-page
 throttling on a busy disk) a write blocks: the process waits, so nothing is lost,
 and a write that took over `SLOW_WRITE_US` is recorded as `log_slow_write`, so a
-stall it caused is named. A write that fails (disk full, file too large) loses
-that record, never silently: the first failure is printed on stderr, and the next
-record that is written is preceded by a `log_gap` saying how many were lost and why.
+stall it caused is named (on a busy machine a write may also take that long because
+the process was not scheduled; the record cannot tell the two apart). A write that
+fails (disk full, file too large) loses that record, never silently: the first
+failure is printed on stderr, and the next record that is written is preceded by a
+`log_gap` saying how many were lost and why.
 """
 
 from __future__ import annotations

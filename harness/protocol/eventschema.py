@@ -52,7 +52,8 @@ EVENTS: dict[str, EventType] = {e.name: e for e in [
        "was blocked within [t_us − lag_us − interval_us, t_us]",
        lag_us="how late the tick ran (µs)", interval_us="the tick interval (µs)"),
     _e("log_slow_write", "server coordinator proxy probe harness",
-       "writing a record to this event log blocked (the kernel's buffer for the disk was full); written after it",
+       "writing a record to this event log took over 10 ms (the kernel's buffer for the disk was full, or the "
+       "process was not scheduled meanwhile); written after it",
        write_us="how long the write took (µs)", bytes="the record's bytes"),
     _e("log_gap", "server coordinator proxy probe harness",
        "records before this one could not be written (eventlog.py); written first once writing works again",
@@ -73,6 +74,7 @@ EVENTS: dict[str, EventType] = {e.name: e for e in [
        "a whole message read (`t_us` = when its last frame was read)",
        type="message type (`binary` for binary)", bytes="message bytes", fragments="WebSocket frames",
        client_id="client/hello: its client_id", roles="client/hello: its roles",
+       supports="client/hello: the role support objects it sent (`player@v1_support`, …)",
        client_transmitted="client/time, server/time: the client's clock when sent",
        server_received="server/time: server clock at receipt", server_transmitted="server/time: server clock at reply",
        rtt_us="probe: round trip of a server/time", server_id="server/hello: its server_id",
@@ -162,7 +164,8 @@ EVENTS: dict[str, EventType] = {e.name: e for e in [
        direction="`upstream` (client→server) or `downstream`", kind="text, binary, close, ping or pong",
        type="JSON `type`, or the binary type byte", size="payload bytes on the wire",
        fragments="WebSocket frames, if more than one", compressed="permessage-deflate was on it",
-       complete="False: a new message began before its last frame", code="close: its code"),
+       complete="False: a new message began before its last frame", code="close: its code",
+       ts_us="binary: the timestamp in its header (server clock, µs)"),
     # --- probe client -------------------------------------------------------------------
     _e("connect", "probe", "connected (after the 101)", url="URL", rcvbuf="its SO_RCVBUF"),
     _e("accepted", "probe", "a server dialled us (server-initiated), before the 101", peer="its host:port",

@@ -7,8 +7,10 @@ or raises ProtocolError naming the broken ordering rule.
 from __future__ import annotations
 
 import enum
+from dataclasses import fields
 
 from .errors import ProtocolError
+from .fields import UNSET
 from .messages import ClientGoodbye, ClientHello, Message, ServerHello
 
 # Role families the reference implementation knows, newest version first.
@@ -23,6 +25,12 @@ class State(enum.Enum):
 
 def role_family(role: str) -> str:
     return role.split("@", 1)[0]
+
+
+def support_objects(hello: ClientHello) -> list[str]:
+    """The `ROLE_support` keys a client/hello carried, as they appear on the wire."""
+    return [f.metadata["key"] for f in fields(hello)
+            if f.metadata.get("key", "").endswith("_support") and getattr(hello, f.name) is not UNSET]
 
 
 def activate_roles(supported: list[str], implemented: tuple[str, ...] | list[str]) -> list[str]:

@@ -1,0 +1,127 @@
+"""Negative controls for the client gate: a small Sendspin player with one bug at a time.
+
+    python tests/bad_clients/bad_client.py --url ws://... --bug BUG
+
+Without a bug (`--bug none`) it behaves: client/hello, waits for server/hello, sends
+client/state, sends client/time every 200 ms whatever the replies, reads everything as
+it comes, and reconnects with a backoff (0.5 s doubling to 4 s). Built on websockets'
+asyncio client, not on our probe, so the gate is shown to judge another code base.
+
+Bugs (each should make the gate FAIL the case named):
+  no-support    declares player@v1 without its player@v1_support object           (1.3)
+  early         sends client/state and client/time right after client/hello     (1.1)
+  no-time-sync  never sends client/time                                          (2.1)
+  time-waits    sends the next client/time only after the last one's reply        (2.3)
+  gated-reads   reads one message per client/time it sends (reads behind sends)   (3.1)
+  no-reconnect  exits when its connection is lost                                (8.1, 8.2)
+  storm         reconnects at once, over and over, with no backoff               (8.6, NON-STRICT)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
+
+BUGS = ("none", "no-support", "early", "no-time-sync", "time-waits", "gated-reads", "no-reconnect", "storm")
+TIME_INTERVAL_S = 0.2
+
+
+PLAYER_SUPPORT = {"supported_formats": [{"codec": "pcm", "channels": 2, "sample_rate": 48000, "bit_depth": 16}],
+                  "buffer_capacity": 1_000_000, "supported_commands": ["volume", "mute"]}
+
+
+def hello(client_id: str, name: str, bug: str) -> str:
+    payload = {"client_id": client_id, "name": name, "version": 1, "supported_roles": ["player@v1"]}
+    if bug != "no-support":
+        payload["player@v1_support"] = PLAYER_SUPPORT
+    return json.dumps({"type": "client/hello", "payload": payload})
+
+
+def state() -> str:
+    return json.dumps({"type": "client/state", "payload": {"state": "synchronized",
+                                                            "player": {"volume": 100, "muted": False}}})
+
+
+def client_time() -> str:
+    return json.dumps({"type": "client/time", "payload": {"client_transmitted": time.monotonic_ns() // 1000}})
+
+
+async def session(ws: ClientConnection, bug: str, client_id: str, name: str) -> None:
+    await ws.send(hello(client_id, name, bug))
+    if bug == "early":
+        await ws.send(state())
+        await ws.send(client_time())
+    while True:  # server/hello first
+        message = await ws.recv()
+        if isinstance(message, str) and json.loads(message).get("type") == "server/hello":
+            break
+    if bug != "early":
+        await ws.send(state())
+    replied = asyncio.Event()
+    replied.set()
+    sent = asyncio.Semaphore(0)
+
+    async def time_loop() -> None:
+        while bug != "no-time-sync":
+            if bug == "time-waits":
+                await replied.wait()
+                replied.clear()
+            await ws.send(client_time())
+            sent.release()
+            await asyncio.sleep(TIME_INTERVAL_S)
+
+    timer = asyncio.create_task(time_loop())
+    try:
+        while True:
+            if bug == "gated-reads":
+                await sent.acquire()
+            message = await ws.recv()
+            if isinstance(message, str) and json.loads(message).get("type") == "server/time":
+                replied.set()
+    finally:
+        timer.cancel()
+
+
+async def main(args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    backoff = 0.5
+    while not stop.is_set():
+        try:
+            async with connect(args.url, compression=None, open_timeout=5) as ws:
+                backoff = 0.5
+                runner = asyncio.create_task(session(ws, args.bug, args.client_id, args.name))
+                stopper = asyncio.create_task(stop.wait())
+                await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if stop.is_set():
+                    runner.cancel()
+                    return 0
+                runner.result()  # the session's error, if it ended on one
+        except (OSError, WebSocketException, TimeoutError) as exc:
+            print(f"connection lost: {exc!r}", file=sys.stderr, flush=True)
+        if args.bug == "no-reconnect":
+            return 1
+        if args.bug != "storm":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            backoff = min(backoff * 2, 4.0)
+    return 0
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", required=True)
+    p.add_argument("--bug", choices=BUGS, default="none")
+    p.add_argument("--client-id", default="bad-client")
+    p.add_argument("--name", default="Bad client")
+    sys.exit(asyncio.run(main(p.parse_args())))
