@@ -123,6 +123,9 @@ def one_run(n: int, work: Path, pytest_args: list[str]) -> Outcome:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             code = proc.wait(timeout=60)
+        except BaseException:  # interrupted: the run's whole process group goes with us
+            stop(proc)
+            raise
     outcome = Outcome(n, time.monotonic() - started, code)
     read_junit(junit, outcome)
     if code != 0 and not outcome.failures:
@@ -141,7 +144,12 @@ def report(outcome: Outcome, basetemp: Path, total: int) -> None:
               flush=True)
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # so that every `finally` stops what it started
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupted)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="?", type=int, default=10, help="how many ./run test runs (default 10)")
     parser.add_argument("--work", type=Path, default=None, help="keep logs here (default: a new temp directory)")
