@@ -43,6 +43,10 @@ class Bounds:
     # 2.x: the longest a client may go without sending client/time (the spec leaves the
     # cadence to the client; this is "it keeps syncing", not a rate).
     client_time_gap_us: int = 5_000_000
+    # 3.1: bytes a client may leave unread in its socket: above 1 s of PCM 48 kHz stereo
+    # (192 KB), so a client that reads in batches, or was not scheduled for a while on a
+    # busy machine, is not blamed; one that reads slower than real time passes it in seconds.
+    client_unread_bytes: int = 256 * 1024
     # 3.1: bytes the server may hold for a client that reads at the audio rate (≈1 s of PCM
     # 48 kHz stereo is 192 KB; the server's lead is below that).
     client_held_bytes: int = 512 * 1024

@@ -27,6 +27,7 @@ from ..fault_proxy import FaultProxy
 from ..scenario import Scenario
 from ..topology import Child, spawn_child
 
+QUEUE_SAMPLE_S = 0.1
 PLACEHOLDERS = ("url", "host", "port", "path", "client_id", "name")
 STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL to its process group
 # every message recorded (extensions are kept off by default: every fault sees plain payloads)
@@ -87,6 +88,7 @@ class ClientWorld:
     started_us: int = 0
     stop_us: int = 0  # when the harness stopped it: what ended after that, the harness ended
     stopped: str = ""
+    _watcher: asyncio.Task[None] | None = None
 
     @property
     def client_id(self) -> str:
@@ -118,6 +120,19 @@ class ClientWorld:
         finally:
             await self.scenario.__aexit__(*exc)
 
+    async def _watch_queue(self) -> None:
+        """Samples the client's unread bytes (its sockets' receive queues, as the kernel
+        counts them) and logs each change as `client_queue`: a client that stops reading
+        shows here within a sample, long before loopback's megabytes of buffers fill up."""
+        port = urlsplit(self.proxy.url).port
+        last: dict[int, int] = {}
+        while True:
+            for local_port, unread in receive_queues(port).items():
+                if last.get(local_port) != unread:
+                    last[local_port] = unread
+                    self.scenario.log.emit("client_queue", port=local_port, bytes=unread)
+            await asyncio.sleep(QUEUE_SAMPLE_S)
+
     async def start_client(self) -> None:
         argv = self.client.argv(self.proxy.url, self.client_id, f"Gate {self.case_id}")
         self.started_us = time.monotonic_ns() // 1000
@@ -125,11 +140,14 @@ class ClientWorld:
             self.process = spawn_child("client", argv, self.log_path)
         except OSError as exc:
             raise ClientCommandError(f"--client-cmd: cannot start {argv[0]!r}: {exc.strerror}") from None
+        self._watcher = asyncio.create_task(self._watch_queue())
 
     async def stop_client(self) -> None:
         if self.process is None or self.stopped:
             return
         self.stop_us = time.monotonic_ns() // 1000
+        if self._watcher is not None:
+            self._watcher.cancel()
         self.exited_by_itself = self.process.exited()
         self.stopped = await self.process.astop(timeout=STOP_GRACE_S)
         self.exit_code = self.process.returncode
@@ -158,4 +176,22 @@ class ClientWorld:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and self.running():
             await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+
+def receive_queues(remote_port: int) -> dict[int, int]:
+    """{local port: bytes received but not read} of this machine's TCP sockets connected
+    to `remote_port` on loopback (/proc/net/tcp and tcp6: the kernel's count, not the
+    client's own account)."""
+    queues: dict[int, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, remote, state, queue = fields[1], fields[2], fields[3], fields[4]
+            if state == "01" and int(remote.rsplit(":", 1)[1], 16) == remote_port:  # 01: ESTABLISHED
+                queues[int(local.rsplit(":", 1)[1], 16)] = int(queue.split(":")[1], 16)
+    return queues
 

@@ -241,7 +241,7 @@ _time_fault_case("2.4", "Clock sync goes on when server/time stalls mid-message"
 
 # --- 3 Streaming -------------------------------------------------------------------------------------
 
-STREAM_OBSERVE_S = 15.0
+STREAM_OBSERVE_S = 10.0
 LEAD_SETTLE_US = 2_000_000  # the first chunks go out in a burst ahead of real time
 
 
@@ -260,11 +260,19 @@ async def reads_at_rate(w: ClientWorld, b: Bounds, j: Judgement) -> None:
         return
     await w.observe(STREAM_OBSERVE_S)
     ev = w.events()
-    stats = ev.select("session_stats")
+    ended = [r for r in ev.select("close", proc="proxy") if r["t_us"] < ev.records[-1]["t_us"]]
+    j.check("connections that ended while streaming", len(ended), "==", 0)
+    if ended:
+        j.note(f"the first ended after {ended[0]['seconds']} s: server side {ended[0]['server']}, "
+               f"client side {ended[0]['client']}")
+    stats = ev.select("session_stats", session=ev.select("accept", proc="server")[0]["session"])
     sent = max((r["audio_sent"] for r in stats), default=0)
     if not j.require(sent > 0, "the server sent no audio to the client: nothing to judge (did it declare a "
                      "player format the server has?)"):
         return
+    unread = [r["bytes"] for r in ev.select("client_queue")]
+    j.check("most bytes the client left unread in its socket", max(unread, default=0), "<=",
+            b.client_unread_bytes, "bytes", "client_unread_bytes")
     j.check("most bytes the server held for the client", max(r["held"] for r in stats), "<=", b.client_held_bytes,
             "bytes", "client_held_bytes")
     # A client that reads slower than real time holds the stream back through the proxy:

@@ -62,7 +62,7 @@ class Figure:
         """How far past its bound a failing duration went (None: not a duration, or no value)."""
         if self.unit != "ms" or self.value is None or self.bound is None:
             return None
-        return int(abs(self.value - self.bound) * 1000)
+        return round(abs(self.value - self.bound) * 1000)
 
     def __str__(self) -> str:
         unit = f" {self.unit}" if self.unit else ""

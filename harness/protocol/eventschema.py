@@ -166,6 +166,9 @@ EVENTS: dict[str, EventType] = {e.name: e for e in [
        fragments="WebSocket frames, if more than one", compressed="permessage-deflate was on it",
        complete="False: a new message began before its last frame", code="close: its code",
        ts_us="binary: the timestamp in its header (server clock, µs)"),
+    _e("client_queue", "harness",
+       "the client under test's unread bytes changed (its socket's receive queue, sampled from /proc/net/tcp)",
+       port="the client's local port", bytes="bytes received and not yet read by the client"),
     # --- probe client -------------------------------------------------------------------
     _e("connect", "probe", "connected (after the 101)", url="URL", rcvbuf="its SO_RCVBUF"),
     _e("accepted", "probe", "a server dialled us (server-initiated), before the 101", peer="its host:port",
