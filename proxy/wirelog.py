@@ -16,14 +16,14 @@ import re
 import struct
 from typing import Any
 
-from harness.protocol import HEADER_SIZE
+from harness.protocol import HEADER_SIZE, peek_type
 from harness.protocol import wsframes as fr
 
 from .observe import ObservedMessage
 from .relay.relay import Relay
 from .state import EventSink
 
-TEXT_CAPTURE = 256  # the `type` comes first in every message we have seen; else it is "?"
+TEXT_CAPTURE = 64 * 1024  # `type` may come after `payload` (aiosendspin puts it last)
 _TYPE = re.compile(rb'"type"\s*:\s*"([^"\\]{1,64})"')
 KINDS = {fr.TEXT: "text", fr.BINARY: "binary", fr.CLOSE: "close", fr.PING: "ping", fr.PONG: "pong"}
 
@@ -31,7 +31,9 @@ KINDS = {fr.TEXT: "text", fr.BINARY: "binary", fr.CLOSE: "close", fr.PING: "ping
 def message_type(msg: ObservedMessage) -> str | None:
     """The JSON `type` of a text message, or the binary type byte as a string."""
     if msg.opcode == fr.TEXT:
-        found = _TYPE.search(msg.head)
+        if not msg.truncated:
+            return peek_type(msg.head)
+        found = _TYPE.search(msg.head)  # a longer message: its first `type` key, at any depth
         return found.group(1).decode("utf-8", "replace") if found else "?"
     if msg.opcode == fr.BINARY:
         return str(msg.head[0]) if msg.head else "empty"

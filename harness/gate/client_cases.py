@@ -306,8 +306,19 @@ async def streaming(w: ClientWorld, j: Judgement) -> Record | None:
     return w.events().select("upstream")[0]
 
 
+def exited(w: ClientWorld, j: Judgement) -> bool:
+    """True (with a note) if the client process ended by itself."""
+    if w.process is None or not w.process.exited():
+        return False
+    last = (w.output(400).strip().splitlines() or ["(no output)"])[-1]
+    j.note(f"the client exited by itself: {last}")
+    return True
+
+
 async def judge_recovery(w: ClientWorld, b: Bounds, j: Judgement, lost_us: int) -> None:
     back = await w.until("audio again", lambda ev: audio_since(ev, lost_us), b.client_recovery_us / 1e6 + 1)
+    if back is None:
+        exited(w, j)
     j.check("streaming again after the loss", None if back is None else ms(back["t_us"] - lost_us), "<=",
             ms(b.client_recovery_us), "ms", "client_recovery_us",
             (lost_us, back["t_us"] if back else lost_us + b.client_recovery_us))
@@ -361,6 +372,9 @@ async def no_storm(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     fault = await w.proxy.add({"type": "down", "existing": "reset", "duration": OUTAGE_S})
     start = w.events().select("fault_added")[-1]["t_us"]
     await w.observe(OUTAGE_S)
+    if exited(w, j):
+        j.require(False, "the client gave up during the outage: it does not reconnect at all")
+        return
     ev = w.events()
     attempts = [r for r in ev.select("refused") if r["t_us"] >= start]
     j.check(f"connection attempts in a {OUTAGE_S:.0f} s outage", len(attempts), "<=", b.client_attempts_per_outage,

@@ -63,7 +63,8 @@ def test_client(case_id: str, request: pytest.FixtureRequest, bounds: Bounds, tm
     first = flows(ev)
     result.close = close_verdict(ev, first[0], world.stop_us, bounds.client_time_gap_us) if first else None
     result.verdict = decide(case, judgement, gate.strict)
-    result.reason = judgement.failures[0] if judgement.failures else "; ".join(judgement.notes)
+    result.reason = judgement.failures[0] if judgement.failures else ""
+    result.notes = judgement.notes
     result.peer["exit"] = {"code": world.exit_code, "by_itself": world.exited_by_itself, "stopped": world.stopped}
     result.timeline = _timeline(ev, judgement, world)
     if result.verdict is Verdict.FAILED:

@@ -78,6 +78,7 @@ def explain(result: CaseResult, output: str = "") -> str:
     lines = [f"case {c.id} [{c.severity.value}] {c.title}: {result.verdict.value}",
              f"  expected: {c.expectation}", f"  source:   {c.source}", f"  reason:   {result.reason}"]
     lines += [f"  {'ok  ' if f.holds else 'FAIL'} {f}" for f in result.figures]
+    lines += [f"  note:     {n}" for n in result.notes]
     if result.close is not None:
         lines.append(f"  close:    {result.close}")
     if result.timeline:
