@@ -93,7 +93,8 @@ def _gate_session(config: pytest.Config) -> GateSession:
         except KnownFailuresError as exc:
             raise pytest.UsageError(str(exc)) from None
     return GateSession(client, strict=bool(config.getoption("strict", False)), profile=config.getoption("gate_profile"),
-                       known=known, report_dir=config.getoption("report_dir"), prog=os.environ.get(GATE_PROG, "pytest"))
+                       known=known, report_dir=config.getoption("report_dir"), prog=os.environ.get(GATE_PROG, "pytest"),
+                       groups=CLIENT.groups)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -19,6 +19,7 @@ from ..settings import INSTRUMENTS, Bounds
 from .client import ClientWorld
 from .client_cases import CLIENT, RUNS
 from .gate_session import GATE, GateSession
+from .report import plot_timeline, timeline_series
 from .verdict import CaseResult, Judgement, Verdict, decide
 from .wire import close_verdict, flows
 
@@ -67,6 +68,10 @@ def test_client(case_id: str, request: pytest.FixtureRequest, bounds: Bounds, tm
     result.notes = judgement.notes
     result.peer["exit"] = {"code": world.exit_code, "by_itself": world.exited_by_itself, "stopped": world.stopped}
     result.timeline = _timeline(ev, judgement, world)
+    if gate.report_dir is not None:
+        result.plot = f"cases/{case_id}.svg"
+        plot_timeline(timeline_series(ev, world.started_us), gate.report_dir / result.plot,
+                      f"{case_id} {case.title}: {result.verdict.value}")
     if result.verdict is Verdict.FAILED:
         _raise_if_inconclusive(result, judgement, ev)
     gate.record(result)
@@ -74,9 +79,13 @@ def test_client(case_id: str, request: pytest.FixtureRequest, bounds: Bounds, tm
 
 
 def _timeline(ev: Any, judgement: Judgement, world: ClientWorld) -> str:
+    """The logs around where the first failing figure's trouble began (else the last seconds)."""
     failing = next((f for f in judgement.figures if not f.holds and f.window_us), None)
-    at = failing.window_us[1] if failing and failing.window_us else world.stop_us or ev.start_us()
-    return ev.excerpt(at, before_us=2_000_000, after_us=500_000, skip=frozenset({"audio", "session_stats"}))
+    if failing is not None and failing.window_us is not None:
+        at, before, after = failing.window_us[0], 1_000_000, 3_000_000
+    else:
+        at, before, after = world.stop_us or ev.start_us(), 3_000_000, 0
+    return ev.excerpt(at, before_us=before, after_us=after, skip=frozenset({"audio", "session_stats"}))
 
 
 def _raise_if_inconclusive(result: CaseResult, judgement: Judgement, ev: Any) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from .client import ClientUnderTest
 from .knownfailures import KnownFailures
+from .report import write_report
 from .results import results_document, write_results
 from .verdict import CaseResult, Verdict
 
@@ -29,6 +30,7 @@ class GateSession:
     known: KnownFailures | None = None
     report_dir: Path | None = None
     prog: str = "pytest"  # how this run was started, for replay commands
+    groups: dict[int, str] = field(default_factory=dict)  # the catalogue's groups, for the report
     results: list[CaseResult] = field(default_factory=list)
 
     def peer(self) -> dict[str, Any]:
@@ -67,10 +69,10 @@ class GateSession:
     def write(self) -> Path | None:
         if self.report_dir is None or self.client is None:
             return None
-        path = self.report_dir / "results.json"
-        write_results(path, results_document(self.results, self.peer(), {
-            "strict": self.strict, "profile": self.profile, "python": sys.version.split()[0]}))
-        return path
+        document = results_document(self.results, self.peer(), {
+            "strict": self.strict, "profile": self.profile, "python": sys.version.split()[0]})
+        write_results(self.report_dir / "results.json", document)
+        return write_report(self.report_dir, document, self.groups)
 
 
 def explain(result: CaseResult, output: str = "") -> str:

@@ -147,6 +147,7 @@ class CaseResult:
     seconds: float = 0.0
     known_failure: str = ""  # the reason from --known-failures, if listed
     notes: list[str] = field(default_factory=list)  # what the judge saw besides the figures
+    plot: str = ""  # its timeline plot, relative to the report directory
 
     def to_json(self) -> dict[str, Any]:
         c = self.case
@@ -156,5 +157,5 @@ class CaseResult:
             "close": None if self.close is None else {**asdict(self.close), "summary": str(self.close)},
             "figures": [{**asdict(f), "holds": f.holds, "text": str(f)} for f in self.figures],
             "timeline": self.timeline, "replay": self.replay, "peer": self.peer, "seconds": round(self.seconds, 3),
-            "known_failure": self.known_failure, "notes": self.notes,
+            "known_failure": self.known_failure, "notes": self.notes, "plot": self.plot,
         }
