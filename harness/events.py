@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,12 +54,14 @@ class Events:
         return self.records[0]["t_us"] if self.records else 0
 
     def excerpt(self, t_us: int, before_us: int = 300_000, after_us: int = 300_000,
-                sessions: set[str] | None = None, limit: int = 40, skip: frozenset[str] = frozenset({"audio"})) -> str:
-        """Human-readable lines around `t_us` (audio chunks left out unless asked for)."""
+                sessions: set[str] | None = None, limit: int = 40, skip: frozenset[str] = frozenset({"audio"}),
+                hide: Callable[[Record], bool] | None = None) -> str:
+        """Human-readable lines around `t_us` (audio chunks left out unless asked for;
+        `hide` leaves out more)."""
         t0 = self.start_us()
         lines = []
         for r in self.records:
-            if not t_us - before_us <= r["t_us"] <= t_us + after_us or r["event"] in skip:
+            if not t_us - before_us <= r["t_us"] <= t_us + after_us or r["event"] in skip or (hide and hide(r)):
                 continue
             if sessions is not None and r["session"] not in sessions and r["session"] is not None:
                 continue

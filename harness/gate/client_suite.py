@@ -85,7 +85,8 @@ def _timeline(ev: Any, judgement: Judgement, world: ClientWorld) -> str:
         at, before, after = failing.window_us[0], 1_000_000, 3_000_000
     else:
         at, before, after = world.stop_us or ev.start_us(), 3_000_000, 0
-    return ev.excerpt(at, before_us=before, after_us=after, skip=frozenset({"audio", "session_stats"}))
+    return ev.excerpt(at, before_us=before, after_us=after, skip=frozenset({"audio", "session_stats"}),
+                      hide=lambda r: r["event"] == "wire" and r["kind"] == "binary")  # audio: in the plot
 
 
 def _raise_if_inconclusive(result: CaseResult, judgement: Judgement, ev: Any) -> None:
