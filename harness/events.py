@@ -18,17 +18,20 @@ class Events:
     records: list[Record]
 
     @classmethod
-    def load(cls, directory: Path) -> Events:
+    def load(cls, directory: Path, since_us: int = 0) -> Events:
+        """Every record of the logs in `directory` (from `since_us` on), in time order."""
         records: list[Record] = []
         for path in sorted(directory.glob("*.jsonl")):
             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 if not line.strip():
                     continue
                 try:
-                    records.append(json.loads(line))
+                    record = json.loads(line)
                 except ValueError as exc:
                     # A process killed mid-write can leave one torn last line.
                     raise ValueError(f"{path}:{n}: not a JSON line ({exc})") from None
+                if record["t_us"] >= since_us:
+                    records.append(record)
         records.sort(key=lambda r: r["t_us"])
         return cls(records)
 

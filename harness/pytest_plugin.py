@@ -23,7 +23,7 @@ from _pytest.runner import runtestprotocol
 from hypothesis import HealthCheck, Phase, settings
 
 from .checkers import InconclusiveViolation
-from .gate.client import ClientCommandError, ClientUnderTest
+from .gate.client import ClientCommandError, ClientUnderTest, TopologyPool
 from .gate.client_cases import CLIENT
 from .gate.gate_session import GATE, GATE_PROG, PROFILES, GateSession
 from .gate.knownfailures import KnownFailures, KnownFailuresError
@@ -95,6 +95,22 @@ def _gate_session(config: pytest.Config) -> GateSession:
     return GateSession(client, strict=bool(config.getoption("strict", False)), profile=config.getoption("gate_profile"),
                        known=known, report_dir=config.getoption("report_dir"), prog=os.environ.get(GATE_PROG, "pytest"),
                        groups=CLIENT.groups)
+
+
+@pytest.fixture(scope="session")
+def gate_topologies(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Iterator[TopologyPool]:
+    """The client gate's shared topology (harness/gate/client.py), stopped at the end of the run.
+    Started here, before any test's leak guard looks, when there is a client to judge."""
+    pool = TopologyPool(tmp_path_factory.mktemp("gate"))
+    gate = pytestconfig.stash.get(GATE, None)
+    if gate is not None and gate.client is not None:
+        pool.shared()
+    yield pool
+    problems = pool.close()
+    if problems:
+        pytest.fail("the client gate's reference server or proxy did not run cleanly:\n" + "\n".join(problems),
+                    pytrace=False)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

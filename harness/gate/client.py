@@ -1,7 +1,7 @@
 """The client under test: how it is started, and one case's world around it.
 
 `ClientUnderTest` is what the implementer declared (`--client-cmd`, `--client-roles`,
-`--client-codecs`). `ClientWorld` is one case's topology, built fresh per case:
+`--client-codecs`). `Topology` is what the client talks to; `ClientWorld` is one case:
 
     client under test ──► sendspin-proxy (--wire-log) ──► reference server (1..N workers)
 
@@ -23,9 +23,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..events import Events
-from ..fault_proxy import FaultProxy
+from ..fault_proxy import FaultProxy, fault_proxy
+from ..protocol import now_us
 from ..scenario import Scenario
-from ..topology import Child, spawn_child
+from ..topology import Child, ManagedProcess, reference_server, spawn_child
 
 QUEUE_SAMPLE_S = 0.1
 PLACEHOLDERS = ("url", "host", "port", "path", "client_id", "name")
@@ -68,27 +69,114 @@ class ClientUnderTest:
 
 
 @dataclass
-class ClientWorld:
-    """One case: the reference server, the proxy in front of it, and the client, fresh.
+class Topology:
+    """The reference server (or a coordinator with workers) and the proxy in front of it.
 
-    `async with ClientWorld(dir, client, case_id) as w:` starts the server and proxy;
-    `await w.start_client()` starts the client; leaving stops the client (its exit
-    status and output stay in `exit_code` / `client.log`), then the proxy and servers."""
+    Cases that leave it as they found it share one (started once per run: starting
+    mitmproxy and a server costs seconds); a case that kills a worker gets its own."""
+
+    directory: Path
+    workers: int = 0
+    servers: list[ManagedProcess] = field(default_factory=list)
+    proxy: FaultProxy = field(init=False)
+
+    @classmethod
+    def start(cls, directory: Path, workers: int = 0, server_args: tuple[str, ...] = ()) -> Topology:
+        """Starts it (blocking: a few seconds); stops what it started if a part fails."""
+        topology = cls(directory, workers)
+        try:
+            extra = ("--workers", str(workers)) if workers else ()
+            server = reference_server(directory, *extra, *server_args)
+            topology.servers.append(server)
+            upstreams = [w["url"] for w in server.ready["workers"]] if workers else [server.ready["url"]]
+            process = fault_proxy(directory, upstreams, *PROXY_ARGS)
+            topology.servers.append(process)
+            topology.proxy = FaultProxy(process)
+            for w in server.ready.get("workers", []) if workers else []:
+                topology.proxy.call("PATCH", f"/upstreams/{w['worker']}", {"pid": w["pid"]})
+            topology.proxy.url += urlsplit(upstreams[0]).path
+        except BaseException:
+            topology.stop()
+            raise
+        return topology
+
+    def alive(self) -> bool:
+        return all(p.popen.poll() is None for p in self.servers)
+
+    def stop(self) -> list[str]:
+        """Stops the proxy, then the servers; returns what did not run cleanly (exit code,
+        stderr): an error logged by our own server is never hidden in a file."""
+        problems = []
+        for process in reversed(self.servers):
+            code = process.stop()
+            text = process.tail(2000).strip()
+            if code != 0 or text:
+                problems.append(f"{process.name} exited {code}:\n{text}")
+        return problems
+
+    def reset(self, timeout: float = 5.0) -> None:
+        """Between two cases: no fault left, and no connection of the last client."""
+        self.proxy.call("POST", "/reset")
+        deadline = time.monotonic() + timeout
+        while self.proxy.call("GET", "/connections")["connections"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+class TopologyPool:
+    """The shared single-server topology of a run: started on first use, checked before
+    each case (a case reset its faults and waits out the last client's connection), and
+    started anew if a process of it died. `close` stops it and says what went wrong."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.current: Topology | None = None
+        self.problems: list[str] = []
+        self.generation = 0
+
+    def shared(self) -> Topology:
+        if self.current is not None and not self.current.alive():
+            self.problems += ["a shared topology died during a case", *self.current.stop()]
+            self.current = None
+        if self.current is None:
+            self.generation += 1
+            self.current = Topology.start(self.directory / f"topology-{self.generation}")
+        else:
+            self.current.reset()
+        return self.current
+
+    def close(self) -> list[str]:
+        if self.current is not None:
+            self.problems += self.current.stop()
+            self.current = None
+        return self.problems
+
+
+@dataclass
+class ClientWorld:
+    """One case: a topology (shared, or its own), and the client under test, fresh.
+
+    `async with ClientWorld(dir, client, case_id, topology) as w:` measures our own loop
+    (`harness.jsonl` in the case's directory); `await w.start_client()` starts the client;
+    leaving stops it (its exit status and output stay in `exit_code` / `client.log`).
+    `events()` is what the topology logged since the case began, plus the case's own log."""
 
     directory: Path
     client: ClientUnderTest
     case_id: str
-    workers: int = 0
-    server_args: tuple[str, ...] = ()
+    topology: Topology
     scenario: Scenario = field(init=False)
-    proxy: FaultProxy = field(init=False)
     process: Child | None = None
     exit_code: int | None = None  # once it exited (by itself, or when stopped)
     exited_by_itself: bool = False
+    begun_us: int = field(default_factory=now_us)
     started_us: int = 0
     stop_us: int = 0  # when the harness stopped it: what ended after that, the harness ended
     stopped: str = ""
     _watcher: asyncio.Task[None] | None = None
+
+    @property
+    def proxy(self) -> FaultProxy:
+        return self.topology.proxy
 
     @property
     def client_id(self) -> str:
@@ -99,19 +187,8 @@ class ClientWorld:
         return self.directory / "client.log"
 
     async def __aenter__(self) -> ClientWorld:
-        self.scenario = Scenario(self.directory)
+        self.scenario = Scenario(self.directory)  # our loop's stalls and the client's queue, in harness.jsonl
         await self.scenario.__aenter__()
-        try:
-            if self.workers:
-                _, self.proxy = await self.scenario.cluster_behind_proxy(self.workers, *self.server_args,
-                                                                         proxy_args=PROXY_ARGS)
-            else:
-                server = await self.scenario.server(*self.server_args)
-                self.proxy = await self.scenario.proxy([server.ready["url"]], *PROXY_ARGS)
-                self.proxy.url += urlsplit(server.ready["url"]).path
-        except BaseException:
-            await self.scenario.__aexit__(None, None, None)
-            raise
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -159,7 +236,8 @@ class ClientWorld:
         return self.process.tail(limit) if self.process is not None else ""
 
     def events(self) -> Events:
-        return self.scenario.events()
+        shared = Events.load(self.topology.directory, since_us=self.begun_us)
+        return Events(sorted(shared.records + Events.load(self.directory).records, key=lambda r: r["t_us"]))
 
     async def until(self, what: str, found: Callable[[Events], Any], timeout: float) -> Any:
         """Polls the event logs until `found(events)` is truthy; returns it, or None after

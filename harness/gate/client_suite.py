@@ -7,6 +7,7 @@ there is no client to judge.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 from ..checkers import InconclusiveViolation, Stall, judge, stalls_during
 from ..checkers import Verdict as InvariantVerdict
 from ..settings import INSTRUMENTS, Bounds
-from .client import ClientWorld
+from .client import ClientWorld, Topology, TopologyPool
 from .client_cases import CLIENT, RUNS
 from .gate_session import GATE, GateSession
 from .report import plot_timeline, timeline_series
@@ -36,7 +37,8 @@ def _session(config: pytest.Config) -> GateSession:
 
 
 @pytest.mark.parametrize("case_id", CLIENT.ids())
-def test_client(case_id: str, request: pytest.FixtureRequest, bounds: Bounds, tmp_path: Path, run: Any) -> None:
+def test_client(case_id: str, request: pytest.FixtureRequest, bounds: Bounds, tmp_path: Path, run: Any,
+                gate_topologies: TopologyPool) -> None:
     gate = _session(request.config)
     assert gate.client is not None
     case, spec = CLIENT[case_id], RUNS[case_id]
@@ -51,14 +53,21 @@ def test_client(case_id: str, request: pytest.FixtureRequest, bounds: Bounds, tm
 
     judgement = Judgement()
     started = time.monotonic()
+    topology = Topology.start(tmp_path / "topology", spec.workers) if spec.workers else gate_topologies.shared()
 
     async def body() -> ClientWorld:
-        async with ClientWorld(tmp_path, gate.client, case_id, spec.workers) as world:
+        async with ClientWorld(tmp_path, gate.client, case_id, topology) as world:
             await spec.run(world, bounds, judgement)
         return world
 
-    world = run(body(), spec.timeout_s)
+    try:
+        world = run(body(), spec.timeout_s)
+    finally:
+        problems = topology.stop() if spec.workers else []
+    if problems:
+        pytest.fail("our reference server or proxy did not run cleanly:\n" + "\n".join(problems), pytrace=False)
     ev = world.events()
+    _keep(ev, tmp_path / "events.jsonl")
     result.seconds = time.monotonic() - started
     result.figures = judgement.figures
     first = flows(ev)
@@ -76,6 +85,11 @@ def test_client(case_id: str, request: pytest.FixtureRequest, bounds: Bounds, tm
         _raise_if_inconclusive(result, judgement, ev)
     gate.record(result)
     gate.conclude(result, world.output())
+
+
+def _keep(ev: Any, path: Path) -> None:
+    """The case's slice of every log, beside its client.log (a failed case's directory stays)."""
+    path.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in ev.records), encoding="utf-8")
 
 
 def _timeline(ev: Any, judgement: Judgement, world: ClientWorld) -> str:
