@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 from collections.abc import Callable, Coroutine, Generator, Iterator
 from pathlib import Path
@@ -124,9 +125,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Writes the gate's results and report; an xdist worker hands its results to the controller."""
     gate = session.config.stash.get(GATE, None)
-    if gate is not None and gate.results:
+    if gate is None:
+        return
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["gate_results"] = json.dumps([r.to_json() for r in gate.results])
+    elif gate.results or gate.remote:
         gate.write()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """xdist: a worker finished; keep its gate results for the controller's report."""
+    gate = node.config.stash.get(GATE, None)
+    if gate is not None:
+        gate.remote += json.loads(node.workeroutput.get("gate_results", "[]"))
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,7 @@ class GateSession:
     prog: str = "pytest"  # how this run was started, for replay commands
     groups: dict[int, str] = field(default_factory=dict)  # the catalogue's groups, for the report
     results: list[CaseResult] = field(default_factory=list)
+    remote: list[dict[str, Any]] = field(default_factory=list)  # results.json rows from xdist workers
 
     def peer(self) -> dict[str, Any]:
         assert self.client is not None
@@ -69,7 +70,7 @@ class GateSession:
     def write(self) -> Path | None:
         if self.report_dir is None or self.client is None:
             return None
-        document = results_document(self.results, self.peer(), {
+        document = results_document([r.to_json() for r in self.results] + self.remote, self.peer(), {
             "strict": self.strict, "profile": self.profile, "python": sys.version.split()[0]})
         write_results(self.report_dir / "results.json", document)
         return write_report(self.report_dir, document, self.groups)

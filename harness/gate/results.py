@@ -8,17 +8,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .verdict import CaseResult
-
 FORMAT = 1
 
 
-def results_document(results: Iterable[CaseResult], peer: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
-    rows = sorted(results, key=lambda r: r.case.sort_key)
+def results_document(rows: Iterable[dict[str, Any]], peer: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """`rows`: `CaseResult.to_json()` of every case, from this process and any xdist worker."""
+    ordered = sorted(rows, key=lambda r: tuple(int(n) for n in r["id"].split(".")))
     return {
         "format": FORMAT, "peer": peer, **meta,
-        "summary": dict(Counter(r.verdict.value for r in rows)),
-        "cases": [r.to_json() for r in rows],
+        "summary": dict(Counter(r["verdict"] for r in ordered)),
+        "cases": ordered,
     }
 
 
