@@ -22,6 +22,7 @@ from . import (  # noqa: F401  (they register)
     g3_streaming,
     g5_orphan_headers,
     g8_connection_loss,
+    g9_bad_input,
 )
 from .common import CLIENT, GROUPS, RUNS, ClientCase
 
