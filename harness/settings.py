@@ -55,6 +55,9 @@ class Bounds:
     # 8.x: connection attempts a client may make during a 15 s outage (a backoff from 1 s
     # makes about 5; a client retrying every 100 ms makes 150).
     client_attempts_per_outage: int = 10
+    # 9.5: how long a client may take to read (or refuse) a 16 MiB message before what it leaves
+    # unread is judged again (loopback carries it in well under a second; parsing takes longer).
+    client_large_message_us: int = 3_000_000
 
     def with_overrides(self, pairs: list[str]) -> Bounds:
         fields = {f.name: f.type for f in dataclasses.fields(self)}

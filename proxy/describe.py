@@ -332,6 +332,7 @@ FAULT_PURPOSE = {
     "down": "reset every new connection at accept",
     "drop": "drop the selected messages",
     "duplicate": "send each selected message again, copies times",
+    "inject": "send a message of the proxy's own to one peer",
     "latency": "delay every chunk by latency ± jitter, in order",
     "limit_data": "forward limit_bytes, then end the connection",
     "orphan_header": "a message's header or first part, never the rest",

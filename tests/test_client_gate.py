@@ -58,6 +58,8 @@ NEGATIVE = [  # (bug, the case it must fail, a case it must pass)
     ("time-waits", "2.3", "1.3"),
     ("gated-reads", "3.1", "1.3"),
     ("no-reconnect", "8.2", "1.3"),
+    ("orphan-crash", "5.2", "5.1"),  # a 4-byte binary kills it; a 9-byte header-only one does not
+    ("bad-json-crash", "9.1", "9.2"),  # malformed JSON kills it; valid JSON of an unknown type does not
 ]
 
 

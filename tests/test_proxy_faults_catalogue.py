@@ -11,7 +11,7 @@ import pytest
 from proxy.faults import FaultSpecError, build_fault, fault_types
 
 MINE = ("orphan_header", "stalled_payload", "slow_reader", "worker_crash", "bandwidth", "slicer", "limit_data",
-        "timeout", "slow_close", "down", "duplicate", "delay", "corrupt", "truncate", "close")
+        "timeout", "slow_close", "down", "duplicate", "delay", "corrupt", "truncate", "close", "inject")
 
 # --- the catalogue -------------------------------------------------------------------------------
 
@@ -28,7 +28,7 @@ def test_every_fault_is_registered_and_describes_its_parameters() -> None:
 
 def _minimal(kind: str) -> dict[str, Any]:
     return {"bandwidth": {"rate_bps": 1000}, "slow_reader": {"rate_bps": 0},
-            "limit_data": {"limit_bytes": 10}}.get(kind, {})
+            "limit_data": {"limit_bytes": 10}, "inject": {"text": "{}"}}.get(kind, {})
 
 
 @pytest.mark.parametrize(("spec", "message"), [

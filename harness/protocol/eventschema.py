@@ -152,7 +152,7 @@ EVENTS: dict[str, EventType] = {e.name: e for e in [
        variant="orphan_header: binary/fragment/announce", kept="bytes kept", opened_us="when the orphan opened",
        dropped="messages dropped", dropped_bytes="bytes dropped", closed_by="what ended an open fragment",
        next_index="the message that followed", mode="stalled_payload: frame/bytes", sent_bytes="bytes let through",
-       stall_s="stall length (None: forever)", frames="slicer: frames made", at="corrupt: offset",
+       stall_s="stall length (None: forever)", frames="slicer, inject: frames made", at="corrupt: offset",
        was="corrupt: byte before", now="corrupt: byte after", delay_ms="delay", reorder="delay: reordered",
        copies="duplicate: copies", rate_bps="rate", rcvbuf_bytes="slow_reader: SO_RCVBUF set",
        latency_ms="latency", jitter_ms="jitter", limit_bytes="limit_data: limit", sent="bytes sent",

@@ -4,8 +4,9 @@
 
 Without a bug (`--bug none`) it behaves: client/hello, waits for server/hello, sends
 client/state, sends client/time every 200 ms whatever the replies, reads everything as
-it comes, and reconnects with a backoff (0.5 s doubling to 4 s). Built on websockets'
-asyncio client, not on our probe, so the gate is shown to judge another code base.
+it comes (ignoring text that is not a JSON object and binaries it cannot use), and
+reconnects with a backoff (0.5 s doubling to 4 s). Built on websockets' asyncio client,
+not on our probe, so the gate is shown to judge another code base.
 
 Bugs (each should make the gate FAIL the case named):
   no-support    declares player@v1 without its player@v1_support object           (1.3)
@@ -15,6 +16,8 @@ Bugs (each should make the gate FAIL the case named):
   gated-reads   reads one message per client/time it sends (reads behind sends)   (3.1)
   no-reconnect  exits when its connection is lost                                (8.1, 8.2)
   storm         reconnects at once, over and over, with no backoff               (8.6, NON-STRICT)
+  orphan-crash  unpacks every binary's 9-byte header unchecked: a shorter one kills it  (5.2)
+  bad-json-crash  parses every text message unguarded: malformed JSON kills it    (9.1)
 """
 
 from __future__ import annotations
@@ -24,13 +27,15 @@ import asyncio
 import contextlib
 import json
 import signal
+import struct
 import sys
 import time
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
-BUGS = ("none", "no-support", "early", "no-time-sync", "time-waits", "gated-reads", "no-reconnect", "storm")
+BUGS = ("none", "no-support", "early", "no-time-sync", "time-waits", "gated-reads", "no-reconnect", "storm",
+        "orphan-crash", "bad-json-crash")
 TIME_INTERVAL_S = 0.2
 
 
@@ -54,6 +59,24 @@ def client_time() -> str:
     return json.dumps({"type": "client/time", "payload": {"client_transmitted": time.monotonic_ns() // 1000}})
 
 
+def message_type(message: str, bug: str) -> str | None:
+    """The `type` of a JSON text message; None for text that is not a JSON object (ignored)."""
+    if bug == "bad-json-crash":
+        return json.loads(message).get("type")  # unguarded: malformed JSON raises, and nothing catches it
+    try:
+        doc = json.loads(message)
+    except ValueError:
+        return None
+    return doc.get("type") if isinstance(doc, dict) else None
+
+
+def on_binary(message: bytes, bug: str) -> None:
+    """Audio is read and dropped; the orphan-crash bug unpacks the header without checking
+    the length first (struct.error on fewer than 9 bytes, and nothing catches it)."""
+    if bug == "orphan-crash":
+        struct.unpack_from(">Bq", message)
+
+
 async def session(ws: ClientConnection, bug: str, client_id: str, name: str) -> None:
     await ws.send(hello(client_id, name, bug))
     if bug == "early":
@@ -61,7 +84,7 @@ async def session(ws: ClientConnection, bug: str, client_id: str, name: str) -> 
         await ws.send(client_time())
     while True:  # server/hello first
         message = await ws.recv()
-        if isinstance(message, str) and json.loads(message).get("type") == "server/hello":
+        if isinstance(message, str) and message_type(message, bug) == "server/hello":
             break
     if bug != "early":
         await ws.send(state())
@@ -84,7 +107,9 @@ async def session(ws: ClientConnection, bug: str, client_id: str, name: str) -> 
             if bug == "gated-reads":
                 await sent.acquire()
             message = await ws.recv()
-            if isinstance(message, str) and json.loads(message).get("type") == "server/time":
+            if isinstance(message, bytes):
+                on_binary(message, bug)
+            elif message_type(message, bug) == "server/time":
                 replied.set()
     finally:
         timer.cancel()

@@ -11,7 +11,7 @@ from ...settings import Bounds
 from ..case import Case, Catalogue, Severity
 from ..client import ClientWorld
 from ..verdict import Judgement
-from ..wire import flows
+from ..wire import close_verdict, flows
 
 GROUPS = {1: "Handshake", 2: "Clock sync", 3: "Streaming", 4: "Chunked and large messages",
           5: "Orphan headers downstream", 6: "Stalled payloads", 7: "Slow network", 8: "Connection loss",
@@ -118,3 +118,99 @@ async def judge_recovery(w: ClientWorld, b: Bounds, j: Judgement, lost_us: int) 
             (lost_us, back["t_us"] if back else lost_us + b.client_recovery_us))
     ev = w.events()
     j.report("connections", len(flows(ev)))
+
+
+# --- what a client must survive: orphans and bad input (groups 5 and 9) ------------------------
+
+def flow_port(ev: Events, flow: str) -> int | None:
+    """The client's TCP port of connection `flow`, as the proxy accepted it."""
+    accepted = next(iter(ev.select("accept", proc="proxy", session=flow)), None)
+    return int(accepted["client"].rsplit(":", 1)[1]) if accepted else None
+
+
+def unread_during(ev: Events, port: int | None, start_us: int, end_us: int) -> int:
+    """The most bytes the client left unread on `port` in [start, end]: the value in effect
+    at `start` (samples are logged only when they change) and every sample after it."""
+    samples = [r for r in ev.select("client_queue", port=port) if r["t_us"] <= end_us]
+    before = [r["bytes"] for r in samples if r["t_us"] <= start_us][-1:]
+    return max(before + [r["bytes"] for r in samples if r["t_us"] > start_us], default=0)
+
+
+async def faults_acted(w: ClientWorld, j: Judgement, names: list[str], timeout: float) -> list[Record] | None:
+    """Waits until each fault in `names` acted; their first `fault` events, in time order.
+    A client that exits meanwhile is judged on those that acted before (None: none did,
+    or one never acted on a client still running: then the case tested nothing)."""
+    def hits(ev: Events) -> list[Record]:
+        found = (next(iter(ev.select("fault", fault=n)), None) for n in names)
+        return sorted((h for h in found if h is not None), key=lambda r: r["t_us"])
+    await w.until("the faults acted", lambda ev: len(hits(ev)) == len(names), timeout)
+    acted = hits(w.events())
+    if not acted or (len(acted) < len(names) and w.running()):
+        for name in names:
+            fault_acted(w.events(), name, j)
+        return None
+    return acted
+
+
+def observe_s(b: Bounds) -> float:
+    """How long a case watches after its fault: a client that stopped syncing its clock
+    then shows a pause longer than the bound."""
+    return b.client_time_gap_us / 1e6 + 1.0
+
+
+def flow_ended(ev: Events, flow: str, after_us: int) -> Record | None:
+    return next((r for r in ev.select("close", proc="proxy", session=flow) if r["t_us"] >= after_us), None)
+
+
+def judge_kept_session(w: ClientWorld, b: Bounds, j: Judgement, flow: str, start_us: int,
+                       settle_us: int = 0) -> None:
+    """The client went on as if nothing happened, on connection `flow`, from `start_us` on:
+    running, the connection open, client/time flowing, audio passing and read (what it
+    left unread, from `start_us + settle_us` on, under the bound)."""
+    ev = w.events()
+    end = max(r["t_us"] for r in ev.records)
+    if exited(w, j):
+        j.require(False, "the client process ended: it did not survive what it was sent")
+        return
+    ended = flow_ended(ev, flow, start_us)
+    if ended is not None:
+        j.require(False, f"the connection ended {ms(ended['t_us'] - start_us)} ms after the fault: "
+                  f"{close_verdict(ev, flow, end + 1, b.client_time_gap_us)}")
+        return
+    _, gap = time_gaps(ev, start_us, end)
+    check_gap(j, b, gap)
+    audio = [r for r in ev.select("wire", session=flow, direction="downstream", kind="binary") if r["t_us"] > start_us]
+    j.require(bool(audio), "no audio passed to the client after the fault: nothing shows it kept playing")
+    j.check("most bytes the client left unread after the fault", unread_during(ev, flow_port(ev, flow),
+            start_us + settle_us, end), "<=", b.client_unread_bytes, "bytes", "client_unread_bytes")
+    j.report("audio chunks passed after the fault", len(audio))
+
+
+async def judge_survived(w: ClientWorld, b: Bounds, j: Judgement, flow: str, start_us: int,
+                         settle_us: int = 0) -> None:
+    """Either the client went on as if nothing happened (judge_kept_session), or it closed
+    connection `flow` itself with a close frame and a code, then connected again and
+    streams: never a crash, a connection dropped without a word, or a session gone quiet."""
+    ev = w.events()
+    ended = flow_ended(ev, flow, start_us)
+    if ended is None:
+        judge_kept_session(w, b, j, flow, start_us, settle_us)
+        return
+    verdict = close_verdict(ev, flow, max(r["t_us"] for r in ev.records) + 1, b.client_time_gap_us)
+    j.note(f"the connection ended {ms(ended['t_us'] - start_us)} ms after the fault: {verdict}")
+    if not j.require(verdict.closed_by == "client" and verdict.code is not None,
+                     f"the connection ended without the client closing it with a code ({verdict}): a client that "
+                     "refuses input says so with a close frame"):
+        exited(w, j)
+        return
+    back = await w.until("audio on a new connection",
+                         lambda ev: next((r for r in ev.select("wire", direction="downstream", kind="binary")
+                                          if r["t_us"] > ended["t_us"] and r["session"] != flow), None),
+                         b.client_recovery_us / 1e6 + 1)
+    if back is None and exited(w, j):
+        j.require(False, f"the client closed the connection ({verdict.code}) and its process ended instead of "
+                  "connecting again")
+    took = None if back is None else back["t_us"] - ended["t_us"]
+    j.check("streaming again after it closed the connection", None if took is None else ms(took), "<=",
+            ms(b.client_recovery_us), "ms", "client_recovery_us",
+            (ended["t_us"], ended["t_us"] + (b.client_recovery_us if took is None else took)))
