@@ -1,9 +1,15 @@
-"""Interop at the protocol level: aiosendspin 10.2.1's Noise server
-(`allow_unencrypted=False`) on loopback, driven by our sans-I/O `noise` client
-(NoiseSession + NoiseClientFlow) over a plain websockets connection, in both
-suites: handshake, server/hello, client/hello, server/activate, client/time,
-client/state with `available`, a stream of watermark audio with the 13-byte
-header, stream/end, client/leave, client/goodbye.
+"""Interop at the protocol level with aiosendspin 10.2.1, on loopback, both suites.
+
+- Its Noise server (`allow_unencrypted=False`), driven by our sans-I/O `noise`
+  client (NoiseSession + NoiseClientFlow) over a plain websockets connection:
+  handshake, server/hello, client/hello, server/activate, client/time,
+  client/state with `available`, watermark audio with the 13-byte header,
+  stream/end, client/leave, client/goodbye.
+- Its Noise client (unpaired access on) against our sans-I/O server side under a
+  bare websockets server: handshake, server/hello, client/hello, server/activate,
+  server/time, client/state, stream/start, audio encrypted per listener from one
+  prepared chunk; the client's audio listener sees every chunk with our
+  timestamps and `send_ahead`.
 
 aiosendspin 10.2.1 is not in the project's venv (pyproject pins 6.1.1 for the
 legacy interop, and one venv cannot hold both), so the server runs as a
@@ -29,14 +35,17 @@ from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 from harness.protocol import ConnectionFatal
 from harness.protocol import messages as m
 from harness.protocol.clock import now_us
 from harness.protocol.noise import SUITES, AudioChunk, NoiseProfile
-from harness.protocol.noise_flow import NoiseClientFlow
+from harness.protocol.noise_flow import NoiseClientFlow, NoiseServerFlow
 
 PEER = Path(__file__).parent / "noise_peers" / "aiosendspin10_server.py"
+CLIENT_PEER = Path(__file__).parent / "noise_peers" / "aiosendspin10_client.py"
 ENV = "SENDSPIN_AIOSENDSPIN10_PYTHON"
 RATE = 48_000
 SECONDS = 1.5
@@ -166,3 +175,128 @@ def test_our_noise_client_against_aiosendspin_10_2_1(suite: str) -> None:
     print(f"{suite}: {len(chunks)} chunks, {streamed} frames, send_ahead {min(c[1] for c in chunks)}.."
           f"{max(c[1] for c in chunks)} µs, received {report['received']}, "
           f"closed by the server after the goodbye: {report['closed_by_server']}", file=sys.stderr)
+
+
+# --- aiosendspin 10.2.1's client against our server side ---------------------------------------
+
+CHUNK_FRAMES = 1200  # 25 ms
+CHUNKS = 40
+
+
+def _watermark(first: int, frames: int) -> bytes:
+    return b"".join((i & 0xFFFF).to_bytes(2, "little") + ((i >> 16) & 0xFFFF).to_bytes(2, "little")
+                    for i in range(first, first + frames))
+
+
+async def _serve_one(python: str, suite: str) -> dict:
+    profile = NoiseProfile()
+    report: dict = {"received": [], "sent_ts": [], "notes": []}
+    done = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        codec, flow = profile.session("server"), NoiseServerFlow()
+        lock = asyncio.Lock()  # encrypt and write in one order: the nonces are the wire order
+
+        async def send_wire(wires: list) -> None:
+            async with lock:
+                for wire in wires:
+                    await ws.send(wire)
+
+        async def send(message: m.Message) -> None:
+            async with lock:
+                flow.sent(message)
+                for wire in codec.encode_messages(message):
+                    await ws.send(wire)
+
+        try:
+            while not codec.ready:
+                step = codec.handshake(await asyncio.wait_for(ws.recv(), 10))
+                await send_wire(list(step.send))
+                report["notes"] += step.notes
+                if step.close:
+                    report["handshake_error"] = str(step.error)
+                    return
+            report["client_id"], report["suite"] = codec.peer_id, codec.suite
+            await send(m.NoiseServerHello(name="harness noise server"))
+            state_ready = asyncio.Event()
+
+            async def reader() -> None:
+                async for wire in ws:
+                    message = codec.decode(wire)
+                    if message is None:
+                        continue
+                    flow.receive(message)
+                    report["received"].append(getattr(message, "TYPE", "binary"))
+                    if isinstance(message, m.NoiseClientHello):
+                        report["hello"] = message
+                        await send(m.ServerActivate(activities=["playback"], active_roles=["player@v1"]))
+                        await send(m.NoiseGroupUpdate(playback_state="playing", group_id="g", group_name="main"))
+                    elif isinstance(message, m.ClientTime):
+                        received = now_us()
+                        await send(m.ServerTime(client_transmitted=message.client_transmitted,
+                                                server_received=received, server_transmitted=now_us()))
+                    elif isinstance(message, m.NoiseClientState):
+                        report.setdefault("states", []).append(message)
+                        if message.available and message.player:
+                            state_ready.set()
+
+            read_task = asyncio.create_task(reader())
+            try:
+                await asyncio.wait_for(state_ready.wait(), 15)
+                await send(m.NoiseStreamStart(server_transmitted=now_us(), player=m.PlayerStream(
+                    codec="pcm", sample_rate=RATE, channels=2, bit_depth=16)))
+                start = now_us() + 300_000
+                for k in range(CHUNKS):
+                    ts = start + k * CHUNK_FRAMES * 1_000_000 // RATE
+                    prepared = profile.prepare_audio(ts, _watermark(k * CHUNK_FRAMES, CHUNK_FRAMES))
+                    async with lock:
+                        for wire in codec.audio_messages(prepared):
+                            await ws.send(wire)
+                    report["sent_ts"].append(ts)
+                    await asyncio.sleep(max(0.0, (ts - 250_000 - now_us()) / 1e6))
+                await asyncio.wait_for(read_task, 25)  # until the client says goodbye and closes
+            finally:
+                read_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                    await read_task
+        except ConnectionClosed:
+            pass
+        finally:
+            done.set()
+
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            python, str(CLIENT_PEER), f"ws://127.0.0.1:{port}/sendspin", suite, str(CHUNKS),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), 90)
+            report["peer_lines"] = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+            report["peer_err"], report["returncode"] = err.decode(), proc.returncode
+            await asyncio.wait_for(done.wait(), 10)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    return report
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_aiosendspin_10_2_1_client_against_our_noise_server(suite: str) -> None:
+    python = _interpreter()
+    report = asyncio.run(asyncio.wait_for(_serve_one(python, suite), 150))
+    assert report["returncode"] == 0, report["peer_err"][-2000:]
+    assert "handshake_error" not in report, report["handshake_error"]
+    lines = report["peer_lines"]
+    assert report["client_id"] == lines[0]["client_id"] and report["suite"] == suite
+    assert report["received"][0] == "client/hello", report["received"]
+    assert report["hello"].unpaired_access.enabled
+    assert any(s.available for s in report["states"]), report["states"]
+    chunks = lines[-1]["chunks"]
+    assert len(chunks) == CHUNKS, f"{len(chunks)} chunks reached its audio listener; {report['received']}"
+    for k, (ts, send_ahead, size, first) in enumerate(chunks):
+        assert ts == report["sent_ts"][k] and size == CHUNK_FRAMES * 4 and first == k * CHUNK_FRAMES
+        assert 0 < send_ahead < 1_000_000, send_ahead  # its parser read our 13-byte header
+    assert report["received"][-1] == "client/goodbye", report["received"]
+    print(f"{suite}: {len(chunks)} chunks, send_ahead {min(c[1] for c in chunks)}..{max(c[1] for c in chunks)} µs, "
+          f"received {report['received']}, notes {report['notes']}", file=sys.stderr)
