@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from noise_support import Wire, deliver, handshake, pair
 
 from harness.protocol import ConnectionFatal, HandshakeStep, ProtocolError, get_profile
@@ -518,3 +520,38 @@ def test_a_first_activation_without_active_roles_reads_as_empty() -> None:
 def test_peer_key_of_a_session_matches_its_init() -> None:
     server, client = pair()
     assert peer_key(server.peer_id) == client.identity.public  # type: ignore[arg-type]
+
+
+# --- fuzz: any first message and any handshake message -------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=st.one_of(
+    st.text(max_size=80),
+    st.builds(lambda v, s, c: json.dumps({"type": "client/init", "payload": {"version": v, "suite": s,
+                                                                               "client_id": c}}),
+              st.one_of(st.integers(), st.booleans(), st.none(), st.text(max_size=3), st.floats(allow_nan=False)),
+              st.one_of(st.sampled_from(["25519_ChaChaPoly_SHA256", "x"]), st.integers(), st.none()),
+              st.one_of(st.text(max_size=44), st.integers(), st.just("A" * 43)))))
+def test_any_first_message_gets_server_init_or_server_error(text: str) -> None:
+    server = NoiseSession("server", Identity.generate())
+    step = server.handshake(text)
+    if step.close:
+        (error,) = step.send
+        assert json.loads(error)["type"] == "server/error"
+        assert json.loads(error)["payload"]["reason"] in ("unsupported_version", "unsupported_suite", "malformed")
+    else:
+        assert [json.loads(w)["type"] for w in step.send] == ["server/init", "noise/handshake"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.one_of(st.text(max_size=60), st.binary(max_size=60),
+                      st.builds(lambda d: json.dumps({"type": "noise/handshake", "payload": {"data": d}}),
+                                st.text(max_size=120))))
+def test_any_other_handshake_message_is_a_silent_failure(data: str | bytes) -> None:
+    server, client = NoiseSession("server", Identity.generate()), NoiseSession("client", Identity.generate())
+    server_init, _ = server.handshake(client.handshake(None).send[0]).send
+    client.handshake(server_init)
+    for side in (client, server):
+        step = side.handshake(data)
+        assert step.close and step.send == () and step.error is not None  # silent failure

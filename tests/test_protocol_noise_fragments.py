@@ -264,3 +264,25 @@ def test_a_9_byte_legacy_header_is_not_accepted_as_audio() -> None:
     (wire,) = server.encode_raw(4, struct.pack(">q", 123))  # type + int64 timestamp only
     with pytest.raises(ProtocolError, match="13-byte header"):
         client.decode(wire)
+
+
+# --- fuzz: a peer's bytes never raise anything but ProtocolError -----------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(plaintexts=st.lists(st.one_of(
+    st.binary(max_size=40),
+    st.tuples(st.sampled_from([0, 1, 4, 8, 16, 192]), st.integers(0, 255), st.binary(max_size=30)).map(
+        lambda t: bytes([t[0], t[1]]) + t[2]),
+    st.sampled_from([b'\x00{"type":"server/activate","payload":{"activities":["x"]}}', b"\x00\xff\xfe",
+                     b'\x00{"type":"noise/handshake","payload":{"data":"@@"}}', b"\x00[" * 30])),
+    min_size=1, max_size=6))
+def test_decoding_any_plaintext_raises_only_protocol_errors(plaintexts: list[bytes]) -> None:
+    server, client = pair()
+    for plaintext in plaintexts:
+        wire = server._encrypt(plaintext)
+        try:
+            client.decode(wire)
+        except ProtocolError:
+            if client.phase is Phase.CLOSED:
+                return
