@@ -88,7 +88,6 @@ from .profile import HandshakeStep
 from .wsframes import BINARY, encode_frame
 
 PROTOCOL_VERSION = 1
-RESERVED_TYPES = (2, 3)  # messaging.md: reserved for future use (aiosendspin's pre-#172 fragments)
 
 
 class Phase(enum.Enum):
@@ -532,6 +531,6 @@ class NoiseSession:
             return message
         if message_type == PLAYER_AUDIO:
             return decode_audio(message_type, payload)
-        if message_type in RESERVED_TYPES:
-            raise ProtocolError("binary", "type", f"type {message_type} is reserved")
+        # Every other id, reserved ones (2-3: aiosendspin's pre-#172 fragments) included, is
+        # returned as is: messaging.md has receivers ignore binary ids they do not implement.
         return RawBinary(message_type, payload)
