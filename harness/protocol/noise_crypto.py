@@ -183,7 +183,7 @@ class CipherState:
     def encrypt_with_ad(self, ad: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
         if self._aead is None:
             return bytes(plaintext)
-        ciphertext = self._aead.encrypt(self._nonce(), bytes(plaintext), ad or None)
+        ciphertext = self._aead.encrypt(self._nonce(), plaintext, ad or None)  # any bytes-like: no copy
         self.n += 1
         return ciphertext
 
@@ -193,7 +193,7 @@ class CipherState:
         if len(ciphertext) < TAGLEN:
             raise NoiseError("decrypt", f"a ciphertext holds at least the {TAGLEN}-byte tag, got {len(ciphertext)}")
         try:
-            plaintext = self._aead.decrypt(self._nonce(), bytes(ciphertext), ad or None)
+            plaintext = self._aead.decrypt(self._nonce(), ciphertext, ad or None)
         except InvalidTag:
             raise NoiseError("decrypt", f"AEAD authentication failed (nonce {self.n})") from None
         self.n += 1  # only after a successful decryption (Noise spec §5.1)

@@ -47,6 +47,7 @@ from .errors import ConnectionFatal, ProtocolError
 from .fragments import (
     DEFAULT_REASSEMBLY_CAP,
     MAX_PAYLOAD,
+    MAX_PLAINTEXT,
     MAX_TRANSPORT_MESSAGE,
     Reassembler,
     fragment_count,
@@ -164,7 +165,7 @@ class _Pending:
     rehandshake: bool = False
 
 
-@dataclass
+@dataclass(eq=False)  # a connection is equal only to itself
 class NoiseSession:
     """The codec of one `noise` connection. Server: `server_psks` maps a client_id
     to the PSK to reference for it (absent: the Sentinel). Client: `client_psks`
@@ -498,6 +499,8 @@ class NoiseSession:
         stamped for a transmission at `transmit_us` (default: now)."""
         self._check_may_send(None)
         plaintext = stamp_send_ahead(prepared, now_us() if transmit_us is None else transmit_us)
+        if len(plaintext) <= MAX_PLAINTEXT:  # the usual case: one message, no further copy
+            return [self._encrypt(plaintext)]
         return [self._encrypt(p) for p in fragment_plaintexts(PLAYER_AUDIO, memoryview(plaintext)[1:])]
 
     def audio_frame(self, prepared: bytes, transmit_us: int | None = None) -> bytes:
