@@ -92,7 +92,8 @@ def test_a_violation_is_reported_with_file_line_and_rule(tmp_path: Path) -> None
 
 
 def test_importing_the_protocol_core_loads_no_event_loop() -> None:
-    code = "import sys, harness.protocol; print(sorted({'asyncio', 'websockets.asyncio'} & set(sys.modules)))"
+    code = ("import sys, harness.protocol, harness.protocol.noise, harness.protocol.noise_flow; "
+            "print(sorted({'asyncio', 'websockets.asyncio'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

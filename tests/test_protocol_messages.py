@@ -909,8 +909,8 @@ def test_legacy_profile_text_messages() -> None:
 
 
 def test_unknown_profile() -> None:
-    with pytest.raises(ValueError, match="noise"):
-        get_profile("noise")
+    with pytest.raises(ValueError, match="known: \\['legacy', 'noise'\\]"):
+        get_profile("made-up")
 
 
 # --- fuzz: decode never raises anything but ProtocolError -----------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from .errors import ProtocolError, UnknownMessageType
@@ -23,7 +24,8 @@ def peek_type(text: str | bytes) -> str:
         return "?"
 
 
-def decode_json(text: str | bytes) -> Message:
+def decode_json(text: str | bytes, types: Mapping[str, type[Message]] = MESSAGE_TYPES) -> Message:
+    """One JSON message; `types` is the revision's vocabulary (legacy by default)."""
     try:
         obj: Any = json.loads(text)
     except ValueError as exc:
@@ -35,7 +37,7 @@ def decode_json(text: str | bytes) -> Message:
     message_type = obj.get("type")
     if not isinstance(message_type, str):
         raise ProtocolError("?", "type", "required string field is missing")
-    cls = MESSAGE_TYPES.get(message_type)
+    cls = types.get(message_type)
     if cls is None:
         raise UnknownMessageType(message_type)
     if "payload" not in obj:

@@ -19,6 +19,12 @@ class ProtocolError(Exception):
         super().__init__(f"{where}: {rule}")
 
 
+class ConnectionFatal(ProtocolError):
+    """A breach after which the connection must be closed (the `noise` revision's
+    silent failures, malformed fragment sequences); other ProtocolErrors leave the
+    decision to the caller."""
+
+
 class UnknownMessageType(ProtocolError):
     """A well-formed JSON message whose `type` this profile does not define."""
 

@@ -1,7 +1,16 @@
-"""Every JSON message of the legacy Sendspin spec (README.md @ 7e3157c), typed.
+"""Every JSON message of both Sendspin revisions, typed.
 
 One dataclass per message (its `TYPE` is the wire `type`) and one per role
 object. The annotations are the schema; see `fields.py` for how they read.
+
+- `legacy` (README.md @ 7e3157c): `ALL_MESSAGES`, `MESSAGE_TYPES`.
+- `noise` (`messaging.md`, `roles/player/v1.md` of the current spec): the
+  messages new to it (`client/init`, `server/init`, `server/error`,
+  `noise/handshake`, `server/activate`, `client/leave`, `server/unpair`) and
+  `Noise*` classes for the messages whose shape changed under the same wire
+  type (`client/hello` lost `client_id`/`version` to `client/init`,
+  `client/state` gained `available`, ...): `NOISE_MESSAGES`,
+  `NOISE_MESSAGE_TYPES`. A wire type maps to one class per revision.
 """
 
 from __future__ import annotations
@@ -310,9 +319,212 @@ class HarnessError(Message):
     rule: str
 
 
+# --- the `noise` revision (current spec) --------------------------------------------
+#
+# Role objects whose content is not this harness's business yet (artwork, visualizer,
+# source, color, pairing descriptors) stay plain dicts: unknown keys pass, shape unchecked.
+
+SuiteName = Literal["25519_ChaChaPoly_SHA256", "25519_AESGCM_SHA256"]
+ServerErrorReason = Literal["unsupported_version", "unsupported_suite", "malformed"]
+Activity = Literal["playback", "pairing"]
+NoisePlayerCommandName = Literal["volume", "mute", "set_output_delay"]
+NoiseGoodbyeReason = Literal[
+    "another_server", "shutdown", "restart", "user_request", "unauthorized", "pairing_required",
+    "concurrent_attempt", "unpaired",
+]
+SERVER_ERROR_REASONS: tuple[str, ...] = ("unsupported_version", "unsupported_suite", "malformed")
+
+
+@dataclass(kw_only=True)
+class ClientInit(Message):
+    """First message of a connection, cleartext. `version` and `suite` are plain
+    here so that a test peer can send any value; the server checks them in the
+    spec's order (`noise_session.check_client_init`)."""
+
+    TYPE: ClassVar[str] = "client/init"
+    client_id: str
+    version: int = 1
+    suite: str
+
+
+@dataclass(kw_only=True)
+class ServerInit(Message):
+    TYPE: ClassVar[str] = "server/init"
+    server_id: str
+    version: int = 1
+
+
+@dataclass(kw_only=True)
+class ServerError(Message):
+    """Sent in place of server/init; the server closes after it. `reason` is kept
+    as sent: an unknown reason is still a rejection."""
+
+    TYPE: ClassVar[str] = "server/error"
+    reason: str
+
+
+@dataclass(kw_only=True)
+class NoiseHandshake(Message):
+    """One Noise handshake message, base64url without padding."""
+
+    TYPE: ClassVar[str] = "noise/handshake"
+    data: str
+
+
+@dataclass(kw_only=True)
+class NoiseDeviceInfo:
+    product_name: str | Unset = UNSET
+    manufacturer: str | Unset = UNSET
+    software_version: str | Unset = UNSET
+    mac_address: str | Unset = UNSET
+
+
+@dataclass(kw_only=True)
+class NoisePlayerSupport:
+    supported_formats: list[AudioFormat] = field(metadata={"length": (1, 1000)})
+    buffer_capacity: int = field(metadata={"range": (1, 2**62)})
+
+
+@dataclass(kw_only=True)
+class UnpairedAccess:
+    enabled: bool
+
+
+@dataclass(kw_only=True)
+class NoiseServerHello(Message):
+    TYPE: ClassVar[str] = "server/hello"
+    name: str
+    languages: list[str] | Unset = UNSET
+    source_support: dict[str, Any] | Unset = field(default=UNSET, metadata={"key": "source@v1_support"})
+
+
+@dataclass(kw_only=True)
+class NoiseClientHello(Message):
+    TYPE: ClassVar[str] = "client/hello"
+    name: str
+    supported_roles: list[str]
+    device_info: NoiseDeviceInfo | Unset = UNSET
+    player_support: NoisePlayerSupport | Unset = field(default=UNSET, metadata={"key": "player@v1_support"})
+    source_support: dict[str, Any] | Unset = field(default=UNSET, metadata={"key": "source@v1_support"})
+    visualizer_support: dict[str, Any] | Unset = field(default=UNSET, metadata={"key": "visualizer@v1_support"})
+    supported_pair_methods: dict[str, Any]
+    unpaired_access: UnpairedAccess
+
+
+@dataclass(kw_only=True)
+class ServerActivate(Message):
+    """The server's purpose on this connection; `active_roles` is required on the
+    first one (a client reads an omitted one there as empty)."""
+
+    TYPE: ClassVar[str] = "server/activate"
+    activities: list[Activity]
+    active_roles: list[str] | Unset = UNSET
+    pairing: dict[str, Any] | Unset = UNSET
+
+
+@dataclass(kw_only=True)
+class NoisePlayerState:
+    volume: int | Unset = field(default=UNSET, metadata=_VOLUME)
+    muted: bool | Unset = UNSET
+    output_delay_ms: int = field(metadata={"range": (0, 5000)})
+    required_lead_time_ms: int = field(metadata={"range": (0, 2**62)})
+    min_buffer_ms: int = field(metadata={"range": (0, 2**62)})
+    supported_commands: list[NoisePlayerCommandName]
+    format: AudioFormat | Unset = UNSET
+
+
+@dataclass(kw_only=True)
+class NoiseClientState(Message):
+    TYPE: ClassVar[str] = "client/state"
+    available: bool
+    player: NoisePlayerState | Unset = UNSET
+    source: dict[str, Any] | Unset = UNSET
+    artwork: dict[str, Any] | Unset = UNSET
+    visualizer: dict[str, Any] | Unset = UNSET
+
+
+@dataclass(kw_only=True)
+class ClientLeave(Message):
+    """Leave the current group (no payload fields)."""
+
+    TYPE: ClassVar[str] = "client/leave"
+
+
+@dataclass(kw_only=True)
+class ServerUnpair(Message):
+    TYPE: ClassVar[str] = "server/unpair"
+
+
+@dataclass(kw_only=True)
+class NoisePlayerCommand:
+    command: NoisePlayerCommandName
+    volume: int | Unset = field(default=UNSET, metadata=_VOLUME)
+    mute: bool | Unset = UNSET
+    output_delay_ms: int | Unset = field(default=UNSET, metadata={"range": (0, 5000)})
+
+
+@dataclass(kw_only=True)
+class NoiseServerCommand(Message):
+    TYPE: ClassVar[str] = "server/command"
+    player: NoisePlayerCommand | Unset = UNSET
+    source: dict[str, Any] | Unset = UNSET
+
+
+@dataclass(kw_only=True)
+class NoiseServerState(Message):
+    """Role objects may be null: the server clears a role's state that way."""
+
+    TYPE: ClassVar[str] = "server/state"
+    metadata: dict[str, Any] | Unset | None = UNSET
+    controller: dict[str, Any] | Unset | None = UNSET
+    color: dict[str, Any] | Unset | None = UNSET
+
+
+@dataclass(kw_only=True)
+class NoiseStreamStart(Message):
+    TYPE: ClassVar[str] = "stream/start"
+    server_transmitted: int
+    player: PlayerStream | Unset = UNSET
+    artwork: dict[str, Any] | Unset = UNSET
+    visualizer: dict[str, Any] | Unset = UNSET
+
+
+@dataclass(kw_only=True)
+class NoiseStreamClear(Message):
+    TYPE: ClassVar[str] = "stream/clear"
+    server_transmitted: int
+    roles: list[str] | Unset = UNSET
+
+
+@dataclass(kw_only=True)
+class NoiseGroupUpdate(Message):
+    """Every message carries all three fields (messaging.md, group/update)."""
+
+    TYPE: ClassVar[str] = "group/update"
+    playback_state: Literal["playing", "stopped"]
+    group_id: str
+    group_name: str
+
+
+@dataclass(kw_only=True)
+class NoiseClientGoodbye(Message):
+    TYPE: ClassVar[str] = "client/goodbye"
+    reason: NoiseGoodbyeReason
+
+
 ALL_MESSAGES: tuple[type[Message], ...] = (
     ClientHello, ServerHello, ClientTime, ServerTime, ClientState, ClientCommand,
     ServerState, ServerCommand, StreamStart, StreamClear, StreamRequestFormat,
     StreamEnd, GroupUpdate, ClientGoodbye, HarnessUpload, HarnessUploadResult, HarnessError,
 )
 MESSAGE_TYPES: dict[str, type[Message]] = {m.TYPE: m for m in ALL_MESSAGES}
+
+# The cleartext phase of the noise revision: sent as WebSocket text, before any key.
+NOISE_CLEARTEXT: tuple[type[Message], ...] = (ClientInit, ServerInit, ServerError, NoiseHandshake)
+NOISE_MESSAGES: tuple[type[Message], ...] = (
+    *NOISE_CLEARTEXT, NoiseServerHello, NoiseClientHello, ServerActivate, ClientTime, ServerTime,
+    NoiseClientState, ClientCommand, NoiseServerState, NoiseServerCommand, NoiseStreamStart, NoiseStreamClear,
+    StreamEnd, NoiseGroupUpdate, ClientLeave, ServerUnpair, NoiseClientGoodbye,
+    HarnessUpload, HarnessUploadResult, HarnessError,
+)
+NOISE_MESSAGE_TYPES: dict[str, type[Message]] = {m.TYPE: m for m in NOISE_MESSAGES}

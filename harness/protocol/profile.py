@@ -25,14 +25,30 @@ binary message) returns the plaintext audio message from `prepare_audio`; its
 codec has `shared_audio = False` and `audio_frame` encrypts and frames it for
 that one listener; `encode` returns bytes; `encode_binary` returns the whole
 ciphertext as head and an empty body.
+
+What the `noise` profile added to the seam (the smallest change that fits it):
+
+- `ready` and `handshake(data)`: a codec may need messages of its own before it
+  can encode anything. While `ready` is false, every received message goes to
+  `handshake()`, which returns a `HandshakeStep` (send these, done, close);
+  `handshake(None)` when the connection opens gives what this side sends first.
+  Legacy: always ready; `handshake(None)` is done at once and sends nothing.
+- `decode` may return None (a Sendspin fragment of a message still open), an
+  `AudioChunk` (13-byte header with `send_ahead`) or a `RawBinary`.
+- `encode_messages(message)`: a message too large for one transport message
+  becomes several WebSocket messages (Sendspin fragments). Legacy: `[encode()]`.
+- `audio_frame(prepared, transmit_us=None)`: `send_ahead` is stamped per
+  listener at transmission (messaging.md, Transmit timestamps). Legacy ignores it.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from .binary import PLAYER_AUDIO, BinaryMessage, decode_binary, encode_binary
 from .codec import decode_json, encode_json
+from .errors import ProtocolError
 from .messages import Message
 from .wsframes import BINARY, encode_frame
 
@@ -40,9 +56,33 @@ WireData = str | bytes  # str = WebSocket text message, bytes = binary message
 BinaryParts = tuple[bytes, bytes | memoryview]  # one binary message = head + body (body: shared, never copied)
 Side = Literal["client", "server"]
 
+if TYPE_CHECKING:
+    from .noise_plaintext import AudioChunk, RawBinary
+
+    Decoded = Message | BinaryMessage | AudioChunk | RawBinary | None
+
+
+@dataclass(frozen=True)
+class HandshakeStep:
+    """What one input of a codec's handshake phase leads to."""
+
+    send: tuple[WireData, ...] = ()  # write these, in order (str: text message, bytes: binary)
+    done: bool = False  # the (re-)handshake completed: application messages from now on
+    close: bool = False  # close the connection after writing `send`
+    error: ProtocolError | None = None  # why it closes
+    server_error: str | None = None  # client: the reason of a server/error received
+    notes: tuple[str, ...] = ()  # tolerated oddities, for logs
+
 
 class SessionCodec(Protocol):
     """The codec of one connection; per-connection state (keys, nonces) lives here."""
+
+    @property
+    def ready(self) -> bool:
+        """False while the codec's own handshake runs: received messages go to `handshake()`."""
+        ...
+
+    def handshake(self, data: WireData | None) -> HandshakeStep: ...
 
     @property
     def shared_audio(self) -> bool:
@@ -51,15 +91,19 @@ class SessionCodec(Protocol):
 
     def encode(self, message: Message) -> WireData: ...
 
+    def encode_messages(self, message: Message) -> list[WireData]:
+        """Every WebSocket message that carries `message`, in order (one unless fragmented)."""
+        ...
+
     def encoded_size(self, message: Message) -> int:
         """The bytes `encode(message)` would send, without advancing any state."""
         ...
 
     def encode_binary(self, message_type: int, timestamp_us: int, payload: bytes | memoryview) -> BinaryParts: ...
 
-    def decode(self, data: WireData) -> Message | BinaryMessage: ...
+    def decode(self, data: WireData) -> Decoded: ...
 
-    def audio_frame(self, prepared: bytes) -> bytes:
+    def audio_frame(self, prepared: bytes, transmit_us: int | None = None) -> bytes:
         """The complete WebSocket frame (server to client) carrying one chunk that
         `Profile.prepare_audio` prepared."""
         ...
@@ -79,9 +123,18 @@ class LegacySession:
     """Cleartext revision: JSON in text messages, binary = type + int64 µs + payload."""
 
     shared_audio = True
+    ready = True
+
+    def handshake(self, data: WireData | None) -> HandshakeStep:
+        if data is not None:
+            raise ProtocolError("?", "", "the legacy revision has no codec handshake: decode every message")
+        return HandshakeStep(done=True)
 
     def encode(self, message: Message) -> WireData:
         return encode_json(message)
+
+    def encode_messages(self, message: Message) -> list[WireData]:
+        return [encode_json(message)]
 
     def encoded_size(self, message: Message) -> int:
         return len(encode_json(message))
@@ -94,7 +147,7 @@ class LegacySession:
             return decode_json(data)
         return decode_binary(data)
 
-    def audio_frame(self, prepared: bytes) -> bytes:
+    def audio_frame(self, prepared: bytes, transmit_us: int | None = None) -> bytes:
         return prepared
 
 
@@ -119,11 +172,22 @@ class LegacyProfile:
         return _LEGACY_SESSION.decode(data)
 
 
-PROFILES: dict[str, Profile] = {"legacy": LegacyProfile()}
+def _noise_profile() -> Profile:
+    from .noise import NoiseProfile  # noise imports this module: resolved at first use
+
+    return NoiseProfile()
+
+
+_FACTORIES = {"legacy": LegacyProfile, "noise": _noise_profile}
+PROFILES: dict[str, Profile] = {}
 
 
 def get_profile(name: str) -> Profile:
-    try:
-        return PROFILES[name]
-    except KeyError:
-        raise ValueError(f"unknown protocol profile {name!r}; known: {sorted(PROFILES)}") from None
+    """The process's profile of that name. `noise`: a fresh random identity, the
+    Sentinel PSK only, ChaChaPoly for a client; build a `NoiseProfile` for others."""
+    if name not in PROFILES:
+        try:
+            PROFILES[name] = _FACTORIES[name]()
+        except KeyError:
+            raise ValueError(f"unknown protocol profile {name!r}; known: {sorted(_FACTORIES)}") from None
+    return PROFILES[name]
