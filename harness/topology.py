@@ -42,6 +42,10 @@ from typing import Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 POLL_S = 0.02
+# How long a process we start may take to be ready: generous, since a busy machine
+# (a shared CI runner) can take seconds to start a Python process; a correctness
+# bound, never a speed claim (start-up speed is measured by bench/multiworker.py).
+STARTUP_TIMEOUT_S = 15.0
 
 
 class StartupError(RuntimeError):
@@ -349,7 +353,7 @@ def _read_ready(child: Child, path: Path) -> tuple[bool, dict[str, Any] | None]:
     return False, None
 
 
-def wait_ready_file(child: Child, path: Path, timeout: float = 15.0) -> dict[str, Any]:
+def wait_ready_file(child: Child, path: Path, timeout: float = STARTUP_TIMEOUT_S) -> dict[str, Any]:
     """The JSON `child` writes to `path` once ready; StartupError (child stopped) if it exits
     first or writes nothing within `timeout` s."""
     deadline = time.monotonic() + timeout
@@ -364,7 +368,7 @@ def wait_ready_file(child: Child, path: Path, timeout: float = 15.0) -> dict[str
         time.sleep(POLL_S)
 
 
-async def await_ready_file(child: Child, path: Path, timeout: float = 15.0) -> dict[str, Any]:
+async def await_ready_file(child: Child, path: Path, timeout: float = STARTUP_TIMEOUT_S) -> dict[str, Any]:
     """`wait_ready_file` without blocking the event loop."""
     deadline = time.monotonic() + timeout
     while True:
@@ -390,7 +394,7 @@ async def port_accepts(port: int, host: str = "127.0.0.1", timeout: float = 1.0)
     return True
 
 
-async def wait_listening(child: Child, port: int, timeout: float = 15.0, host: str = "127.0.0.1") -> None:
+async def wait_listening(child: Child, port: int, timeout: float = STARTUP_TIMEOUT_S, host: str = "127.0.0.1") -> None:
     """Until `child` accepts connections on host:port; StartupError if it exits first or
     does not within `timeout` s (the child is left running: the caller stops it)."""
     end = time.monotonic() + timeout
@@ -477,7 +481,7 @@ class ManagedProcess(Child):
         return self
 
 
-def spawn(name: str, argv: list[str], workdir: Path, timeout: float = 15.0,
+def spawn(name: str, argv: list[str], workdir: Path, timeout: float = STARTUP_TIMEOUT_S,
           env: dict[str, str] | None = None) -> ManagedProcess:
     """Start `argv` with `--ready-file` appended and wait until it writes it."""
     workdir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from harness.probe import ProbeConfig
 from harness.protocol import now_us
 from harness.scenario import Scenario
 from harness.settings import DEFAULT_BOUNDS as BOUNDS
-from harness.topology import reference_server
+from harness.topology import STARTUP_TIMEOUT_S, reference_server
 
 HEARTBEAT_TIMEOUT_S = 0.5
 
@@ -160,9 +160,11 @@ def test_respawn_restores_capacity_on_the_same_port(run, tmp_path: Path) -> None
                 w = _status(server.ready["http"])["workers"][1]
                 return w["alive"] and w["pid"] != old["pid"]
 
-            deadline = time.monotonic() + 2.0
+            # a worker's start is a process start: it gets what every start gets; how fast
+            # a respawn is on an idle machine is bench/multiworker.py's figure
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
             while not await asyncio.to_thread(back):
-                assert time.monotonic() < deadline, "capacity not back within 2 s"
+                assert time.monotonic() < deadline, f"capacity not back within {STARTUP_TIMEOUT_S} s"
                 await asyncio.sleep(0.05)
             restored_s = (now_us() - killed) / 1e6
             new = (await asyncio.to_thread(_status, server.ready["http"]))["workers"][1]
