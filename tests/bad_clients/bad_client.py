@@ -4,7 +4,8 @@
 
 Without a bug (`--bug none`) it behaves: client/hello, waits for server/hello, sends
 client/state, sends client/time every 200 ms whatever the replies, reads everything as
-it comes, and reconnects with a backoff (0.5 s doubling to 4 s). Built on websockets'
+it comes, answers server/command volume/mute with client/state, and reconnects with a
+backoff (0.5 s doubling to 4 s). Built on websockets'
 asyncio client, not on our probe, so the gate is shown to judge another code base.
 
 Bugs (each should make the gate FAIL the case named):
@@ -13,6 +14,9 @@ Bugs (each should make the gate FAIL the case named):
   no-time-sync  never sends client/time                                          (2.1)
   time-waits    sends the next client/time only after the last one's reply        (2.3)
   gated-reads   reads one message per client/time it sends (reads behind sends)   (3.1)
+  no-reassembly does not reassemble fragmented messages: takes a message's first frame
+                for the whole and drops the rest (a fragmented JSON message is then
+                unparsable and ignored)                                          (4.1)
   no-reconnect  exits when its connection is lost                                (8.1, 8.2)
   storm         reconnects at once, over and over, with no backoff               (8.6, NON-STRICT)
 """
@@ -26,11 +30,13 @@ import json
 import signal
 import sys
 import time
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
-BUGS = ("none", "no-support", "early", "no-time-sync", "time-waits", "gated-reads", "no-reconnect", "storm")
+BUGS = ("none", "no-support", "early", "no-time-sync", "time-waits", "gated-reads", "no-reassembly", "no-reconnect",
+        "storm")
 TIME_INTERVAL_S = 0.2
 
 
@@ -45,13 +51,40 @@ def hello(client_id: str, name: str, bug: str) -> str:
     return json.dumps({"type": "client/hello", "payload": payload})
 
 
-def state() -> str:
+def state(player: dict[str, Any] | None = None) -> str:
     return json.dumps({"type": "client/state", "payload": {"state": "synchronized",
-                                                            "player": {"volume": 100, "muted": False}}})
+                                                            "player": player or {"volume": 100, "muted": False}}})
 
 
 def client_time() -> str:
     return json.dumps({"type": "client/time", "payload": {"client_transmitted": time.monotonic_ns() // 1000}})
+
+
+async def receive(ws: ClientConnection, bug: str) -> str | bytes:
+    """The next message; with no-reassembly, its first frame taken for the whole."""
+    if bug != "no-reassembly":
+        return await ws.recv()
+    first: str | bytes | None = None
+    async for frame in ws.recv_streaming():
+        if first is None:
+            first = frame  # the continuation frames are read and dropped
+    assert first is not None
+    return first
+
+
+def obey(message: str, player: dict[str, Any]) -> bool:
+    """A server/command volume or mute applied to `player`; True if it changed."""
+    try:
+        command = json.loads(message)
+    except ValueError:
+        print(f"not JSON, ignored: {message[:40]!r}", file=sys.stderr, flush=True)
+        return False
+    order = command.get("payload", {}).get("player") if command.get("type") == "server/command" else None
+    if not order or order.get("command") not in ("volume", "mute"):
+        return False
+    key, field = ("volume", "volume") if order["command"] == "volume" else ("mute", "muted")
+    player[field] = order.get(key, player[field])
+    return True
 
 
 async def session(ws: ClientConnection, bug: str, client_id: str, name: str) -> None:
@@ -79,13 +112,16 @@ async def session(ws: ClientConnection, bug: str, client_id: str, name: str) -> 
             await asyncio.sleep(TIME_INTERVAL_S)
 
     timer = asyncio.create_task(time_loop())
+    player = {"volume": 100, "muted": False}
     try:
         while True:
             if bug == "gated-reads":
                 await sent.acquire()
-            message = await ws.recv()
-            if isinstance(message, str) and json.loads(message).get("type") == "server/time":
+            message = await receive(ws, bug)
+            if isinstance(message, str) and '"server/time"' in message:
                 replied.set()
+            elif isinstance(message, str) and obey(message, player):
+                await ws.send(state(player))
     finally:
         timer.cancel()
 

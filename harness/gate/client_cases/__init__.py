@@ -16,7 +16,7 @@ Judged only from outside:
 
 from __future__ import annotations
 
-from . import g1_handshake, g2_clock_sync, g3_streaming, g8_connection_loss  # noqa: F401  (they register)
+from . import g1_handshake, g2_clock_sync, g3_streaming, g4_chunked, g8_connection_loss  # noqa: F401  (they register)
 from .common import CLIENT, GROUPS, RUNS, ClientCase
 
 __all__ = ["CLIENT", "GROUPS", "RUNS", "ClientCase"]
