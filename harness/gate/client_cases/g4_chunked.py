@@ -123,11 +123,11 @@ def _artwork_case(case_id: str, size: int, thorough: bool) -> None:
         if await hello_passed(w, j) is None:
             return
         answer = (await act(w, "artwork", bytes=size, fragment_bytes=ARTWORK_FRAGMENT))["sessions"][0]
-        ev = w.events()
-        began = [r for r in ev.select("send_begin", type="artwork/0") if r["t_us"] >= action_at(ev, "artwork")]
-        if not j.require(bool(began), "the server never began to send the image"):
+        began = await w.until("the image's first fragment", lambda ev: next(
+            (r for r in ev.select("send_begin", type="artwork/0") if r["t_us"] >= action_at(ev, "artwork")), None), 5)
+        if not j.require(began is not None, "the server did not begin to send the image within 5 s"):
             return
-        start = began[0]["t_us"]
+        start = began["t_us"]
         message = answer["bytes"] + HEADER_SIZE
         whole = await w.until("the image", lambda ev: first_after(
             ev, start, direction="downstream", kind="binary", type=str(artwork_type(0)), size=message),
