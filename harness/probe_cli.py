@@ -35,6 +35,9 @@ from .protocol import messages as m
 
 ROLE = re.compile(r"^(_[\w.-]+(@v\d+)?|[a-z]+@v\d+)$")   # spec roles are versioned; `_custom` ones may not be
 CLEAN_CLOSES = (1000, 1001)
+# A player declares what it can play, preferred first; a second format lets a server change it mid-stream.
+FORMATS = (m.AudioFormat(codec="pcm", channels=2, sample_rate=48_000, bit_depth=16),
+           m.AudioFormat(codec="pcm", channels=2, sample_rate=48_000, bit_depth=24))
 BUSY_RESPONSE = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
@@ -276,7 +279,8 @@ def _summary(probe: ProbeClient, args: argparse.Namespace, outcome: Outcome) -> 
 async def run(args: argparse.Namespace) -> Outcome:
     stop = _stop_event(args.duration)
     log = EventLog(args.log, args.name)
-    config = ProbeConfig(name=args.name, client_id=args.client_id, roles=args.roles, answer_commands=True)
+    config = ProbeConfig(name=args.name, client_id=args.client_id, roles=args.roles, answer_commands=True,
+                         formats=list(FORMATS))
     url = args.url or f"ws://{args.listen[0]}:{args.listen[1]}{args.path}"
     probe = ProbeClient(url, config, log)
     try:

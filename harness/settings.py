@@ -50,6 +50,12 @@ class Bounds:
     # 3.1: bytes the server may hold for a client that reads at the audio rate (≈1 s of PCM
     # 48 kHz stereo is 192 KB; the server's lead is below that).
     client_held_bytes: int = 512 * 1024
+    # 3.4, 4.1: a player answers a server/command volume or mute with a client/state carrying the
+    # new value within this (the spec: "State updates must be sent whenever any state changes").
+    client_command_reply_us: int = 2_000_000
+    # 4.4: a ping that came between two fragments of a message is answered (a pong) within this
+    # (RFC 6455 §5.5.2: "as soon as is practical").
+    client_pong_us: int = 2_000_000
     # 8.x: after its connection is lost, a client streams again (a new session gets audio) within this.
     client_recovery_us: int = 10_000_000
     # 8.x: connection attempts a client may make during a 15 s outage (a backoff from 1 s

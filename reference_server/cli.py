@@ -25,7 +25,7 @@ def _positive(kind: type, name: str):
 
 # Options only the coordinator takes; everything else is passed on to its workers.
 _COORDINATOR_ONLY = {"--workers": 1, "--respawn": 0, "--ready-file": 1, "--port": 1, "--proc": 1,
-                     "--heartbeat-timeout": 1, "--stall-timeout": 1}
+                     "--heartbeat-timeout": 1, "--stall-timeout": 1, "--control-port": 1}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Sendspin reference server (legacy profile).")
     p.add_argument("--host", default=d.host, help="address to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=d.port, help="port to bind, 0 = ephemeral (default %(default)s)")
+    p.add_argument("--control-port", type=int, default=d.control_port,
+                   help="port of the control endpoint (scripted actions: POST /actions/NAME), 0 = ephemeral; "
+                        "with --workers the coordinator's, which forwards to every worker (default %(default)s)")
     p.add_argument("--ready-file", type=Path, help="write JSON with the bound address here once listening")
     p.add_argument("--log-dir", type=Path, help="write the JSON-lines event log into this directory")
     p.add_argument("--proc", default=d.proc, help="process name in the event log (default %(default)s)")
@@ -69,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def to_config(a: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
-        host=a.host, port=a.port, ready_file=a.ready_file, log_dir=a.log_dir, proc=a.proc, source=a.source,
+        host=a.host, port=a.port, control_port=a.control_port, ready_file=a.ready_file, log_dir=a.log_dir,
+        proc=a.proc, source=a.source,
         chunk_ms=a.chunk_ms, max_lead_ms=a.max_lead_ms, autoplay=not a.no_autoplay, artwork_bytes=a.artwork_bytes,
         fragment_bytes=a.fragment_bytes, payload_timeout_s=a.payload_timeout, hello_timeout_s=a.hello_timeout,
         slow_reader_close_s=a.slow_reader_close, max_message_bytes=a.max_message_bytes,

@@ -37,6 +37,7 @@ class ServerConfig:
     ready_file: Path | None = None
     log_dir: Path | None = None
     proc: str = "server"
+    control_port: int = 0              # the control endpoint's (scripted actions; control.py), 0 = ephemeral
 
     # audio timeline
     source: str = "watermark"          # "watermark" or a path to a WAV file

@@ -40,10 +40,12 @@ from harness.protocol import EventLog, LoopLagMonitor, now_us
 
 from . import ipc
 from .config import ServerConfig
+from .control import ControlEndpoint, ControlError, post_json
 from .sources import open_source
 from .timeline import Batch, Producer
 
 READY_TIMEOUT_S = 15.0
+FORWARD_TIMEOUT_S = 30.0  # an action with a large artwork waits for the image to be made
 STOP_TIMEOUT_S = 3.0
 EXIT_ALL_DEAD = 3
 
@@ -52,6 +54,7 @@ EXIT_ALL_DEAD = 3
 class Worker:
     index: int
     port: int = 0
+    control_port: int = 0
     process: subprocess.Popen[bytes] | None = None
     pidfd: int | None = None
     sock: socket.socket | None = None
@@ -61,7 +64,7 @@ class Worker:
     ipc_drops: int = 0
     restarts: int = 0
     redirected: int = 0  # clients sent here since its last heartbeat (not yet in its counts)
-    ready: asyncio.Future[int] | None = None
+    ready: asyncio.Future[ipc.Ready] | None = None
 
     @property
     def proc(self) -> str:
@@ -105,6 +108,7 @@ class Coordinator:
         self.stopping = asyncio.Event()
         self.exit_code = 0
         self._http: Server | None = None
+        self.control = ControlEndpoint(config.host, config.control_port, self._act)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- lifecycle -----------------------------------------------------------------
@@ -134,7 +138,9 @@ class Coordinator:
     async def _serve_http(self) -> None:
         c = self.config
         self._http = await serve(self._refuse_ws, c.host, c.port, process_request=self._on_http)
-        c.announce(self.log, self._http, workers=[self._worker_info(w) for w in self.workers])
+        await self.control.start()
+        c.announce(self.log, self._http, control=self.control.url,
+                   workers=[self._worker_info(w) for w in self.workers])
 
     async def _shutdown(self) -> None:
         self.log.emit("shutdown", live_workers=sum(w.alive for w in self.workers))
@@ -145,6 +151,7 @@ class Coordinator:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, *([task] if task else []), return_exceptions=True)
+        await self.control.close()
         if self._http is not None:
             self._http.close()
             with contextlib.suppress(TimeoutError):
@@ -187,13 +194,14 @@ class Coordinator:
         w.pidfd = os.pidfd_open(w.process.pid)
         loop.add_reader(w.pidfd, self._on_exit, w, w.process)
         try:
-            w.port = await asyncio.wait_for(w.ready, READY_TIMEOUT_S)
+            ready = await asyncio.wait_for(w.ready, READY_TIMEOUT_S)
         except (TimeoutError, RuntimeError) as exc:
             self._detach(w)
             self._close_pidfd(w)
             w.process.kill()
             await asyncio.to_thread(w.process.wait, STOP_TIMEOUT_S)
             raise RuntimeError(f"{w.proc} did not start: {exc or 'no READY within the timeout'}") from None
+        w.port, w.control_port = ready.port, ready.control_port
         w.alive = True
         w.last_heartbeat_us = now_us()
         self.log.emit("worker_start", worker=w.index, pid=w.pid, port=w.port, restarts=w.restarts)
@@ -230,7 +238,7 @@ class Coordinator:
                 if message != w.heartbeat:
                     w.heartbeat = message
                     self._update_demand()
-            elif isinstance(message, int) and w.ready is not None and not w.ready.done():
+            elif isinstance(message, ipc.Ready) and w.ready is not None and not w.ready.done():
                 w.ready.set_result(message)
 
     def _detach(self, w: Worker) -> None:
@@ -320,6 +328,7 @@ class Coordinator:
     def _worker_info(self, w: Worker) -> dict[str, Any]:
         host = self.config.host
         return {"worker": w.index, "pid": w.pid, "port": w.port, "url": f"ws://{host}:{w.port}{self.config.path}",
+                "control": f"http://{host}:{w.control_port}",
                 "alive": w.alive, "listeners": w.heartbeat.listeners, "sessions": w.heartbeat.sessions,
                 "heartbeat_age_ms": (now_us() - w.last_heartbeat_us) // 1000 if w.alive else None,
                 "ipc_drops": w.ipc_drops, "restarts": w.restarts}
@@ -356,6 +365,30 @@ class Coordinator:
                                           f"{self.config.path} or /api/status\n")
         response.headers["Access-Control-Allow-Origin"] = "*"
         return response
+
+    async def _act(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        """A scripted action, forwarded to every live worker's control endpoint: the
+        client's session may be on any of them (its worker's log shows which took it)."""
+        live = [w for w in self.workers if w.alive]
+        answers = await asyncio.gather(*(post_json(self.config.host, w.control_port, f"/actions/{name}", params,
+                                                   FORWARD_TIMEOUT_S) for w in live), return_exceptions=True)
+        applied: list[dict[str, Any]] = []
+        refused: list[dict[str, Any]] = []
+        problems: list[str] = []
+        for w, answer in zip(live, answers, strict=True):
+            if isinstance(answer, BaseException):
+                problems.append(f"{w.proc}: no answer ({type(answer).__name__}: {answer})")
+            elif answer[0] == 200:
+                applied += answer[1]["sessions"]
+                refused += [{**r, "proc": w.proc} for r in answer[1]["refused"]]
+            else:
+                problems.append(f"{w.proc}: {answer[1].get('error')}")
+        why = "; ".join(problems) or "no live worker"
+        self.log.emit("action", action=name, params=params, workers=[w.index for w in live],
+                      **({"result": {"sessions": len(applied)}} if applied else {"refused": why}))
+        if not applied:
+            raise ControlError(409, f"{name}: no worker's session took it: {why}")
+        return {"action": name, "sessions": applied, "refused": refused}
 
     async def _refuse_ws(self, ws: ServerConnection) -> None:  # every request is answered in _on_http
         await ws.close()

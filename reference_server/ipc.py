@@ -19,14 +19,14 @@ MAX_MESSAGE = 256 * 1024
 
 HELLO = 1      # coordinator -> worker: rate, source kind
 CHUNK = 2      # coordinator -> worker: one timeline chunk + canonical bytes
-READY = 3      # worker -> coordinator: bound port
+READY = 3      # worker -> coordinator: its bound ports (WebSocket, control)
 HEARTBEAT = 4  # worker -> coordinator: every heartbeat interval, with its counts
 STATUS = 5     # coordinator -> worker: the cluster's status (JSON), for the worker's /api/status
 
 _KIND = struct.Struct("B")
 _HELLO = struct.Struct(">I")
 _CHUNK = struct.Struct(">qqIqq")
-_READY = struct.Struct(">H")
+_READY = struct.Struct(">HH")
 _HEARTBEAT = struct.Struct(">IIB")
 
 
@@ -34,6 +34,12 @@ _HEARTBEAT = struct.Struct(">IIB")
 class Hello:
     rate: int
     source_kind: str
+
+
+@dataclass(frozen=True)
+class Ready:
+    port: int
+    control_port: int
 
 
 @dataclass(frozen=True)
@@ -51,8 +57,8 @@ def chunk(c: Chunk, canonical: bytes) -> bytes:
     return _KIND.pack(CHUNK) + _CHUNK.pack(c.seq, c.start_frame, c.frames, c.ts_us, c.end_us) + canonical
 
 
-def ready(port: int) -> bytes:
-    return _KIND.pack(READY) + _READY.pack(port)
+def ready(port: int, control_port: int) -> bytes:
+    return _KIND.pack(READY) + _READY.pack(port, control_port)
 
 
 def heartbeat(listeners: int, sessions: int, wants_audio: bool) -> bytes:
@@ -63,8 +69,8 @@ def status(cluster_json: str) -> bytes:
     return _KIND.pack(STATUS) + cluster_json.encode()
 
 
-def decode(data: bytes) -> Hello | tuple[Chunk, bytes] | int | Heartbeat | str:
-    """One message: Hello, (Chunk, canonical), a READY port, Heartbeat, or STATUS JSON text."""
+def decode(data: bytes) -> Hello | tuple[Chunk, bytes] | Ready | Heartbeat | str:
+    """One message: Hello, (Chunk, canonical), Ready, Heartbeat, or STATUS JSON text."""
     if not data:
         raise ValueError("empty IPC message")
     kind, body = data[0], memoryview(data)[1:]
@@ -75,7 +81,7 @@ def decode(data: bytes) -> Hello | tuple[Chunk, bytes] | int | Heartbeat | str:
         seq, start, frames, ts, end = _CHUNK.unpack_from(body)
         return Chunk(seq, start, frames, ts, end), bytes(body[_CHUNK.size :])
     if kind == READY:
-        return int(_READY.unpack_from(body)[0])
+        return Ready(*_READY.unpack_from(body))
     if kind == HEARTBEAT:
         listeners, sessions, wants = _HEARTBEAT.unpack_from(body)
         return Heartbeat(listeners, sessions, bool(wants))

@@ -131,12 +131,14 @@ class Playback:
 
     def choose_format(self, formats: list[m.AudioFormat]) -> m.PlayerStream | None:
         """The client's most preferred format we serve: PCM at the timeline rate."""
-        for f in formats:
-            if f.codec == "pcm" and f.sample_rate == self.timeline.rate and f.bit_depth in SERVED_BIT_DEPTHS \
-                    and f.channels in (1, 2):
-                return m.PlayerStream(codec="pcm", sample_rate=f.sample_rate, channels=f.channels,
-                                      bit_depth=f.bit_depth)
-        return None
+        served = self.served_formats(formats)
+        return served[0] if served else None
+
+    def served_formats(self, formats: list[m.AudioFormat]) -> list[m.PlayerStream]:
+        """Those of `formats` we serve (PCM at the timeline rate, 16/24-bit, 1-2 channels), in their order."""
+        return [m.PlayerStream(codec="pcm", sample_rate=f.sample_rate, channels=f.channels, bit_depth=f.bit_depth)
+                for f in formats if f.codec == "pcm" and f.sample_rate == self.timeline.rate
+                and f.bit_depth in SERVED_BIT_DEPTHS and f.channels in (1, 2)]
 
     def _update_timeline(self) -> None:
         """The source plays while some playing group has a player; otherwise it pauses."""

@@ -22,8 +22,10 @@ from websockets.http11 import Request, Response
 
 from harness.protocol import EventLog, LoopLagMonitor, get_profile
 
+from . import actions
 from .artwork import make_image
 from .config import ServerConfig
+from .control import ControlEndpoint
 from .playback import Demand, Playback
 from .session import Session
 from .sources import open_source
@@ -53,6 +55,8 @@ class ReferenceServer:
         for image_format in ("png", "bmp"):
             make_image(image_format, config.artwork_bytes)  # now, not on the event loop mid-session
         self._ids = itertools.count(1)
+        self.sessions: dict[str, Session] = {}  # every live connection, also before its hello
+        self.control = ControlEndpoint(config.host, config.control_port, self.act)
         self._server: Server | None = None
         self.port = 0
         self.cluster: dict[str, Any] | None = None  # set in a worker: the coordinator's view of all workers
@@ -68,7 +72,8 @@ class ReferenceServer:
             ping_interval=c.ping_interval_s, ping_timeout=c.ping_timeout_s, write_limit=c.write_limit_bytes,
             close_timeout=2.0,
         )
-        self.port = c.announce(self.log, self._server)
+        await self.control.start()
+        self.port = c.announce(self.log, self._server, control=self.control.url)
         # Its own stalls are logged so that a checker can tell them from the harness's (checkers.py).
         self._loop_lag = LoopLagMonitor(asyncio.get_running_loop(), self.log).start()
 
@@ -82,6 +87,7 @@ class ReferenceServer:
 
     async def shutdown(self) -> None:
         self.log.emit("shutdown", sessions=len(self.playback.sessions))
+        await self.control.close()
         if self._server is not None:
             self._server.close(close_connections=True)
             with contextlib.suppress(TimeoutError):
@@ -111,7 +117,16 @@ class ReferenceServer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.socket_send_buffer)
         session = Session(ws, f"s{next(self._ids)}", self.playback, self.profile.session("server"), self.config,
                           self.log)
-        await session.run()
+        self.sessions[session.session_id] = session
+        try:
+            await session.run()
+        finally:
+            del self.sessions[session.session_id]
+
+    async def act(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        """A scripted action from the control endpoint, on this process's sessions."""
+        return await actions.apply(name, params, list(self.sessions.values()), self.playback.served_formats,
+                                   self.log, self.config.proc)
 
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]

@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from websockets.asyncio.server import ServerConnection
@@ -39,6 +41,7 @@ from harness.protocol import (
     fragment,
     now_us,
     peek_type,
+    wsframes,
 )
 from harness.protocol import messages as m
 from harness.protocol.handshake import IMPLEMENTED_ROLES, support_objects, unknown_roles
@@ -67,6 +70,19 @@ class PlaybackPort(Protocol):
     def external_source(self, session: Session) -> None: ...
 
     def choose_format(self, formats: list[m.AudioFormat]) -> m.PlayerStream | None: ...
+
+
+@dataclass
+class Split:
+    """A scripted send (control endpoint): the next `count` messages (of `type`, if
+    set) go out as `frames` frames each, or in frames of `fragment_bytes`, with a ping
+    between each two frames if `pings`. Exactly those frames: no empty closing frame."""
+
+    frames: int = 1
+    pings: bool = False
+    type: str | None = None
+    count: int = 1
+    fragment_bytes: int | None = None
 
 
 class StalledPayload(Exception):
@@ -98,6 +114,9 @@ class Session:
         self._control_bytes = 0
         # channel -> (binary type, timestamp µs, shared image bytes); encoded when sent, in wire order
         self._artwork: dict[int, tuple[int, int, bytes]] = {}
+        self._artwork_split: dict[int, Split] = {}  # how a scripted image goes out
+        self._splits: list[Split] = []  # scripted sends of the next JSON messages
+        self._pings = itertools.count(1)
         self._wake = asyncio.Event()
         self.player_format: m.PlayerStream | None = None
         self._pacer = AudioPacer(playback.timeline, config.start_delay_ms * 1000, self._skipped,
@@ -183,7 +202,7 @@ class Session:
         self.hello = message
         self._pacer.capacity = message.player_support.buffer_capacity if message.player_support else 0
         self.log.emit("recv", self.session_id, t_us=t_received, type=message.TYPE, client_id=message.client_id,
-                      roles=message.supported_roles, supports=support_objects(message))
+                      roles=message.supported_roles, supports=support_objects(message), **_player_support(message))
         self.active_roles = activate_roles(message.supported_roles, IMPLEMENTED_ROLES)
         if m.HARNESS_ROLE in message.supported_roles:
             self.active_roles.append(m.HARNESS_ROLE)
@@ -305,6 +324,8 @@ class Session:
         fields: dict[str, object] = {}
         if isinstance(message, m.ClientTime):
             fields["client_transmitted"] = message.client_transmitted
+        elif isinstance(message, m.ClientState):
+            fields = _state_fields(message)
         self.log.emit("recv", self.session_id, t_us=t_received, type=message.TYPE, bytes=len(data),
                       fragments=fragments, **fields)
         return await self._dispatch(message, t_received)
@@ -397,18 +418,42 @@ class Session:
         self._pacer.restart()
         self.enqueue(m.StreamClear(roles=["player"]))
 
-    def send_artwork(self, channel: int, image_format: str) -> None:
-        image = make_image(image_format, self.config.artwork_bytes)
+    def send_artwork(self, channel: int, image_format: str, size: int | None = None,
+                     split: Split | None = None) -> None:
+        """stream/start for the channel, then its image (of `size` bytes: a scripted
+        one, made beforehand off the event loop; else --artwork-bytes)."""
+        image = make_image(image_format, size or self.config.artwork_bytes)
         self.enqueue(m.StreamStart(artwork=m.ArtworkStream(channels=[m.ArtworkStreamChannel(
             source="album", format=image.format, width=image.width, height=image.height)])))  # type: ignore[arg-type]
         self._artwork[channel] = (artwork_type(channel), now_us(), image.data)
+        if split is not None:
+            self._artwork_split[channel] = split
+        else:
+            self._artwork_split.pop(channel, None)
         self.log.emit("artwork_queued", self.session_id, channel=channel, bytes=len(image.data), sha256=image.sha256)
         self._wake.set()
 
     # --- writing -----------------------------------------------------------------------------
 
+    def split_next(self, split: Split) -> None:
+        """Scripted: the next JSON message(s) matching `split` go out as it says."""
+        self._splits.append(split)
+
+    def _take_split(self, kind: str) -> Split | None:
+        for split in self._splits:
+            if split.type is None or split.type == kind:
+                split.count -= 1
+                if split.count <= 0:
+                    self._splits.remove(split)
+                return split
+        return None
+
     async def _send_now(self, message: Message) -> None:
-        await self._send(self.codec.encode(message), message.TYPE)
+        split = self._take_split(message.TYPE) if self._splits else None
+        if split is None:
+            await self._send(self.codec.encode(message), message.TYPE)
+        else:
+            await self._send_split(self.codec.encode(message), message.TYPE, split)
 
     async def _send(self, data: str | bytes, kind: str, payload: bytes | memoryview = b"") -> None:
         """Send `data` + `payload` as one message; `payload` (shared, possibly
@@ -432,6 +477,34 @@ class Session:
             self._unsent = 0
         if kind != "audio":
             self.log.emit("send_end", self.session_id, type=kind, bytes=size)
+
+    async def _send_split(self, data: str | bytes, kind: str, split: Split, payload: bytes | memoryview = b"") -> None:
+        """Send `data` + `payload` as exactly the frames `split` asks for, written
+        as frames like audio is (websockets would add an empty closing frame), a
+        ping between each two if asked; the writer is the only sender of data
+        frames, so nothing else can come between them but control frames."""
+        opcode = wsframes.TEXT if isinstance(data, str) else wsframes.BINARY
+        pieces = _split_pieces(data.encode() if isinstance(data, str) else data, payload, split)
+        size = sum(len(piece) for piece in pieces)
+        self.log.emit("send_begin", self.session_id, type=kind, bytes=size, fragments=len(pieces), pings=split.pings)
+        self._sending = True
+        self._unsent = size
+        try:
+            for i, piece in enumerate(pieces):
+                if self.ws.protocol.state is not State.OPEN:
+                    raise ConnectionClosed(None, None)
+                last = i == len(pieces) - 1
+                self._progress_us = now_us()
+                self.ws.transport.write(wsframes.encode_frame(wsframes.CONT if i else opcode, piece, last))
+                self._unsent -= len(piece)
+                if split.pings and not last:
+                    await self.ws.ping(f"split {next(self._pings)}")  # its own send drains the transport
+                elif self.ws.paused:
+                    await self.ws.drain()
+        finally:
+            self._sending = False
+            self._unsent = 0
+        self.log.emit("send_end", self.session_id, type=kind, bytes=size)
 
     def _tracked(self, pieces: list[bytes | memoryview], size: int) -> Iterator[bytes | memoryview]:
         self._unsent = size
@@ -459,7 +532,11 @@ class Session:
             if self._artwork:
                 channel = next(iter(self._artwork))
                 header, body = self.codec.encode_binary(*self._artwork.pop(channel))
-                await self._send(header, f"artwork/{channel}", body)
+                split = self._artwork_split.pop(channel, None)
+                if split is None:
+                    await self._send(header, f"artwork/{channel}", body)
+                else:
+                    await self._send_split(header, f"artwork/{channel}", split, body)
                 continue
             audio, wait_s = self._next_audio()
             if audio is not None:
@@ -543,3 +620,37 @@ class Session:
             await self.close(closecodes.SLOW_READER, reason)
             return
 
+
+
+def _split_pieces(data: bytes, payload: bytes | memoryview, split: Split) -> list[bytes | memoryview]:
+    """The frames' payloads: `split.frames` about equal ones, or of `split.fragment_bytes`;
+    a large payload is cut into views, never copied whole."""
+    size = len(data) + len(payload)
+    step = split.fragment_bytes or max(1, -(-size // split.frames))
+    if payload:
+        return fragment(payload, max(step, len(data) + 1), data)
+    view = memoryview(data)
+    return [view[i : i + step] for i in range(0, len(data), step)]
+
+
+def _player_support(hello: m.ClientHello) -> dict[str, object]:
+    """What the log keeps of a player's support object: its formats and commands."""
+    support = hello.player_support
+    if support is UNSET or support is None:
+        return {}
+    return {"formats": [f"{f.codec}/{f.sample_rate}/{f.channels}/{f.bit_depth}" for f in support.supported_formats],
+            "commands": list(support.supported_commands)}
+
+
+def _state_fields(message: m.ClientState) -> dict[str, object]:
+    """client/state's values, for the log: what a judge checks a command's answer by."""
+    fields: dict[str, object] = {}
+    if message.state is not UNSET:
+        fields["state"] = message.state
+    player = message.player
+    if player is not UNSET:
+        for name in ("state", "volume", "muted"):
+            value = getattr(player, name)
+            if value is not UNSET:
+                fields["player_" + name if name == "state" else name] = value
+    return fields

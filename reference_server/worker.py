@@ -73,7 +73,7 @@ async def run_worker(config: ServerConfig, ipc_fd: int, heartbeat_s: float) -> i
                 store.add_batch(batch)
 
     await server.start()
-    send(ipc.ready(server.port))
+    send(ipc.ready(server.port, server.control.port))
     loop.add_reader(sock, on_ipc)
 
     async def heartbeat() -> None:

@@ -67,6 +67,176 @@ def test_large_message_goes_out_as_256_kib_fragments_with_pongs_between(run, tmp
     run(body())
 
 
+# --- the control endpoint: scripted actions -----------------------------------------------------
+
+TWO_FORMATS = [m.AudioFormat(codec="pcm", channels=2, sample_rate=48_000, bit_depth=16),
+               m.AudioFormat(codec="pcm", channels=2, sample_rate=48_000, bit_depth=24)]
+
+
+def _post(url: str, body: bytes | dict | None = None, method: str = "POST") -> tuple[int, dict]:
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.headers["Access-Control-Allow-Origin"] == "*"
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+async def _act(control: str, action: str, **params: object) -> tuple[int, dict]:
+    return await asyncio.to_thread(_post, f"{control}/actions/{action}", params)
+
+
+def test_actions_reach_the_session_and_are_logged(run, tmp_path: Path) -> None:
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server()
+            control = server.ready["control"]
+            p = await sc.probe(server.ready["url"], ProbeConfig(name="p", client_id="c1", formats=TWO_FORMATS,
+                                                                 answer_commands=True))
+            await asyncio.sleep(0.5)
+            cleared = p.wait_type(m.StreamClear, 3)
+            assert (await _act(control, "stream/clear"))[0] == 200
+            await cleared
+            ended = p.wait_type(m.StreamEnd, 3)
+            assert (await _act(control, "stream/end", client_id="c1"))[0] == 200
+            await ended
+            chunks = p.audio_chunks
+            await asyncio.sleep(0.5)
+            assert p.audio_chunks == chunks, "audio after stream/end"
+            started = p.wait_type(m.StreamStart, 3)
+            status, answer = await _act(control, "stream/start", format="other")
+            assert status == 200 and answer["sessions"] == [
+                {"proc": "server", "session": "s1", "client_id": "c1", "format": "pcm/48000/2/24",
+                 "previous": "pcm/48000/2/16"}], answer
+            start = await started
+            assert isinstance(start, m.StreamStart) and start.player and start.player.bit_depth == 24
+            await asyncio.sleep(0.8)
+            assert p.audio_chunks > chunks and p.audio.gaps == 0 and p.audio.corrupt == 0
+
+            status, answer = await _act(control, "server/command", volume=30)
+            assert status == 200 and answer["sessions"][0]["value"] == 30
+            await _act(control, "server/command", mute=True)
+            await asyncio.sleep(0.5)
+            assert (p.volume, p.muted) == (30, True)
+            events = sc.events()
+            states = events.select("recv", proc="server", type="client/state")
+            assert (states[-2]["volume"], states[-1]["muted"]) == (30, True)
+            hello = events.select("recv", proc="server", type="client/hello")[0]
+            assert hello["formats"] == ["pcm/48000/2/16", "pcm/48000/2/24"] and hello["commands"] == ["volume", "mute"]
+            logged = [(r["action"], r["session"], r["client_id"]) for r in events.select("action")]
+            assert logged == [(a, "s1", "c1") for a in ("stream/clear", "stream/end", "stream/start",
+                                                         "server/command", "server/command")]
+            assert events.select("action", action="stream/start")[0]["result"]["format"] == "pcm/48000/2/24"
+
+    run(body())
+
+
+def test_actions_split_messages_into_frames_with_pings_between(run, tmp_path: Path) -> None:
+    size = 300 * KiB
+
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server()
+            proxy = await sc.proxy([server.ready["url"]], "--wire-log")
+            p = await sc.probe(proxy.url + "/sendspin", ProbeConfig(name="p", roles=["player@v1", "artwork@v1"]))
+            await asyncio.sleep(0.5)
+            control = server.ready["control"]
+            assert (await _act(control, "fragment", frames=4, type="server/time", pings=True))[0] == 200
+            assert (await _act(control, "stream/start", frames=6))[0] == 200
+            status, answer = await _act(control, "artwork", bytes=size, fragment_bytes=64 * KiB, pings=True)
+            assert status == 200, answer
+            await asyncio.sleep(1.0)
+            events = sc.events()
+            split = {r["type"]: r for r in events.select("recv", proc="p") if r.get("fragments", 1) > 1}
+            assert split["server/time"]["fragments"] == 4 and split["stream/start"]["fragments"] == 6
+            assert sum(r.get("fragments", 1) > 1 for r in events.select("recv", proc="p", type="server/time")) == 1
+            image = answer["sessions"][0]
+            sha, nbytes, sizes = p.artwork[0]
+            assert (sha, nbytes) == (image["sha256"], image["bytes"])
+            frames = -(-(nbytes + 9) // (64 * KiB))
+            assert len(sizes) == frames and max(sizes) == 64 * KiB, sizes  # exactly these frames: no empty last
+            wire = [r for r in events.select("wire", direction="downstream") if r["kind"] in ("ping", "binary")]
+            art = next(i for i, r in enumerate(wire) if r["kind"] == "binary" and r["size"] == nbytes + 9)
+            # the proxy logs a message when its last frame passes: its pings passed before it
+            assert [r["kind"] for r in wire[art - (frames - 1):art]] == ["ping"] * (frames - 1)
+            pongs = events.select("wire", direction="upstream", kind="pong")
+            assert len(pongs) == 3 + frames - 1
+            assert {r["type"]: r["pings"] for r in events.select("send_begin") if r.get("fragments", 1) > 1} == \
+                {"server/time": True, "stream/start": False, "artwork/0": True}
+
+    run(body())
+
+
+def test_control_endpoint_errors_name_what_was_wrong(run, tmp_path: Path) -> None:
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server()
+            control = server.ready["control"]
+            status, listing = await asyncio.to_thread(_post, f"{control}/actions", None, "GET")
+            assert status == 200 and set(listing["actions"]) == {"stream/clear", "stream/end", "stream/start",
+                                                                 "server/command", "artwork", "fragment"}
+            assert listing["actions"]["artwork"]["params"]["bytes"]["required"] is True
+            status, error = await _act(control, "stream/clear")
+            assert status == 409 and "no session took it: there is no session past its hello" in error["error"]
+            await sc.probe(server.ready["url"], ProbeConfig(name="p", client_id="c1"))
+            cases = [
+                ("/actions/nope", {}, 404, "no action 'nope'"),
+                ("/nope", {}, 404, "no such path '/nope'"),
+                ("/actions/stream/clear", b"{", 400, "the body is not JSON"),
+                ("/actions/stream/clear", b"[1]", 400, "must be a JSON object"),
+                ("/actions/stream/clear", {"colour": 1}, 400, "unknown parameter(s) ['colour']"),
+                ("/actions/stream/clear", {"frames": "3"}, 400, 'frames: expected int, got "3"'),
+                ("/actions/stream/clear", {"pings": 1}, 400, "pings: expected bool, got 1"),
+                ("/actions/server/command", {"volume": 101}, 400, "volume: 101 is out of range 0..100"),
+                ("/actions/server/command", {"volume": 5, "mute": True}, 400, "exactly one of volume and mute"),
+                ("/actions/artwork", {}, 400, "bytes is required"),
+                ("/actions/stream/start", {"format": "best"}, 400, "format must be 'current' or 'other'"),
+                ("/actions/stream/start", {"format": "other"}, 409, "declared no other format this server serves"),
+                ("/actions/artwork", {"bytes": 1000}, 409, "no artwork role"),
+                ("/actions/stream/clear", {"client_id": "c2"}, 409, "no session of client 'c2'"),
+                ("/actions/stream/clear", b"x" * (65 * KiB), 413, "at most 65536"),
+            ]
+            for path, request, code, message in cases:
+                status, error = await asyncio.to_thread(_post, control + path, request)
+                assert (status, message in error["error"]) == (code, True), (path, request, status, error)
+            assert (await asyncio.to_thread(_post, f"{control}/actions/stream/end", None, "GET"))[0] == 405
+            refused = [r["refused"] for r in sc.events().select("action") if "refused" in r]
+            assert len(refused) == 4 and "no other format" in refused[1], refused
+
+    run(body())
+
+
+def test_a_cluster_forwards_actions_to_the_worker_of_the_session(run, tmp_path: Path) -> None:
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server("--workers", "2")
+            workers = server.ready["workers"]
+            assert all(w["control"].startswith("http://") for w in workers)
+            a = await sc.probe(workers[0]["url"], ProbeConfig(name="a", client_id="a"))
+            b = await sc.probe(workers[1]["url"], ProbeConfig(name="b", client_id="b"))
+            await asyncio.sleep(0.5)
+            cleared = b.wait_type(m.StreamClear, 3)
+            status, answer = await _act(server.ready["control"], "stream/clear", client_id="b")
+            assert status == 200 and [(s["proc"], s["client_id"]) for s in answer["sessions"]] == [("worker-1", "b")]
+            await cleared
+            assert not any(isinstance(x, m.StreamClear) for x in a.messages)
+            status, answer = await _act(server.ready["control"], "stream/end")
+            assert status == 200 and sorted(s["proc"] for s in answer["sessions"]) == ["worker-0", "worker-1"]
+            status, error = await _act(server.ready["control"], "stream/clear", client_id="zz")
+            assert status == 409 and "worker-0: " in error["error"] and "worker-1: " in error["error"], error
+            status, error = await _act(server.ready["control"], "stream/clear", frames=0)
+            assert status == 400 and "frames: 0 is out of range" in error["error"]
+            events = sc.events()
+            assert [(r["proc"], r["session"]) for r in events.select("action", action="stream/clear")
+                    if r["session"]] == [("worker-1", "s1")]
+            forwarded = events.select("action", proc="coordinator")
+            assert [r["workers"] for r in forwarded] == [[0, 1]] * 3 and "refused" in forwarded[-1]
+
+    run(body())
+
+
 # --- hardened reads -----------------------------------------------------------------------
 
 
@@ -518,7 +688,9 @@ def _imports(module: str) -> set[str]:
 @pytest.mark.parametrize(("module", "forbidden"), [
     ("playback", ("websockets", ".session", ".server", ".pacing")),
     ("pacing", ("websockets", ".session", ".server", ".playback")),
-    ("session", (".server", ".playback")),
+    ("session", (".server", ".playback", ".actions", ".control")),
+    ("control", ("websockets", ".session", ".server", ".playback", ".actions")),
+    ("actions", (".server", ".playback")),
     ("timeline", ("websockets", ".session", ".server", ".playback")),
 ])
 def test_dependencies_point_one_way(module: str, forbidden: tuple[str, ...]) -> None:

@@ -4,9 +4,10 @@
 
 Without a bug (`--bug none`) it behaves: client/hello, waits for server/hello, sends
 client/state, sends client/time every 200 ms whatever the replies, reads everything as
-it comes (ignoring text that is not a JSON object and binaries it cannot use), and
-reconnects with a backoff (0.5 s doubling to 4 s). Built on websockets' asyncio client,
-not on our probe, so the gate is shown to judge another code base.
+it comes (ignoring text that is not a JSON object and binaries it cannot use), answers
+server/command volume/mute with client/state, and reconnects with a backoff (0.5 s
+doubling to 4 s). Built on websockets' asyncio client, not on our probe, so the gate
+is shown to judge another code base.
 
 Bugs (each should make the gate FAIL the case named):
   no-support    declares player@v1 without its player@v1_support object           (1.3)
@@ -14,6 +15,9 @@ Bugs (each should make the gate FAIL the case named):
   no-time-sync  never sends client/time                                          (2.1)
   time-waits    sends the next client/time only after the last one's reply        (2.3)
   gated-reads   reads one message per client/time it sends (reads behind sends)   (3.1)
+  no-reassembly does not reassemble fragmented messages: takes a message's first frame
+                for the whole and drops the rest (a fragmented JSON message is then
+                unparsable and ignored)                                          (4.1)
   no-reconnect  exits when its connection is lost                                (8.1, 8.2)
   storm         reconnects at once, over and over, with no backoff               (8.6, NON-STRICT)
   orphan-crash  unpacks every binary's 9-byte header unchecked: a shorter one kills it  (5.2)
@@ -30,12 +34,13 @@ import signal
 import struct
 import sys
 import time
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
-BUGS = ("none", "no-support", "early", "no-time-sync", "time-waits", "gated-reads", "no-reconnect", "storm",
-        "orphan-crash", "bad-json-crash")
+BUGS = ("none", "no-support", "early", "no-time-sync", "time-waits", "gated-reads", "no-reassembly", "no-reconnect",
+        "storm", "orphan-crash", "bad-json-crash")
 TIME_INTERVAL_S = 0.2
 
 
@@ -50,9 +55,9 @@ def hello(client_id: str, name: str, bug: str) -> str:
     return json.dumps({"type": "client/hello", "payload": payload})
 
 
-def state() -> str:
+def state(player: dict[str, Any] | None = None) -> str:
     return json.dumps({"type": "client/state", "payload": {"state": "synchronized",
-                                                            "player": {"volume": 100, "muted": False}}})
+                                                            "player": player or {"volume": 100, "muted": False}}})
 
 
 def client_time() -> str:
@@ -75,6 +80,33 @@ def on_binary(message: bytes, bug: str) -> None:
     the length first (struct.error on fewer than 9 bytes, and nothing catches it)."""
     if bug == "orphan-crash":
         struct.unpack_from(">Bq", message)
+
+
+async def receive(ws: ClientConnection, bug: str) -> str | bytes:
+    """The next message; with no-reassembly, its first frame taken for the whole."""
+    if bug != "no-reassembly":
+        return await ws.recv()
+    first: str | bytes | None = None
+    async for frame in ws.recv_streaming():
+        if first is None:
+            first = frame  # the continuation frames are read and dropped
+    assert first is not None
+    return first
+
+
+def obey(message: str, player: dict[str, Any]) -> bool:
+    """A well-formed server/command volume or mute applied to `player`; True if it changed."""
+    payload = json.loads(message).get("payload")  # a JSON object: message_type said so
+    order = payload.get("player") if isinstance(payload, dict) else None
+    if not isinstance(order, dict):
+        return False
+    if order.get("command") == "volume" and isinstance(order.get("volume"), int) and 0 <= order["volume"] <= 100:
+        player["volume"] = order["volume"]
+    elif order.get("command") == "mute" and isinstance(order.get("mute"), bool):
+        player["muted"] = order["mute"]
+    else:
+        return False  # bad input is ignored, never echoed back
+    return True
 
 
 async def session(ws: ClientConnection, bug: str, client_id: str, name: str) -> None:
@@ -102,15 +134,20 @@ async def session(ws: ClientConnection, bug: str, client_id: str, name: str) -> 
             await asyncio.sleep(TIME_INTERVAL_S)
 
     timer = asyncio.create_task(time_loop())
+    player = {"volume": 100, "muted": False}
     try:
         while True:
             if bug == "gated-reads":
                 await sent.acquire()
-            message = await ws.recv()
+            message = await receive(ws, bug)
             if isinstance(message, bytes):
                 on_binary(message, bug)
-            elif message_type(message, bug) == "server/time":
+                continue
+            kind = message_type(message, bug)
+            if kind == "server/time":
                 replied.set()
+            elif kind == "server/command" and obey(message, player):
+                await ws.send(state(player))
     finally:
         timer.cancel()
 

@@ -20,6 +20,7 @@ from . import (  # noqa: F401  (they register)
     g1_handshake,
     g2_clock_sync,
     g3_streaming,
+    g4_chunked,
     g5_orphan_headers,
     g8_connection_loss,
     g9_bad_input,
