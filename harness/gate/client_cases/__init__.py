@@ -16,7 +16,13 @@ Judged only from outside:
 
 from __future__ import annotations
 
-from . import g1_handshake, g2_clock_sync, g3_streaming, g8_connection_loss  # noqa: F401  (they register)
+from . import (  # noqa: F401  (they register)
+    g1_handshake,
+    g2_clock_sync,
+    g3_streaming,
+    g6_stalled_payloads,
+    g8_connection_loss,
+)
 from .common import CLIENT, GROUPS, RUNS, ClientCase
 
 __all__ = ["CLIENT", "GROUPS", "RUNS", "ClientCase"]
