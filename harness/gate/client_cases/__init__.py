@@ -21,6 +21,7 @@ from . import (  # noqa: F401  (they register)
     g2_clock_sync,
     g3_streaming,
     g6_stalled_payloads,
+    g7_slow_network,
     g8_connection_loss,
 )
 from .common import CLIENT, GROUPS, RUNS, ClientCase
