@@ -4,7 +4,8 @@
 
 Without a bug (`--bug none`) it behaves: client/hello, waits for server/hello, sends
 client/state, sends client/time every 200 ms whatever the replies, reads everything as
-it comes, and reconnects with a backoff (0.5 s doubling to 4 s). Built on websockets'
+it comes, gives a session up once no server/time reply came for 5 s (a stalled or
+blackholed connection), and reconnects with a backoff (0.5 s doubling to 4 s). Built on websockets'
 asyncio client, not on our probe, so the gate is shown to judge another code base.
 
 Bugs (each should make the gate FAIL the case named):
@@ -13,8 +14,10 @@ Bugs (each should make the gate FAIL the case named):
   no-time-sync  never sends client/time                                          (2.1)
   time-waits    sends the next client/time only after the last one's reply        (2.3)
   gated-reads   reads one message per client/time it sends (reads behind sends)   (3.1)
-  no-reconnect  exits when its connection is lost                                (8.1, 8.2)
+  no-reconnect  exits when its connection is lost                                (8.1-8.5)
   storm         reconnects at once, over and over, with no backoff               (8.6, NON-STRICT)
+  stall-blocks  waits for ever on a message the server stalled: it never notices a
+                dead session (no watchdog on server/time, no keepalive)            (6.2)
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ import time
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
-BUGS = ("none", "no-support", "early", "no-time-sync", "time-waits", "gated-reads", "no-reconnect", "storm")
+BUGS = ("none", "no-support", "early", "no-time-sync", "time-waits", "gated-reads", "no-reconnect", "storm",
+        "stall-blocks")
 TIME_INTERVAL_S = 0.2
+DEAD_SESSION_S = 5.0  # no server/time reply for this long: the session is dead
 
 
 PLAYER_SUPPORT = {"supported_formats": [{"codec": "pcm", "channels": 2, "sample_rate": 48000, "bit_depth": 16}],
@@ -68,9 +73,18 @@ async def session(ws: ClientConnection, bug: str, client_id: str, name: str) -> 
     replied = asyncio.Event()
     replied.set()
     sent = asyncio.Semaphore(0)
+    last_reply = time.monotonic()
+
+    def dead() -> bool:
+        """No server/time reply for DEAD_SESSION_S: drop the connection (recv then fails)."""
+        if bug == "stall-blocks" or time.monotonic() - last_reply < DEAD_SESSION_S:
+            return False
+        print(f"no server/time reply for {DEAD_SESSION_S} s: giving the session up", file=sys.stderr, flush=True)
+        ws.transport.abort()
+        return True
 
     async def time_loop() -> None:
-        while bug != "no-time-sync":
+        while bug != "no-time-sync" and not dead():
             if bug == "time-waits":
                 await replied.wait()
                 replied.clear()
@@ -85,6 +99,7 @@ async def session(ws: ClientConnection, bug: str, client_id: str, name: str) -> 
                 await sent.acquire()
             message = await ws.recv()
             if isinstance(message, str) and json.loads(message).get("type") == "server/time":
+                last_reply = time.monotonic()
                 replied.set()
     finally:
         timer.cancel()
@@ -98,7 +113,9 @@ async def main(args: argparse.Namespace) -> int:
     backoff = 0.5
     while not stop.is_set():
         try:
-            async with connect(args.url, compression=None, open_timeout=5) as ws:
+            # stall-blocks: no keepalive either (websockets pings every 20 s by default)
+            keepalive = {"ping_interval": None} if args.bug == "stall-blocks" else {}
+            async with connect(args.url, compression=None, open_timeout=5, close_timeout=1, **keepalive) as ws:
                 backoff = 0.5
                 runner = asyncio.create_task(session(ws, args.bug, args.client_id, args.name))
                 stopper = asyncio.create_task(stop.wait())
