@@ -44,6 +44,7 @@ def gate(tmp_path: Path, client: str, *args: str) -> tuple[int, dict[str, Any], 
     return done.returncode, {c["id"]: c for c in results.get("cases", [])}, done.stdout + done.stderr
 
 
+@pytest.mark.timeout(GATE_TIMEOUT_S + 30)  # the whole default profile, one process per case world
 def test_the_probe_client_passes_every_case(tmp_path: Path) -> None:
     code, cases, out = gate(tmp_path, PROBE)
     assert code == 0, out

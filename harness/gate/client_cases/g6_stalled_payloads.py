@@ -22,8 +22,8 @@ from .common import (
 )
 
 STALL_S = 3.0  # a stall a live server recovers from: shorter than any sensible dead-session timer
-AFTER_STALL_S = 2.0  # watched after the stall ended
-AFTER_RECOVERY_S = 1.0  # watched once the client streams again
+AFTER_STALL_S = 1.0  # watched after the stall ended
+AFTER_RECOVERY_S = 0.5  # watched once the client streams again
 READ_SETTLE_US = 500_000  # what piled up in the stall is read within this after it ends
 FIELD_BLACKHOLE = "field: sendspin-cpp#119 (a client never notices a blackholed socket)"
 
@@ -72,7 +72,7 @@ async def stall_then_resume(w: ClientWorld, b: Bounds, j: Judgement) -> None:
                          "session is dead (e.g. several server/time replies missing) within the bound, gives the "
                          "connection up, reconnects and streams again.",
              source=f"{SPEC_TIME} (a live server answers each); {FIELD_BLACKHOLE}",
-             roles=("player",))
+             roles=("player",), timeout_s=90.0)
 async def stall_for_good(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     await w.start_client()
     up = await streaming(w, j)
@@ -97,7 +97,7 @@ async def stall_for_good(w: ClientWorld, b: Bounds, j: Judgement) -> None:
                          "within the bound, gives the connection up, reconnects and streams again.",
              source=f"{SPEC_TIME} (a live server answers each: the only liveness signal of the protocol; nothing "
                     f"says a client must act on it, hence SHOULD); {FIELD_BLACKHOLE}",
-             severity=Severity.SHOULD, roles=("player",))
+             severity=Severity.SHOULD, roles=("player",), timeout_s=90.0)
 async def deaf_server(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     await w.start_client()
     up = await streaming(w, j)
