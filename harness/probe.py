@@ -60,6 +60,11 @@ class ProbeConfig:
     profile: str = "legacy"               # the wire revision (harness.protocol.get_profile)
     client_id: str | None = None          # client/hello's client_id (None: the name)
     answer_commands: bool = False         # apply server/command volume/mute and report it in client/state
+    # No server/time reply for this long while sending client/time: the session is dead (a
+    # stalled or blackholed path: TCP alone may never say so), so drop the connection and,
+    # with `reconnect`, connect again. None: wait for ever (tests that stall the server on
+    # purpose rely on that). The probe CLI turns it on.
+    dead_session_s: float | None = None
 
 
 MAX_REDIRECTS = 3
@@ -176,6 +181,7 @@ class ProbeClient:
         self.volume = 100
         self.muted = False
         self._accept_path: str | None = None   # set while the connection is one a server dialled (accept())
+        self._last_reply_us = 0   # the last server/time (or server/hello) read: the session's pulse
 
     # --- connection ------------------------------------------------------------------
 
@@ -376,9 +382,24 @@ class ProbeClient:
         assert self.config.time_interval_s
         ws = self.ws  # this connection's loop ends with it, also when a reconnect replaces it
         while self.ws is ws and ws.state is State.OPEN:
+            if self._dead_session():
+                return
             if not self._fragment_open:
                 self.send_time()
             await asyncio.sleep(self.config.time_interval_s)
+
+    def _dead_session(self) -> bool:
+        """With `dead_session_s`: True, after dropping the connection, once the server has
+        answered no client/time for that long. Replies are the one thing a live Sendspin
+        server always sends; a stalled message or a blackholed path sends nothing, and a
+        server that only answers pings is no better."""
+        limit = self.config.dead_session_s
+        silent = now_us() - self._last_reply_us
+        if limit is None or silent <= limit * 1_000_000 or self.transport is None:
+            return False
+        self.log.emit("dead_session", self.name, silent_us=silent)
+        self.transport.abort()  # no close handshake: nothing would answer it (_on_lost reconnects)
+        return True
 
     # --- misbehaviour (for testing servers) ---------------------------------------------
 
@@ -538,8 +559,10 @@ class ProbeClient:
         match message:
             case m.ServerHello():
                 fields = {"server_id": message.server_id, "active_roles": message.active_roles}
+                self._last_reply_us = t
                 self._server_hello.set()
             case m.ServerTime():
+                self._last_reply_us = t
                 self.time_replies[message.client_transmitted] = message
                 self._update_clock_offset(message, t)
                 fields = {"client_transmitted": message.client_transmitted,

@@ -8,6 +8,11 @@ at a time (a second dial while in a session gets HTTP 503); after a loss, wait f
 the next dial. `--once`: one session only (no reconnect, one accepted connection);
 the run ends with it.
 
+A session is dead once the server has answered no `client/time` for `--dead-session`
+seconds (default DEAD_SESSION_S; 0: never): a stalled message, a blackholed path or a
+server that answers pings but sends nothing else. The probe then drops the connection
+and, unless `--once`, connects again (a server-initiated one waits for the next dial).
+
 Exit status: 0 = stopped (signal, `--duration`) while in a session, or with `--once`
 the server closed the session cleanly (1000/1001); 1 = anything else, with one line on
 stderr; 2 = bad arguments. stdout: one JSON line with what the run saw.
@@ -38,6 +43,9 @@ CLEAN_CLOSES = (1000, 1001)
 # A player declares what it can play, preferred first; a second format lets a server change it mid-stream.
 FORMATS = (m.AudioFormat(codec="pcm", channels=2, sample_rate=48_000, bit_depth=16),
            m.AudioFormat(codec="pcm", channels=2, sample_rate=48_000, bit_depth=24))
+# several missed server/time replies (the probe asks every 0.1 s), yet above a 3 s stall a
+# live server recovers from, and well inside the gate's client_dead_session_us
+DEAD_SESSION_S = 5.0
 BUSY_RESPONSE = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
@@ -60,6 +68,16 @@ def _positive(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
     return value
 
 
@@ -91,6 +109,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--roles", type=_roles, default=["player@v1"], help="comma-separated (default: player@v1)")
     p.add_argument("--duration", type=_positive, default=None, help="stop after S seconds (default: until a signal)")
     p.add_argument("--once", action="store_true", help="one session: no reconnect, one accepted connection")
+    p.add_argument("--dead-session", type=_non_negative, default=DEAD_SESSION_S, metavar="S",
+                   help=f"drop a session whose server answered no client/time for S s (default {DEAD_SESSION_S:g}; "
+                        "0: never)")
     p.add_argument("--log", type=Path, default=None, help="the probe's event log (JSON lines)")
     p.add_argument("--ready-file", type=Path, default=None,
                    help="JSON written once connected (--url) or listening (--listen): pid, url, host, port")
@@ -280,7 +301,7 @@ async def run(args: argparse.Namespace) -> Outcome:
     stop = _stop_event(args.duration)
     log = EventLog(args.log, args.name)
     config = ProbeConfig(name=args.name, client_id=args.client_id, roles=args.roles, answer_commands=True,
-                         formats=list(FORMATS))
+                         formats=list(FORMATS), dead_session_s=args.dead_session or None)
     url = args.url or f"ws://{args.listen[0]}:{args.listen[1]}{args.path}"
     probe = ProbeClient(url, config, log)
     try:

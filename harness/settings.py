@@ -35,7 +35,7 @@ class Bounds:
     # I5: a client whose worker died streams again (first audio chunk) within this.
     recovery_us: int = 2_000_000
 
-    # --- the client gate (harness/gate/client_cases.py) ---
+    # --- the client gate (harness/gate/client_cases/) ---
     # 1.2: the initial client/state follows server/hello within this.
     client_state_us: int = 2_000_000
     # 2.1: the first client/time follows server/hello within this.
@@ -64,6 +64,13 @@ class Bounds:
     # 9.5: how long a client may take to read (or refuse) a 16 MiB message before what it leaves
     # unread is judged again (loopback carries it in well under a second; parsing takes longer).
     client_large_message_us: int = 3_000_000
+    # 6.x, 8.3, 8.4: a dead session (a message stalled for good, a blackholed path, a hung
+    # server, a server that answers pings and sends nothing else) must be noticed, and the
+    # connection given up, within this. What a client needs for it: a few missed
+    # server/time replies (3 at aiosendspin's 3 s cadence) or missed pongs of a keepalive
+    # of a few seconds. Meanwhile its player plays nothing; a 30 s heartbeat (aiohttp's
+    # ping at 30 s, closed 15 s later) is too slow for a player.
+    client_dead_session_us: int = 10_000_000
 
     def with_overrides(self, pairs: list[str]) -> Bounds:
         fields = {f.name: f.type for f in dataclasses.fields(self)}

@@ -64,10 +64,14 @@ NEGATIVE = [  # (bug, the case it must fail, a case it must pass)
     ("no-reconnect", "8.2", "1.3"),
     ("orphan-crash", "5.2", "5.1"),  # a 4-byte binary kills it; a 9-byte header-only one does not
     ("bad-json-crash", "9.1", "9.2"),  # malformed JSON kills it; valid JSON of an unknown type does not
+    ("no-reconnect", "8.3", "1.3"),
+    ("no-reconnect", "8.4", "1.3"),
+    ("no-reconnect", "8.5", "1.3"),
+    ("stall-blocks", "6.2", "6.1"),
 ]
 
 
-@pytest.mark.parametrize(("bug", "fails", "passes"), NEGATIVE, ids=[b for b, _, _ in NEGATIVE])
+@pytest.mark.parametrize(("bug", "fails", "passes"), NEGATIVE, ids=[f"{b}-{f}" for b, f, _ in NEGATIVE])
 def test_a_broken_client_fails_the_case_of_its_bug(tmp_path: Path, bug: str, fails: str, passes: str) -> None:
     code, cases, out = gate(tmp_path, bad_client(bug), "--case", fails, "--case", passes)
     assert code == 1, out

@@ -189,6 +189,9 @@ EVENTS: dict[str, EventType] = {e.name: e for e in [
     _e("reconnected", "probe", "connected again after losing the connection", attempt="attempt number",
        url="URL", down_us="time without a connection"),
     _e("reconnect_failed", "probe", "a reconnect attempt failed", attempt="attempt number", error="why"),
+    _e("dead_session", "probe", "no `server/time` reply for `dead_session_s` while it kept sending `client/time`: "
+       "it dropped the connection (a stalled or blackholed path), to reconnect if it was told to",
+       silent_us="time since the last server/time reply (or server/hello)"),
     _e("send", "probe", "a JSON message sent", type="message type", client_transmitted="client/time: its clock"),
     _e("audio", "probe", "an audio chunk received and checked sample by sample",
        ts_us="its timestamp", lead_us="how long before it plays it arrived", bytes="payload bytes",

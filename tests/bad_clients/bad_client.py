@@ -5,9 +5,10 @@
 Without a bug (`--bug none`) it behaves: client/hello, waits for server/hello, sends
 client/state, sends client/time every 200 ms whatever the replies, reads everything as
 it comes (ignoring text that is not a JSON object and binaries it cannot use), answers
-server/command volume/mute with client/state, and reconnects with a backoff (0.5 s
-doubling to 4 s). Built on websockets' asyncio client, not on our probe, so the gate
-is shown to judge another code base.
+server/command volume/mute with client/state, gives a session up once no server/time
+reply came for 5 s (a stalled or blackholed connection), and reconnects with a backoff
+(0.5 s doubling to 4 s). Built on websockets' asyncio client, not on our probe, so the
+gate is shown to judge another code base.
 
 Bugs (each should make the gate FAIL the case named):
   no-support    declares player@v1 without its player@v1_support object           (1.3)
@@ -18,8 +19,10 @@ Bugs (each should make the gate FAIL the case named):
   no-reassembly does not reassemble fragmented messages: takes a message's first frame
                 for the whole and drops the rest (a fragmented JSON message is then
                 unparsable and ignored)                                          (4.1)
-  no-reconnect  exits when its connection is lost                                (8.1, 8.2)
+  no-reconnect  exits when its connection is lost                                (8.1-8.5)
   storm         reconnects at once, over and over, with no backoff               (8.6, NON-STRICT)
+  stall-blocks  waits for ever on a message the server stalled: it never notices a
+                dead session (no watchdog on server/time, no keepalive)            (6.2)
   orphan-crash  unpacks every binary's 9-byte header unchecked: a shorter one kills it  (5.2)
   bad-json-crash  parses every text message unguarded: malformed JSON kills it    (9.1)
 """
@@ -40,8 +43,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
 BUGS = ("none", "no-support", "early", "no-time-sync", "time-waits", "gated-reads", "no-reassembly", "no-reconnect",
-        "storm", "orphan-crash", "bad-json-crash")
+        "storm", "stall-blocks", "orphan-crash", "bad-json-crash")
 TIME_INTERVAL_S = 0.2
+DEAD_SESSION_S = 5.0  # no server/time reply for this long: the session is dead
 
 
 PLAYER_SUPPORT = {"supported_formats": [{"codec": "pcm", "channels": 2, "sample_rate": 48000, "bit_depth": 16}],
@@ -123,9 +127,18 @@ async def session(ws: ClientConnection, bug: str, client_id: str, name: str) -> 
     replied = asyncio.Event()
     replied.set()
     sent = asyncio.Semaphore(0)
+    last_reply = time.monotonic()
+
+    def dead() -> bool:
+        """No server/time reply for DEAD_SESSION_S: drop the connection (recv then fails)."""
+        if bug == "stall-blocks" or time.monotonic() - last_reply < DEAD_SESSION_S:
+            return False
+        print(f"no server/time reply for {DEAD_SESSION_S} s: giving the session up", file=sys.stderr, flush=True)
+        ws.transport.abort()
+        return True
 
     async def time_loop() -> None:
-        while bug != "no-time-sync":
+        while bug != "no-time-sync" and not dead():
             if bug == "time-waits":
                 await replied.wait()
                 replied.clear()
@@ -145,6 +158,7 @@ async def session(ws: ClientConnection, bug: str, client_id: str, name: str) -> 
                 continue
             kind = message_type(message, bug)
             if kind == "server/time":
+                last_reply = time.monotonic()
                 replied.set()
             elif kind == "server/command" and obey(message, player):
                 await ws.send(state(player))
@@ -160,7 +174,9 @@ async def main(args: argparse.Namespace) -> int:
     backoff = 0.5
     while not stop.is_set():
         try:
-            async with connect(args.url, compression=None, open_timeout=5) as ws:
+            # stall-blocks: no keepalive either (websockets pings every 20 s by default)
+            keepalive = {"ping_interval": None} if args.bug == "stall-blocks" else {}
+            async with connect(args.url, compression=None, open_timeout=5, close_timeout=1, **keepalive) as ws:
                 backoff = 0.5
                 runner = asyncio.create_task(session(ws, args.bug, args.client_id, args.name))
                 stopper = asyncio.create_task(stop.wait())

@@ -22,6 +22,8 @@ from . import (  # noqa: F401  (they register)
     g3_streaming,
     g4_chunked,
     g5_orphan_headers,
+    g6_stalled_payloads,
+    g7_slow_network,
     g8_connection_loss,
     g9_bad_input,
 )

@@ -88,9 +88,11 @@ def fault_acted(ev: Events, name: str, j: Judgement) -> bool:
 
 # --- connection loss and recovery ----------------------------------------------------------------
 
-def audio_since(ev: Events, t_us: int) -> Record | None:
-    """The first audio chunk that went down to the client after `t_us`."""
-    return next((r for r in ev.select("wire", direction="downstream", kind="binary") if r["t_us"] > t_us), None)
+def audio_since(ev: Events, t_us: int, besides: str | None = None) -> Record | None:
+    """The first audio chunk that went down to the client after `t_us` (on a connection other
+    than `besides`: the proxy logs what a server sends before a fault swallows it)."""
+    return next((r for r in ev.select("wire", direction="downstream", kind="binary")
+                 if r["t_us"] > t_us and r["session"] != besides), None)
 
 
 async def streaming(w: ClientWorld, j: Judgement) -> Record | None:
@@ -113,11 +115,12 @@ def exited(w: ClientWorld, j: Judgement) -> bool:
     return True
 
 
-async def judge_recovery(w: ClientWorld, b: Bounds, j: Judgement, lost_us: int) -> None:
-    back = await w.until("audio again", lambda ev: audio_since(ev, lost_us), b.client_recovery_us / 1e6 + 1)
+async def judge_recovery(w: ClientWorld, b: Bounds, j: Judgement, lost_us: int, besides: str | None = None,
+                         what: str = "the loss") -> None:
+    back = await w.until("audio again", lambda ev: audio_since(ev, lost_us, besides), b.client_recovery_us / 1e6 + 1)
     if back is None:
         exited(w, j)
-    j.check("streaming again after the loss", None if back is None else ms(back["t_us"] - lost_us), "<=",
+    j.check(f"streaming again after {what}", None if back is None else ms(back["t_us"] - lost_us), "<=",
             ms(b.client_recovery_us), "ms", "client_recovery_us",
             (lost_us, back["t_us"] if back else lost_us + b.client_recovery_us))
     ev = w.events()
@@ -337,3 +340,49 @@ def new_command_values(ev: Events) -> dict[str, Any]:
     volume = next((r["volume"] for r in reversed(states) if "volume" in r), None)
     muted = next((r["muted"] for r in reversed(states) if "muted" in r), False)
     return {"volume": next(v for v in VOLUMES if v != volume), "mute": not muted}
+
+
+def client_port(ev: Events, flow: str) -> int:
+    """The client's TCP port of connection `flow` (how a fault is kept to that connection)."""
+    accept = ev.select("accept", proc="proxy", session=flow)[0]
+    return int(accept["client"].rsplit(":", 1)[1])
+
+
+def session_over(ev: Events, flow: str, since_us: int) -> int | None:
+    """When connection `flow` was over after `since_us`: the client's close frame, the end of
+    the connection (either side's), or a new connection the client opened, whichever the
+    proxy saw first (a blackholed connection's close frame and FIN are never read: there
+    only the new connection shows)."""
+    marks = [r["t_us"] for r in ev.select("accept", proc="proxy") if r["t_us"] > since_us and r["session"] != flow]
+    marks += [r["t_us"] for r in ev.select("wire", session=flow, direction="upstream", kind="close")
+              if r["t_us"] > since_us]
+    marks += [r["t_us"] for r in ev.select("close", proc="proxy", session=flow) if r["t_us"] > since_us]
+    return min(marks, default=None)
+
+
+async def judge_dead_session(w: ClientWorld, b: Bounds, j: Judgement, flow: str, since_us: int) -> int | None:
+    """Connection `flow` went dead at `since_us`: the client gives it up within the bound (or
+    the server's side ends it first) and streams again on a new connection. Returns when
+    the dead session was over (None: never, as far as the proxy saw)."""
+    bound = b.client_dead_session_us
+    over = await w.until("the client gives up", lambda ev: session_over(ev, flow, since_us), bound / 1e6 + 1)
+    if over is None:
+        exited(w, j)
+    j.check("dead session over after", None if over is None else ms(over - since_us), "<=", ms(bound), "ms",
+            "client_dead_session_us", (since_us, over or since_us + bound))
+    if over is not None:
+        ended_by_server(w.events(), flow, since_us, j)
+        await judge_recovery(w, b, j, over, besides=flow, what="the dead session ended")
+    return over
+
+
+def ended_by_server(ev: Events, flow: str, since_us: int, j: Judgement) -> None:
+    """Notes it when the server's side ended connection `flow`, not the client (a worker
+    killed, or the reference server's own slow-reader close): then the client had nothing
+    to notice."""
+    end = next((r for r in ev.select("close", proc="proxy", session=flow) if r["t_us"] > since_us), None)
+    how = (end.get("server") or {}).get("ended") if end else None
+    if end is not None and how in ("eof", "rst", "error") and (end.get("client") or {}).get("ended") not in (
+            "eof", "rst", "error"):
+        j.note(f"the server's side ended the connection (TCP {how}) {ms(end['t_us'] - since_us)} ms after it went "
+               "dead, before the client did")

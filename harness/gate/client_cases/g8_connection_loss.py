@@ -6,7 +6,10 @@ from ...settings import Bounds
 from ..case import Severity
 from ..client import ClientWorld
 from ..verdict import Judgement
-from .common import client_case, exited, judge_recovery, streaming
+from ..wire import flows
+from .common import client_case, exited, fault_acted, judge_dead_session, judge_recovery, ms, streaming
+
+FIELD_BLACKHOLE = "field: sendspin-cpp#119 (a client never notices a blackholed socket)"
 
 
 @client_case("8.1", "Reconnects when its worker is killed (SIGKILL)",
@@ -35,6 +38,80 @@ async def tcp_reset(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     fault = await w.proxy.add({"type": "reset_peer", "direction": "downstream", "count": 1})
     applied = await w.proxy.applied(fault["name"])
     await judge_recovery(w, b, j, applied["t_us"])
+
+
+@client_case("8.3", "Reconnects when its worker hangs (SIGSTOP)",
+             description="Two workers behind the proxy; once audio flows, the worker serving the client is "
+                         "stopped (SIGSTOP): its TCP connections stay open, nothing answers (no audio, no "
+                         "server/time, no pong). The reference coordinator kills a worker hung for its heartbeat "
+                         "timeout (1 s), which then ends the connection; a client that notices the silence "
+                         "itself may leave sooner.",
+             expectation="The client gives the hung session up within the bound, reconnects (the proxy's pool "
+                         "sends it to the live worker) and streams again.",
+             source=f"field: a server that hangs (a deadlock, a stopped VM) sends no FIN; {FIELD_BLACKHOLE}",
+             workers=2, timeout_s=90.0)
+async def worker_hung(w: ClientWorld, b: Bounds, j: Judgement) -> None:
+    await w.start_client()
+    up = await streaming(w, j)
+    if up is None:
+        return
+    fault = await w.proxy.add({"type": "worker_crash", "action": "stop", "upstream": up["upstream"]})
+    applied = await w.proxy.applied(fault["name"])
+    if not j.require("error" not in applied, f"the worker could not be stopped: {applied.get('error')}"):
+        return
+    await judge_dead_session(w, b, j, up["session"], applied["t_us"])
+    exits = w.events().select("worker_exit")
+    if exits:
+        j.note(f"the coordinator found the worker {exits[0]['how']} {ms(exits[0]['t_us'] - applied['t_us'])} ms "
+               "after the stop")
+
+
+@client_case("8.4", "Notices a half-open connection (blackhole)",
+             description="Once audio flows, the proxy stops forwarding the client's connection both ways, for "
+                         "good: no FIN, no RST, no close frame; both sockets stay open and nothing arrives (as "
+                         "when a NAT entry or a Wi-Fi link silently dies).",
+             expectation="The client notices the dead connection (missing server/time replies, or a keepalive "
+                         "without its pong) within the bound, gives it up, reconnects and streams again.",
+             source=f"RFC 6455 §5.5.2 (a ping verifies that the peer is still responsive); {FIELD_BLACKHOLE}; "
+                    "sendspin-go#115 (half-open sockets)", timeout_s=90.0)
+async def half_open(w: ClientWorld, b: Bounds, j: Judgement) -> None:
+    await w.start_client()
+    up = await streaming(w, j)
+    if up is None:
+        return
+    # count 1: this connection only (it is the only one); the client's next one works
+    fault = await w.proxy.add({"type": "timeout", "direction": "both", "count": 1})
+    applied = await w.proxy.applied(fault["name"])
+    await judge_dead_session(w, b, j, up["session"], applied["t_us"])
+    fault_acted(w.events(), fault["name"], j)
+
+
+CLOSE_CODES = ((1001, "going away"), (1011, "internal error"), (4001, "slow reader"))
+
+
+@client_case("8.5", "Reconnects after the server closes with 1001, 1011 and 4001",
+             description="Once audio flows, the server's side closes the connection with a close frame: 1001 "
+                         "(going away), then, once the client streams again, 1011 (internal error), then 4001 "
+                         "(the reference server's slow-reader close).",
+             expectation="After each close the client reconnects (after a short backoff: its delay is reported) "
+                         "and streams again within the bound.",
+             source="RFC 6455 §7.2.3 (reconnect with a backoff); field: a client that never reconnects after its "
+                    "server restarts", timeout_s=90.0)
+async def server_closes(w: ClientWorld, b: Bounds, j: Judgement) -> None:
+    await w.start_client()
+    if await streaming(w, j) is None:
+        return
+    for code, reason in CLOSE_CODES:
+        before, current = len(j.failures), flows(w.events())[-1]
+        # named apart: a fault's events are found by its name, and a retired one's name is free again
+        fault = await w.proxy.add({"type": "close", "name": f"close-{code}", "direction": "downstream",
+                                   "code": code, "reason": reason, "after_s": 0.0, "count": 1})
+        applied = await w.proxy.applied(fault["name"])
+        await judge_recovery(w, b, j, applied["t_us"], besides=current, what=f"close {code}")
+        if len(j.failures) > before:
+            return  # it did not come back: the next close would test nothing
+        reconnect = next(r for r in w.events().select("accept", proc="proxy") if r["t_us"] > applied["t_us"])
+        j.report(f"reconnected after close {code}", ms(reconnect["t_us"] - applied["t_us"]), "ms")
 
 
 OUTAGE_S = 15.0
