@@ -19,6 +19,7 @@ from ..checkers import Verdict as InvariantVerdict
 from ..settings import INSTRUMENTS, Bounds
 from .client import ClientWorld, Topology, TopologyPool
 from .client_cases import CLIENT, RUNS
+from .client_cases.common import NotApplicable
 from .gate_session import GATE, GateSession
 from .report import plot_timeline, timeline_series
 from .verdict import CaseResult, Judgement, Verdict, decide
@@ -62,6 +63,10 @@ def test_client(case_id: str, request: pytest.FixtureRequest, bounds: Bounds, tm
 
     try:
         world = run(body(), spec.timeout_s)
+    except NotApplicable as exc:  # what the client lacks showed only in its hello
+        result.verdict, result.reason = Verdict.UNIMPLEMENTED, exc.reason
+        gate.record(result)
+        raise
     finally:
         problems = topology.stop() if spec.workers else []
     if problems:

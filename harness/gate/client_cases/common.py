@@ -226,10 +226,8 @@ async def judge_survived(w: ClientWorld, b: Bounds, j: Judgement, flow: str, sta
 
 class NotApplicable(pytest.skip.Exception):  # type: ignore[misc,name-defined]
     """The client lacks what the case needs, which only its hello shows (a second format,
-    a player command): UNIMPLEMENTED with the reason, like a role it did not declare.
-
-    A skip today: client_suite.py does not yet record it in results.json (the `roles=`
-    check runs before the case and is recorded); see the branch's report."""
+    a player command): UNIMPLEMENTED with the reason, like a role it did not declare
+    (client_suite.py records it, then the test is skipped)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"UNIMPLEMENTED: {reason}", pytrace=False)
