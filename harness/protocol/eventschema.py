@@ -46,7 +46,8 @@ EVENTS: dict[str, EventType] = {e.name: e for e in [
        "listening; the same data as the readiness file",
        pid="process id", host="bound host", port="bound port", url="WebSocket URL", http="HTTP base URL",
        workers="coordinator: the workers' ports and URLs", listen="proxy: listening URL",
-       control="proxy: control API URL", upstreams="proxy: upstream URLs", startup_s="proxy: seconds to start"),
+       control="proxy: control API URL", upstreams="proxy: upstream URLs", startup_s="proxy: seconds to start",
+       server_dials="proxy: the server dials the proxy, the proxy the client (`--server-dials`)"),
     _e("loop_lag", "server coordinator proxy harness",
        "the process's own event loop ran a periodic tick late (looplag.py); `t_us` = when it ran, so the loop "
        "was blocked within [t_us − lag_us − interval_us, t_us]",
