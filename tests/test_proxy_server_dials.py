@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from proxy_support import BINARY, CLOSE, TEXT, RawUpstream, client_connect, collect, encode_frame, in_process_proxy
+from proxy_support import BINARY, CLOSE, TEXT, RawUpstream, api, client_connect, collect, encode_frame, in_process_proxy
 
 from harness.events import Events
 from harness.fault_proxy import FaultProxy, fault_proxy
@@ -197,3 +197,22 @@ def _fault(spec: dict[str, Any]) -> Any:
     from proxy.faults import build_fault
 
     return build_fault(spec)
+
+
+def test_patch_upstream_url_points_new_connections_at_the_next_client(run: Any) -> None:
+    """The gate gives each case's client a fresh listening port: PATCH /upstreams/0 {"url"}."""
+    async def body() -> None:
+        async with RawUpstream(lambda r, w, i: collect(r, 0.5)) as first, \
+                RawUpstream(lambda r, w, i: collect(r, 0.5)) as second, \
+                in_process_proxy([f"ws://127.0.0.1:{first.port}/sendspin"], server_dials=True) as px:
+            _, writer = await client_connect(px.port, "/sendspin")
+            writer.close()
+            status, answer = await api(px, "PATCH", "/upstreams/0", {"url": f"ws://127.0.0.1:{second.port}/sendspin"})
+            assert status == 200 and answer["upstream"]["port"] == second.port
+            _, writer = await client_connect(px.port, "/sendspin")
+            writer.close()
+            assert (len(first.accepted), len(second.accepted)) == (1, 1)
+            status, answer = await api(px, "PATCH", "/upstreams/0", {"url": "http://nohost"})
+            assert status == 400 and "needs host and port" in answer["error"]
+
+    run(body(), 30)
