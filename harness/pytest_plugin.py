@@ -105,12 +105,21 @@ def _gate_session(config: pytest.Config) -> GateSession:
     known = None
     if config.getoption("known_failures") is not None:
         try:
-            known = KnownFailures.load(config.getoption("known_failures"), CLIENT)
+            known = KnownFailures.load(config.getoption("known_failures"), KnownIds())
         except KnownFailuresError as exc:
             raise pytest.UsageError(str(exc)) from None
     return GateSession(client, strict=bool(config.getoption("strict", False)), profile=config.getoption("gate_profile"),
                        known=known, report_dir=config.getoption("report_dir"), prog=os.environ.get(GATE_PROG, "pytest"),
                        groups=CLIENT.groups)
+
+
+class KnownIds:
+    """What a known-failures line may name: a case (`8.2`), or a case for one initiator only
+    (`8.2-client`, `8.2-server`), for runs with --client-initiator both."""
+
+    def __contains__(self, key: object) -> bool:
+        case_id, _, initiator = str(key).partition("-")
+        return case_id in CLIENT and initiator in ("", *INITIATORS)
 
 
 @pytest.fixture(scope="session")
