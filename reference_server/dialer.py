@@ -8,7 +8,9 @@ A `Dialer` opens the WebSocket connection and runs the very same `Session` over 
 client still sends client/hello first, and after the handshake nothing depends on who
 dialled. When a session ends the dialer dials again, as the spec's server does: a
 client that closed without client/goodbye (or said `restart`) is assumed to restart;
-`shutdown`, `user_request` and `another_server` say not to. A failed dial backs off
+`shutdown`, `user_request` and `another_server` say not to. server/hello's
+`connection_reason` is `playback` on the first dial (the server dials to play to it) and
+`discovery` on the dials after a loss (the spec's own example of discovery). A failed dial backs off
 (REDIAL_BACKOFF_S, then its last value), so a client that is gone is not hammered.
 Every attempt is in the event log (`dial`, `dial_failed`, `dial_end`).
 """
@@ -30,8 +32,9 @@ REDIAL_BACKOFF_S = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)  # first retry at 100 ms, doub
 NO_REDIAL = frozenset({"shutdown", "user_request", "another_server"})  # client/goodbye reasons: do not dial again
 DIAL_TIMEOUT_S = 5.0  # TCP connect and WebSocket upgrade
 
-# runs one session over a dialled connection; returns the client's goodbye reason, if any
-RunSession = Callable[[ClientConnection], Awaitable[str | None]]
+# runs one session over a dialled connection (with server/hello's connection_reason);
+# returns the client's goodbye reason, if any
+RunSession = Callable[[ClientConnection, str], Awaitable[str | None]]
 
 
 class Dialer:
@@ -104,7 +107,7 @@ class Dialer:
     async def _dial(self, failures: int) -> ClientConnection | None:
         self.attempts += 1
         self.state = "dialling"
-        self.log.emit("dial", url=self.url, dialer=self.id, attempt=self.attempts)
+        self.log.emit("dial", url=self.url, dialer=self.id, attempt=self.attempts, reason=self._reason())
         try:
             return await connect(self.url, open_timeout=DIAL_TIMEOUT_S, **self.connect_options)
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
@@ -114,12 +117,17 @@ class Dialer:
             return None
 
     async def _session(self, ws: ClientConnection) -> str | None:
+        reason = self._reason()
         self.state = "session"
         self.sessions += 1
         try:
-            return await self.run_session(ws)
+            return await self.run_session(ws, reason)
         finally:
             self.state = "backoff"
+
+    def _reason(self) -> str:
+        """server/hello's connection_reason for the next session."""
+        return "playback" if self.sessions == 0 else "discovery"
 
     async def _backoff(self, seconds: float) -> None:
         self.state = "backoff"

@@ -127,7 +127,7 @@ class ReferenceServer:
     async def _handle(self, ws: ServerConnection) -> None:
         await self._run_session(ws, dialled=False)
 
-    async def _run_session(self, ws: Connection, dialled: bool) -> str | None:
+    async def _run_session(self, ws: Connection, dialled: bool, reason: str = "playback") -> str | None:
         """One session over an accepted or a dialled connection; returns the client's
         goodbye reason, if it said goodbye (a dialer decides by it whether to dial again)."""
         sock = ws.transport.get_extra_info("socket")
@@ -138,7 +138,8 @@ class ReferenceServer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.socket_send_buffer)
         # having dialled, we are the WebSocket client: our frames are masked (profile.py)
         codec = self.profile.session("server", masked=dialled)
-        session = Session(ws, f"s{next(self._ids)}", self.playback, codec, self.config, self.log, dialled=dialled)
+        session = Session(ws, f"s{next(self._ids)}", self.playback, codec, self.config, self.log, dialled=dialled,
+                          connection_reason=reason)
         self.sessions.add(session)
         try:
             await session.run()
@@ -153,8 +154,8 @@ class ReferenceServer:
         c = self.config
         options = {"max_size": c.max_message_bytes, "ping_interval": c.ping_interval_s,
                    "ping_timeout": c.ping_timeout_s, "write_limit": c.write_limit_bytes, "close_timeout": 2.0}
-        dialer = Dialer(url, lambda ws: self._run_session(ws, dialled=True), self.log, redial=redial,
-                        connect_options=options)
+        dialer = Dialer(url, lambda ws, reason: self._run_session(ws, dialled=True, reason=reason), self.log,
+                        redial=redial, connect_options=options)
         self.dialers[dialer.id] = dialer
         dialer.start().add_done_callback(lambda _: self.dialers.pop(dialer.id, None))
         return dialer

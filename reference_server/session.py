@@ -78,13 +78,15 @@ class StalledPayload(Exception):
 
 class Session:
     def __init__(self, ws: Connection, session_id: str, playback: PlaybackPort, codec: SessionCodec,
-                 config: ServerConfig, log: EventLog, dialled: bool = False) -> None:
+                 config: ServerConfig, log: EventLog, dialled: bool = False,
+                 connection_reason: str = "playback") -> None:
         self.playback = playback
         self.codec = codec
         self.config = config
         self.log = log
         self.ws = ws  # accepted (ServerConnection) or dialled by us (ClientConnection): the session is the same
         self.dialled = dialled
+        self.connection_reason = connection_reason  # server/hello's: why the server connects (dialer.py)
         self.goodbye_reason: str | None = None  # the client's client/goodbye reason, once it said goodbye
         self.session_id = session_id
         self.handshake = ServerHandshake()
@@ -194,7 +196,8 @@ class Session:
         if newer:
             self.log.emit("outdated_server", self.session_id, roles=newer)
         reply = m.ServerHello(server_id=self.config.server_id, name=self.config.name,
-                              active_roles=self.active_roles, connection_reason="playback")
+                              active_roles=self.active_roles,
+                              connection_reason=self.connection_reason)  # type: ignore[arg-type]
         await self._send_now(reply)
         return True
 

@@ -358,7 +358,10 @@ def test_the_server_dials_a_listening_client_and_again_after_a_loss(run, tmp_pat
                 await listener.close()
             ev = sc.events()
             assert [r["dialled"] for r in ev.select("accept", proc="server")] == [True, True]
-            assert len(ev.select("dial")) == 2 and not ev.select("dial_failed")
+            assert [r["reason"] for r in ev.select("dial")] == ["playback", "discovery"]
+            assert [r.connection_reason for r in probe.messages if isinstance(r, m.ServerHello)] == \
+                ["playback", "discovery"]
+            assert not ev.select("dial_failed")
             assert ev.select("dial_end")[0]["why"] == "client/goodbye: shutdown"
             assert ev.select("close", proc="server")[-1]["sent_code"] == closecodes.NORMAL
 

@@ -89,7 +89,8 @@ EVENTS: dict[str, EventType] = {e.name: e for e in [
        bytes="size of the refused message", fragments="its WebSocket frames"),
     # --- reference server ---------------------------------------------------------------
     _e("dial", "server", "the server dials a listening client (server-initiated; dialer.py)",
-       url="the client's URL", dialer="the dialer's number", attempt="attempt number"),
+       url="the client's URL", dialer="the dialer's number", attempt="attempt number",
+       reason="the connection_reason its server/hello will carry (playback first, discovery after a loss)"),
     _e("dial_failed", "server", "a dial failed (refused, timed out, upgrade refused)",
        url="the client's URL", dialer="the dialer's number", attempt="attempt number", error="why",
        retry_s="seconds until the next attempt (None: no redial)"),
