@@ -24,7 +24,7 @@ from _pytest.runner import runtestprotocol
 from hypothesis import HealthCheck, Phase, settings
 
 from .checkers import InconclusiveViolation
-from .gate.client import ClientCommandError, ClientUnderTest, TopologyPool
+from .gate.client import INITIATORS, ClientCommandError, ClientUnderTest, TopologyPool
 from .gate.client_cases import CLIENT
 from .gate.gate_session import GATE, GATE_PROG, PROFILES, GateSession
 from .gate.knownfailures import KnownFailures, KnownFailuresError
@@ -50,7 +50,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     gate = parser.getgroup("sendspin-gate", "sendspin-harness: the client gate (docs/ci-gate.md)")
     gate.addoption("--client-cmd", metavar="TEMPLATE",
                    help="start the client under test, fresh for each case: a command with placeholders "
-                        "{url} {host} {port} {path} {client_id} {name} (no shell)")
+                        "{url} {host} {port} {path} {client_id} {name} (no shell); server-initiated, they name "
+                        "where the client must listen")
+    gate.addoption("--client-listen-cmd", metavar="TEMPLATE",
+                   help="the client's command for server-initiated cases, if not --client-cmd (e.g. the probe's "
+                        "'... --listen {host}:{port} --path {path}')")
+    gate.addoption("--client-adapter", metavar="CMD",
+                   help="instead of --client-cmd: a Sendspin/conformance client adapter, run unchanged with the "
+                        "conformance runner's flags (--summary, --ready, --registry, --initiator-role, ...)")
+    gate.addoption("--client-initiator", choices=(*INITIATORS, "both"), default="client",
+                   help="who opens the connection: the client dials (default), the server dials the listening "
+                        "client, or both (every case twice)")
     gate.addoption("--client-roles", default="player@v1", metavar="ROLE,...",
                    help="roles the client supports (default %(default)s); a case that needs another is UNIMPLEMENTED")
     gate.addoption("--client-codecs", default="pcm", metavar="CODEC,...",
@@ -78,10 +88,16 @@ def _gate_session(config: pytest.Config) -> GateSession:
     def words(name: str) -> tuple[str, ...]:
         return tuple(w.strip() for w in config.getoption(name).split(",") if w.strip())
 
-    template = config.getoption("client_cmd")
+    template, adapter = config.getoption("client_cmd"), config.getoption("client_adapter")
+    if template is not None and adapter is not None:
+        raise pytest.UsageError("give --client-cmd or --client-adapter, not both")
+    choice = config.getoption("client_initiator")
+    initiators = INITIATORS if choice == "both" else (choice,)
     try:
-        client = None if template is None else ClientUnderTest(template, words("client_roles"),
-                                                                 words("client_codecs"))
+        client = None if template is None and adapter is None else ClientUnderTest(
+            template or adapter, words("client_roles"), words("client_codecs"),
+            listen_template=config.getoption("client_listen_cmd"), adapter=adapter is not None,
+            initiators=initiators)
     except ClientCommandError as exc:
         raise pytest.UsageError(str(exc)) from None
     for case_id in config.getoption("case"):
@@ -90,12 +106,21 @@ def _gate_session(config: pytest.Config) -> GateSession:
     known = None
     if config.getoption("known_failures") is not None:
         try:
-            known = KnownFailures.load(config.getoption("known_failures"), CLIENT)
+            known = KnownFailures.load(config.getoption("known_failures"), KnownIds())
         except KnownFailuresError as exc:
             raise pytest.UsageError(str(exc)) from None
     return GateSession(client, strict=bool(config.getoption("strict", False)), profile=config.getoption("gate_profile"),
                        known=known, report_dir=config.getoption("report_dir"), prog=os.environ.get(GATE_PROG, "pytest"),
                        groups=CLIENT.groups)
+
+
+class KnownIds:
+    """What a known-failures line may name: a case (`8.2`), or a case for one initiator only
+    (`8.2-client`, `8.2-server`), for runs with --client-initiator both."""
+
+    def __contains__(self, key: object) -> bool:
+        case_id, _, initiator = str(key).partition("-")
+        return case_id in CLIENT and initiator in ("", *INITIATORS)
 
 
 @pytest.fixture(scope="session")
@@ -106,12 +131,30 @@ def gate_topologies(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPa
     pool = TopologyPool(tmp_path_factory.mktemp("gate"))
     gate = pytestconfig.stash.get(GATE, None)
     if gate is not None and gate.client is not None:
-        pool.shared()
+        for initiator in gate.client.initiators:
+            pool.shared(initiator)
     yield pool
     problems = pool.close()
     if problems:
         pytest.fail("the client gate's reference server or proxy did not run cleanly:\n" + "\n".join(problems),
                     pytrace=False)
+
+
+@pytest.fixture
+def initiator(pytestconfig: pytest.Config) -> str:
+    """Who opens the client gate's connection: the one --client-initiator names (with
+    `both`, pytest_generate_tests parametrizes it instead)."""
+    gate = pytestconfig.stash.get(GATE, None)
+    return gate.client.initiators[0] if gate is not None and gate.client is not None else "client"
+
+
+@pytest.hookimpl(trylast=True)  # after the case_id marks: ids read `2.3-server`
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """--client-initiator both: every gate case once per initiator, `test_client[2.3-server]`."""
+    gate = metafunc.config.stash.get(GATE, None)
+    if "initiator" in metafunc.fixturenames and gate is not None and gate.client is not None \
+            and len(gate.client.initiators) > 1:
+        metafunc.parametrize("initiator", gate.client.initiators)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -2,7 +2,7 @@
 
     sendspin-proxy --listen 127.0.0.1:0 --upstream ws://127.0.0.1:8927 [--upstream ...]
                    [--control 127.0.0.1:0 | --no-control] [--plan FILE] [--ready-file F] [--log-dir D]
-                   [--health-interval 0.1] [--keep-extensions] [--quiet] [--wire-log]
+                   [--health-interval 0.1] [--keep-extensions] [--quiet] [--wire-log] [--server-dials]
                    [--view [all]] [--web [HOST:PORT]] [--web-messages 200]
 
     sendspin-proxy fault types [TYPE]|list|add|update|remove|reset --control URL [--json] ...
@@ -73,7 +73,12 @@ def serve_parser() -> argparse.ArgumentParser:
                                  "Subcommands for a running proxy: fault, connections, upstreams, events, upstream.")
     ap.add_argument("--listen", type=_hostport, default=("127.0.0.1", 0), help="HOST:PORT (default 127.0.0.1:0)")
     ap.add_argument("--upstream", action="append", required=True, metavar="ws://HOST:PORT",
-                    help="an upstream server; repeat for a pool (least connections)")
+                    help="an upstream server (with --server-dials: a listening client); repeat for a pool "
+                         "(least connections)")
+    ap.add_argument("--server-dials", action="store_true",
+                    help="server-initiated connections: the Sendspin server dials the proxy and the proxy dials "
+                         "the upstream, a listening client. Directions keep their Sendspin meaning (downstream = "
+                         "server to client); the upstream is never health-probed nor taken out of the pool")
     ap.add_argument("--control", type=_hostport, default=("127.0.0.1", 0), help="control API HOST:PORT")
     ap.add_argument("--no-control", action="store_true", help="no control API")
     ap.add_argument("--plan", type=Path, help="faults to load at start (JSON list or TOML [[fault]])")
@@ -132,7 +137,7 @@ async def _serve(a: argparse.Namespace) -> int:
                            log_dir=a.log_dir, faults=faults, health_interval=a.health_interval,
                            strip_extensions=a.strip_extensions, socket_buffer=a.socket_buffer, proc=a.proc,
                            observers=[view] if view else None, web=a.web, web_max_messages=a.web_messages,
-                           wire_log=a.wire_log)
+                           wire_log=a.wire_log, server_dials=a.server_dials)
     except ValueError as e:
         print(f"sendspin-proxy: {e}", file=sys.stderr)
         return 2

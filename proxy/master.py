@@ -53,7 +53,7 @@ class EmbeddedProxy:
                  socket_buffer: int = DEFAULT_SOCKET_BUFFER,
                  extra_addons: list[Any] | None = None, proc: str = "proxy",
                  observers: list[TrafficConsumer] | None = None, web: tuple[str, int] | None = None,
-                 web_max_messages: int = 200, wire_log: bool = False) -> None:
+                 web_max_messages: int = 200, wire_log: bool = False, server_dials: bool = False) -> None:
         if not upstreams:
             raise ValueError("at least one upstream is needed")
         self.listen_host = listen_host
@@ -86,6 +86,9 @@ class EmbeddedProxy:
         if wire is not None:
             wire.events = self.events
         self.initial_faults = faults or []
+        # the Sendspin server dials the proxy, the proxy dials the client (relay.py): the
+        # spec's server-initiated connections
+        self.server_dials = server_dials
         self.health_interval = health_interval
         self.strip_extensions = strip_extensions  # False (--keep-extensions): the peers may negotiate compression
         self.socket_buffer = socket_buffer
@@ -117,8 +120,8 @@ class EmbeddedProxy:
             confdir = Path(self._confdir.name)
         opts = moptions.Options()
         self.master = m = Master(opts)  # no termlog, no error check, no dumper
-        self.datapath = DataPath(self.state)
-        self.pool = UpstreamPool(self.state, self.health_interval, self.strip_extensions)
+        self.datapath = DataPath(self.state, self.server_dials)
+        self.pool = UpstreamPool(self.state, self.health_interval, self.strip_extensions, self.server_dials)
         m.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer())
         m.addons.add(self.datapath, self.pool, SocketBuffers(self.socket_buffer), *self.extra_addons)
         if self.web is not None:
@@ -148,14 +151,15 @@ class EmbeddedProxy:
         # The proxy is an instrument: a violation during its own stall is inconclusive (harness/checkers.py).
         self._loop_lag = LoopLagMonitor(asyncio.get_running_loop(), self.events).start()
         self.events.emit("ready", listen=self.url, control=self.control.url if self.control else None,
-                         upstreams=[u.url for u in self.state.upstreams], startup_s=round(self.startup_s, 3))
+                         upstreams=[u.url for u in self.state.upstreams], startup_s=round(self.startup_s, 3),
+                         server_dials=self.server_dials)
         return self
 
     def readiness(self, pid: int) -> dict[str, Any]:
         return {"pid": pid,
                 "listen": {"host": self.listen_host, "port": self.port, "url": self.url},
                 "control": {"url": self.control.url if self.control else None},
-                "upstreams": [u.url for u in self.state.upstreams],
+                "upstreams": [u.url for u in self.state.upstreams], "server_dials": self.server_dials,
                 "log": str(self.log_dir / f"{self.events.proc}.jsonl") if self.log_dir else None,
                 "web": {"url": self.web.url} if self.web is not None else None}
 

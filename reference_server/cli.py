@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slow-reader-close", type=_positive(float, "--slow-reader-close"), default=d.slow_reader_close_s,
                    help="close a peer that read nothing for this many seconds (default %(default)s)")
     p.add_argument("--max-message-bytes", type=_positive(int, "--max-message-bytes"), default=d.max_message_bytes)
+    p.add_argument("--dial", action="append", default=[], metavar="ws://HOST:PORT/PATH",
+                   help="server-initiated: dial this listening client (repeatable) and dial it again after a "
+                        "loss, with backoff, unless its client/goodbye said not to; single process only")
     # internal: how the coordinator starts a worker
     p.add_argument("--ipc-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument("--heartbeat", type=_positive(float, "--heartbeat"), default=0.1, help=argparse.SUPPRESS)
@@ -76,7 +79,7 @@ def to_config(a: argparse.Namespace) -> ServerConfig:
         proc=a.proc, source=a.source,
         chunk_ms=a.chunk_ms, max_lead_ms=a.max_lead_ms, autoplay=not a.no_autoplay, artwork_bytes=a.artwork_bytes,
         fragment_bytes=a.fragment_bytes, payload_timeout_s=a.payload_timeout, hello_timeout_s=a.hello_timeout,
-        slow_reader_close_s=a.slow_reader_close, max_message_bytes=a.max_message_bytes,
+        slow_reader_close_s=a.slow_reader_close, max_message_bytes=a.max_message_bytes, dial=tuple(a.dial),
     )
 
 
@@ -102,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 1:
         parser.error(f"--workers must be at least 1, got {args.workers}")
+    if args.workers is not None and args.dial:
+        parser.error("--dial needs the single-process server (no --workers): which worker would dial?")
+    bad = [u for u in args.dial if not u.startswith("ws://")]
+    if bad:
+        parser.error(f"--dial takes a ws:// URL, got {bad[0]!r}")
     config = to_config(args)
     try:
         if args.ipc_fd is not None:

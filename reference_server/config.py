@@ -71,6 +71,9 @@ class ServerConfig:
 
     stats_interval_s: float = 0.5      # how often each session logs what it holds
 
+    # server-initiated connections: client URLs to dial at start (and again after a loss; dialer.py)
+    dial: tuple[str, ...] = ()
+
     def announce(self, log: EventLog, listening: Server, **extra: Any) -> int:
         """Log `ready` and write the readiness file (atomically) for `listening`; returns its port."""
         host, port = next(iter(listening.sockets)).getsockname()[:2]

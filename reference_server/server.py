@@ -1,9 +1,17 @@
-"""The reference server's network endpoint: accept, HTTP status, WebSocket sessions.
+"""The reference server's network endpoint: accept, dial, HTTP, WebSocket sessions.
 
 It wires the parts together and owns none of their rules: `Playback` (groups,
 timeline demand, commands, metadata; playback.py) over a `ChunkStore`, and a
 `Session` (session.py) per connection, which speaks the wire profile through
-its own `SessionCodec`.
+its own `SessionCodec`. A connection is either accepted (client-initiated) or
+dialled by a `Dialer` (dialer.py: server-initiated, `--dial URL` or `POST /api/dial`);
+the session is the same.
+
+HTTP (besides the WebSocket path): `GET /api/status`; `POST /api/dial?url=URL[&redial=0]`
+dials a listening client (202, the dialer's status); `DELETE /api/dial` stops every
+dialer; `POST /api/close` stops every dialer and closes every session with 1000 (the
+server ends the run, as a conformance server does). A request body is not possible
+(websockets' HTTP parser refuses one), hence the query string.
 """
 
 from __future__ import annotations
@@ -16,16 +24,19 @@ import json
 import signal
 import socket
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from harness.protocol import EventLog, LoopLagMonitor, get_profile
+from harness.protocol import EventLog, LoopLagMonitor, closecodes, get_profile
 
 from . import actions
 from .artwork import make_image
 from .config import ServerConfig
 from .control import ControlEndpoint
+from .dialer import Dialer
 from .playback import Demand, Playback
 from .session import Session
 from .sources import open_source
@@ -62,6 +73,8 @@ class ReferenceServer:
         self.cluster: dict[str, Any] | None = None  # set in a worker: the coordinator's view of all workers
         self.stopping = asyncio.Event()
         self._loop_lag: LoopLagMonitor | None = None
+        self.dialers: dict[int, Dialer] = {}  # live ones, by id
+        self._tasks: set[asyncio.Task[Any]] = set()  # closes started from HTTP requests
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -82,12 +95,20 @@ class ReferenceServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         await self.start()
+        for url in self.config.dial:
+            self.dial(url)
         await self.stopping.wait()
         await self.shutdown()
 
     async def shutdown(self) -> None:
         self.log.emit("shutdown", sessions=len(self.playback.sessions))
         await self.control.close()
+        dialers = list(self.dialers.values())
+        for d in dialers:
+            d.stop("shutdown")
+        await self._close_sessions(closecodes.GOING_AWAY, "server shutting down")
+        if dialers:
+            await asyncio.wait([asyncio.ensure_future(d.wait()) for d in dialers], timeout=5.0)
         if self._server is not None:
             self._server.close(close_connections=True)
             with contextlib.suppress(TimeoutError):
@@ -109,19 +130,56 @@ class ReferenceServer:
     # --- connections -----------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
+        await self._run_session(ws, dialled=False)
+
+    async def _run_session(self, ws: Connection, dialled: bool, reason: str = "playback") -> str | None:
+        """One session over an accepted or a dialled connection; returns the client's
+        goodbye reason, if it said goodbye (a dialer decides by it whether to dial again)."""
         sock = ws.transport.get_extra_info("socket")
         if sock is not None:
             # A fixed send buffer (instead of Linux autotuning up to megabytes)
             # bounds the kernel memory per session and lets backpressure from a
             # slow reader reach the writer within a fraction of a second.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.socket_send_buffer)
-        session = Session(ws, f"s{next(self._ids)}", self.playback, self.profile.session("server"), self.config,
-                          self.log)
+        # having dialled, we are the WebSocket client: our frames are masked (profile.py)
+        codec = self.profile.session("server", masked=dialled)
+        session = Session(ws, f"s{next(self._ids)}", self.playback, codec, self.config, self.log, dialled=dialled,
+                          connection_reason=reason)
         self.sessions[session.session_id] = session
         try:
             await session.run()
         finally:
             del self.sessions[session.session_id]
+        return session.goodbye_reason
+
+    # --- server-initiated connections --------------------------------------------------------
+
+    def dial(self, url: str, redial: bool = True) -> Dialer:
+        """Dial a listening client and keep a session with it (dialer.py)."""
+        c = self.config
+        options = {"max_size": c.max_message_bytes, "ping_interval": c.ping_interval_s,
+                   "ping_timeout": c.ping_timeout_s, "write_limit": c.write_limit_bytes, "close_timeout": 2.0}
+        dialer = Dialer(url, lambda ws, reason: self._run_session(ws, dialled=True, reason=reason), self.log,
+                        redial=redial, connect_options=options)
+        self.dialers[dialer.id] = dialer
+        dialer.start().add_done_callback(lambda _: self.dialers.pop(dialer.id, None))
+        return dialer
+
+    def stop_dialing(self, why: str) -> list[int]:
+        stopped = list(self.dialers)
+        for d in list(self.dialers.values()):
+            d.stop(why)
+        return stopped
+
+    async def _close_sessions(self, code: int, reason: str) -> None:
+        sessions = list(self.sessions.values())
+        if sessions:
+            await asyncio.gather(*(s.close(code, reason) for s in sessions), return_exceptions=True)
+
+    def _later(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def act(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
         """A scripted action from the control endpoint, on this process's sessions."""
@@ -133,8 +191,9 @@ class ReferenceServer:
         if path == self.config.path and "upgrade" in request.headers.get("Connection", "").lower():
             return None
         if path == "/api/status":
-            response = connection.respond(http.HTTPStatus.OK, json.dumps(self.status()) + "\n")
-            response.headers["Content-Type"] = "application/json"
+            response = _json(connection, http.HTTPStatus.OK, self.status())
+        elif path in ("/api/dial", "/api/close"):
+            response = self._api(connection, request, path)
         elif path == self.config.path:
             response = connection.respond(http.HTTPStatus.UPGRADE_REQUIRED, "WebSocket upgrade required\n")
         else:
@@ -143,9 +202,35 @@ class ReferenceServer:
         response.headers["Access-Control-Allow-Origin"] = "*"
         return response
 
+    def _api(self, connection: ServerConnection, request: Request, path: str) -> Response:
+        """The operator's requests: dial a client, stop dialling, end every session."""
+        query = parse_qs(urlsplit(request.path).query)
+        if path == "/api/dial" and request.method == "POST":
+            url = (query.get("url") or [""])[0]
+            if urlsplit(url).scheme != "ws" or not urlsplit(url).hostname:
+                return _json(connection, http.HTTPStatus.BAD_REQUEST,
+                             {"error": f"POST /api/dial?url=ws://HOST:PORT/PATH: a ws:// URL, got {url!r}"})
+            dialer = self.dial(url, redial=(query.get("redial") or ["1"])[0] not in ("0", "false", "no"))
+            return _json(connection, http.HTTPStatus.ACCEPTED, {"dialer": dialer.status()})
+        if path == "/api/dial" and request.method == "DELETE":
+            return _json(connection, http.HTTPStatus.OK, {"stopped": self.stop_dialing("DELETE /api/dial")})
+        if path == "/api/close" and request.method == "POST":
+            stopped = self.stop_dialing("POST /api/close")
+            self._later(self._close_sessions(closecodes.NORMAL, "the server ends the session"))
+            return _json(connection, http.HTTPStatus.OK, {"stopped": stopped, "closing": len(self.sessions)})
+        return _json(connection, http.HTTPStatus.METHOD_NOT_ALLOWED,
+                     {"error": f"{request.method} {path}: try POST /api/dial?url=URL, DELETE /api/dial, "
+                               "POST /api/close"})
+
     def status(self) -> dict[str, Any]:
-        mine = self.playback.status()
+        mine = {**self.playback.status(), "dialers": [d.status() for d in self.dialers.values()]}
         if self.cluster is None:
             return mine
         # A worker: totals across the cluster (as of the coordinator's last update), then its own figures.
         return {**self.cluster, "this_worker": {"proc": self.config.proc, **mine}}
+
+
+def _json(connection: ServerConnection, status: http.HTTPStatus, body: Any) -> Response:
+    response = connection.respond(status, json.dumps(body) + "\n")
+    response.headers["Content-Type"] = "application/json"
+    return response

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
@@ -93,13 +93,17 @@ class StalledPayload(Exception):
 
 
 class Session:
-    def __init__(self, ws: ServerConnection, session_id: str, playback: PlaybackPort, codec: SessionCodec,
-                 config: ServerConfig, log: EventLog) -> None:
+    def __init__(self, ws: Connection, session_id: str, playback: PlaybackPort, codec: SessionCodec,
+                 config: ServerConfig, log: EventLog, dialled: bool = False,
+                 connection_reason: str = "playback") -> None:
         self.playback = playback
         self.codec = codec
         self.config = config
         self.log = log
-        self.ws = ws
+        self.ws = ws  # accepted (ServerConnection) or dialled by us (ClientConnection): the session is the same
+        self.dialled = dialled
+        self.connection_reason = connection_reason  # server/hello's: why the server connects (dialer.py)
+        self.goodbye_reason: str | None = None  # the client's client/goodbye reason, once it said goodbye
         self.session_id = session_id
         self.handshake = ServerHandshake()
         self.hello: m.ClientHello | None = None
@@ -148,7 +152,8 @@ class Session:
     # --- lifecycle -------------------------------------------------------------------
 
     async def run(self) -> None:
-        self.log.emit("accept", self.session_id, remote=str(self.ws.remote_address))
+        self.log.emit("accept", self.session_id, remote=str(self.ws.remote_address),
+                      **({"dialled": True} if self.dialled else {}))
         tasks: list[asyncio.Task[None]] = []
         try:
             if not await self._handshake():
@@ -210,7 +215,8 @@ class Session:
         if newer:
             self.log.emit("outdated_server", self.session_id, roles=newer)
         reply = m.ServerHello(server_id=self.config.server_id, name=self.config.name,
-                              active_roles=self.active_roles, connection_reason="playback")
+                              active_roles=self.active_roles,
+                              connection_reason=self.connection_reason)  # type: ignore[arg-type]
         await self._send_now(reply)
         return True
 
@@ -348,6 +354,7 @@ class Session:
                 self._pending_upload = (message, now_us() + int(self.config.payload_timeout_s * 1e6))
             case m.ClientGoodbye():
                 self.log.emit("goodbye", self.session_id, reason=message.reason)
+                self.goodbye_reason = message.reason
                 await self.close(closecodes.NORMAL, f"goodbye: {message.reason}")
                 return False
             case m.ClientHello():

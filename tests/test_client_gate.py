@@ -1,7 +1,8 @@
 """The client gate judged on clients whose behaviour we know.
 
-The probe client (a correct client) passes every case; each small broken client in
-tests/bad_clients fails exactly the case that names its bug. Each run is the gate as
+The probe client (a correct client) passes every case, whoever opens the connection;
+each small broken client in tests/bad_clients fails exactly the case that names its bug;
+aiosendspin's client runs unchanged as a conformance adapter. Each run is the gate as
 an implementer runs it: `pytest scenarios/test_client_gate.py --client-cmd ...` in a
 subprocess, judged by its exit status and its results.json.
 """
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from harness.gate.case import Case, Severity
-from harness.gate.client import ClientCommandError, ClientUnderTest
+from harness.gate.client import SERVER_ID, SERVER_NAME, AdapterFiles, ClientCommandError, ClientUnderTest
 from harness.gate.client_cases import CLIENT
 from harness.gate.knownfailures import KnownFailures, KnownFailuresError
 from harness.gate.verdict import Figure, Judgement, Verdict, decide
@@ -27,19 +28,32 @@ ROOT = Path(__file__).resolve().parent.parent
 PROBE = f"{sys.executable} -m harness.probe --url {{url}} --client-id {{client_id}} --name {{name}} " \
         "--roles player@v1,artwork@v1"
 PROBE_ROLES = ("--client-roles", "player@v1,artwork@v1")  # every case applies to it
+PROBE_LISTENS = f"{sys.executable} -m harness.probe --listen {{host}}:{{port}} --path {{path}} " \
+                "--client-id {client_id} --name {name} --roles player@v1,artwork@v1"
+AIOSENDSPIN_ADAPTER = f"{sys.executable} {ROOT / 'clients/aiosendspin_client.py'}"
 GATE_TIMEOUT_S = 600
 
 
-def bad_client(bug: str) -> str:
-    return f"{sys.executable} {ROOT / 'tests/bad_clients/bad_client.py'} --url {{url}} --client-id {{client_id}} " \
+def bad_client(bug: str, initiator: str = "client") -> str:
+    where = "--url {url}" if initiator == "client" else "--listen {host}:{port} --path {path}"
+    return f"{sys.executable} {ROOT / 'tests/bad_clients/bad_client.py'} {where} --client-id {{client_id}} " \
            f"--bug {bug}"
 
 
-def gate(tmp_path: Path, client: str, *args: str) -> tuple[int, dict[str, Any], str]:
-    """Runs the gate; returns its exit status, results.json by case id, and its output."""
+def needs_aiosendspin() -> None:
+    try:
+        import aiosendspin  # noqa: F401
+    except ImportError:
+        pytest.skip("aiosendspin is not installed (pip install -e '.[dev]')")
+
+
+def gate(tmp_path: Path, client: str | None, *args: str) -> tuple[int, dict[str, Any], str]:
+    """Runs the gate (`client`: --client-cmd, or None when `args` name the client); returns
+    its exit status, results.json by case id, and its output."""
     report = tmp_path / "report"
+    command = ["--client-cmd", client] if client is not None else []
     done = subprocess.run([sys.executable, "-m", "pytest", "scenarios/test_client_gate.py", "-q", "-p",
-                           "no:cacheprovider", f"--basetemp={tmp_path / 'cases'}", "--client-cmd", client,
+                           "no:cacheprovider", f"--basetemp={tmp_path / 'cases'}", *command,
                            "--report-dir", str(report), *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=GATE_TIMEOUT_S)
     results = json.loads((report / "results.json").read_text()) if (report / "results.json").exists() else {}
@@ -54,31 +68,79 @@ def test_the_probe_client_passes_every_case(tmp_path: Path) -> None:
     assert {c["verdict"] for c in cases.values()} == {"OK"}, {i: c["reason"] for i, c in cases.items()}
 
 
-NEGATIVE = [  # (bug, the cases it must fail, a case it must pass)
-    ("no-support", ("1.3",), "2.1"),
-    ("early", ("1.1",), "1.3"),
-    ("no-time-sync", ("2.1",), "1.3"),
-    ("time-waits", ("2.3",), "1.3"),
-    ("gated-reads", ("3.1",), "1.3"),
-    ("no-reassembly", ("4.1",), "1.3"),
-    ("orphan-crash", ("5.2",), "5.1"),  # a 4-byte binary kills it; a 9-byte header-only one does not
-    ("stall-blocks", ("6.2",), "6.1"),
-    ("no-reconnect", ("8.2", "8.3", "8.4", "8.5"), "1.3"),
-    ("bad-json-crash", ("9.1",), "9.2"),  # malformed JSON kills it; valid JSON of an unknown type does not
+# Server-initiated, a representative subset (the whole catalogue twice takes twice the
+# default profile's ~3 min): a fault on server/hello (1.1) and on server/time (2.3) in
+# the reversed proxy, reading at the audio rate on accepted sockets (3.1), the server's
+# re-dial after a loss (8.2), and the 8.x cases that do not apply (UNIMPLEMENTED).
+SERVER_SUBSET = ("1.1", "2.3", "3.1", "8.1", "8.2", "8.6")
+
+
+def test_the_probe_client_passes_whoever_dials(tmp_path: Path) -> None:
+    args = [f"--case={c}" for c in SERVER_SUBSET]
+    code, _, out = gate(tmp_path, PROBE, "--client-listen-cmd", PROBE_LISTENS, "--client-initiator", "both",
+                        "-vv", *args)  # -vv after gate()'s -q: the test ids are printed
+    assert code == 0, out
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert results["peer"]["initiator"] == "both" and results["peer"]["listen_command"] == PROBE_LISTENS
+    verdicts = {(c["id"], c["peer"]["initiator"]): c["verdict"] for c in results["cases"]}
+    assert verdicts == {**{(c, i): "OK" for c in SERVER_SUBSET for i in ("client", "server")},
+                        ("8.1", "server"): "UNIMPLEMENTED", ("8.6", "server"): "UNIMPLEMENTED"}, verdicts
+    assert "test_client[2.3-server] PASSED" in out and "test_client[8.1-server] SKIPPED" in out
+    server = {c["id"]: c for c in results["cases"] if c["peer"]["initiator"] == "server"}
+    assert server["8.6"]["reason"].startswith("server-initiated: retrying is the server's job")
+    assert "--client-initiator server" in server["8.2"]["replay"] and PROBE_LISTENS in server["8.2"]["replay"]
+    assert (tmp_path / "report" / "cases" / "8.2-server.html").exists()
+
+
+NEGATIVE = [  # (bug, the cases it must fail, a case it must pass, who dials)
+    ("no-support", ("1.3",), "2.1", "client"),
+    ("early", ("1.1",), "1.3", "client"),
+    ("no-time-sync", ("2.1",), "1.3", "client"),
+    ("time-waits", ("2.3",), "1.3", "client"),
+    ("gated-reads", ("3.1",), "1.3", "client"),
+    ("no-reassembly", ("4.1",), "1.3", "client"),
+    ("orphan-crash", ("5.2",), "5.1", "client"),  # a 4-byte binary kills it; a 9-byte header-only one does not
+    ("stall-blocks", ("6.2",), "6.1", "client"),
+    ("no-reconnect", ("8.2", "8.3", "8.4", "8.5"), "1.3", "client"),
+    ("bad-json-crash", ("9.1",), "9.2", "client"),  # malformed JSON kills it; valid JSON of an unknown type does not
+    ("early", ("1.1",), "1.3", "server"),  # the same bug, judged through the reversed proxy
+    ("listen-once", ("8.2",), "1.3", "server"),
 ]
 
 
-@pytest.mark.parametrize(("bug", "fails", "passes"), NEGATIVE, ids=[b for b, _, _ in NEGATIVE])
+@pytest.mark.parametrize(("bug", "fails", "passes", "initiator"), NEGATIVE,
+                         ids=[f"{b}-{i}" for b, _, _, i in NEGATIVE])
 def test_a_broken_client_fails_the_cases_of_its_bug(tmp_path: Path, bug: str, fails: tuple[str, ...],
-                                                     passes: str) -> None:
+                                                     passes: str, initiator: str) -> None:
     chosen = [arg for case in (*fails, passes) for arg in ("--case", case)]
-    code, cases, out = gate(tmp_path, bad_client(bug), *chosen, "-n", str(min(len(fails) + 1, 3)))
+    code, cases, out = gate(tmp_path, bad_client(bug, initiator), *chosen, "--client-initiator", initiator,
+                            "-n", str(min(len(fails) + 1, 3)))
     assert code == 1, out
     assert {c: cases[c]["verdict"] for c in (*fails, passes)} == {**dict.fromkeys(fails, "FAILED"), passes: "OK"}, out
     for case in fails:
         assert f"case {case} [MUST]" in out
         replay = shlex.split(cases[case]["replay"])
         assert replay[:2] == ["pytest", "scenarios/test_client_gate.py"] and replay[replay.index("--case") + 1] == case
+
+
+def test_aiosendspin_runs_unchanged_as_a_conformance_adapter(tmp_path: Path) -> None:
+    """--client-adapter: the conformance runner's flags, registry and ready files; the run
+    ended from the server side; the adapter's summary kept as a note, never judged."""
+    needs_aiosendspin()
+    code, _, out = gate(tmp_path, None, "--client-adapter", AIOSENDSPIN_ADAPTER, "--client-initiator", "both",
+                        "--case", "1.2", "--case", "3.1")
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert code == 0, out
+    assert results["peer"]["adapter"] is True and results["peer"]["initiator"] == "both"
+    for case in results["cases"]:
+        assert case["verdict"] == "OK", case
+        summary = case["peer"]["adapter_summary"]
+        assert summary["status"] == "ok" and summary["initiator_role"] == case["peer"]["initiator"], summary
+        assert summary["audio"]["audio_chunk_count"] > 0 and case["peer"]["exit"]["code"] == 0
+        assert any(n.startswith("adapter summary (its own account, not judged): status 'ok'") for n in case["notes"])
+        assert "adapter: exited after the server ended the session" in case["notes"], case["notes"]
+        assert not [n for n in case["notes"] if "no ready file" in n or "it announced" in n], case["notes"]
+        assert "--client-adapter" in case["replay"]
 
 
 def test_a_reconnect_storm_is_non_strict_and_fails_with_strict(tmp_path: Path) -> None:
@@ -145,6 +207,35 @@ def test_a_known_failures_file_names_real_cases_each_with_a_reason() -> None:
             KnownFailures.parse(text, CLIENT)
 
 
+def test_a_server_initiated_client_is_told_where_to_listen() -> None:
+    client = ClientUnderTest("player --server {url}", listen_template="player --listen {port} --path {path}",
+                             initiators=("client", "server"))
+    assert client.argv("ws://127.0.0.1:4000/sendspin", "c", "n", "server") == ["player", "--listen", "4000",
+                                                                                 "--path", "/sendspin"]
+    assert client.argv("ws://h:1/p", "c", "n") == ["player", "--server", "ws://h:1/p"]
+    with pytest.raises(ClientCommandError, match="--client-listen-cmd must say where to listen"):
+        ClientUnderTest("player {url}", listen_template="player --listen", initiators=("server",))
+    with pytest.raises(ClientCommandError, match="--client-initiator"):
+        ClientUnderTest("player {url}", initiators=("peer",))
+
+
+def test_an_adapter_gets_the_conformance_runners_flags_and_no_placeholders(tmp_path: Path) -> None:
+    adapter = ClientUnderTest("my-adapter --verbose", adapter=True, initiators=("client", "server"))
+    files = AdapterFiles(tmp_path)
+    words = adapter.adapter_argv(files, "gate-1-2", "Gate 1.2", "server", 40123, 90)
+    flags = dict(zip(words[2::2], words[3::2], strict=True))
+    assert words[:2] == ["my-adapter", "--verbose"]
+    assert flags == {"--summary": str(files.summary), "--ready": str(files.ready), "--registry": str(files.registry),
+                     "--scenario-id": "server-initiated-pcm", "--initiator-role": "server",
+                     "--preferred-codec": "pcm", "--timeout-seconds": "90", "--client-name": "Gate 1.2",
+                     "--client-id": "gate-1-2", "--server-name": SERVER_NAME, "--server-id": SERVER_ID,
+                     "--port": "40123", "--path": "/sendspin"}
+    client_words = adapter.adapter_argv(files, "c", "n", "client", 0, 90)
+    assert "--port" not in client_words and client_words[client_words.index("--initiator-role") + 1] == "client"
+    with pytest.raises(ClientCommandError, match="no placeholders"):
+        ClientUnderTest("my-adapter {url}", adapter=True)
+
+
 def test_a_client_command_must_say_where_to_connect_and_use_known_placeholders() -> None:
     assert ClientUnderTest("player --server {url} --id {client_id}").argv("ws://h:1/p", "c1", "N") == \
         ["player", "--server", "ws://h:1/p", "--id", "c1"]
@@ -153,3 +244,12 @@ def test_a_client_command_must_say_where_to_connect_and_use_known_placeholders()
                             ("player {url", "expected"), ("{url", "expected")]:
         with pytest.raises(ClientCommandError, match=error):
             ClientUnderTest(template)
+
+
+def test_a_known_failure_may_name_one_initiator() -> None:
+    from harness.pytest_plugin import KnownIds
+
+    known = KnownFailures.parse("8.2-server only when it listens\n8.6 no backoff\n", KnownIds())
+    assert known.reasons == {"8.2-server": "only when it listens", "8.6": "no backoff"}
+    with pytest.raises(KnownFailuresError, match="not a case"):
+        KnownFailures.parse("8.2-peer why\n", KnownIds())

@@ -6,6 +6,7 @@ import ast
 import asyncio
 import json
 import math
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 from harness.events import Events
-from harness.probe import ProbeConfig
+from harness.probe import ProbeClient, ProbeConfig
 from harness.protocol import EventLog, Message, ProtocolError, closecodes, get_profile, now_us
 from harness.protocol import messages as m
 from harness.scenario import Scenario
@@ -473,6 +474,113 @@ def test_goodbye_closes_normally(run, tmp_path: Path) -> None:
     run(body())
 
 
+# --- server-initiated connections (dialer.py) ------------------------------------------------------
+
+
+class Listener:
+    """A listening probe (the spec's server-initiated client): each dial is accepted by `probe`."""
+
+    def __init__(self, probe: ProbeClient) -> None:
+        self.probe = probe
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.url = f"ws://127.0.0.1:{self.sock.getsockname()[1]}/sendspin"
+        self.accepted = 0
+        self.task = asyncio.get_running_loop().create_task(self._accept())
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(self.sock)
+            await self.probe.accept(conn, "/sendspin")
+            self.accepted += 1
+
+    async def session(self, number: int, samples: int = 48_000) -> None:
+        """Until the `number`-th dial is in a session that has received `samples` samples."""
+        async with asyncio.timeout(15):
+            while self.accepted < number or self.probe.audio.samples < samples:
+                await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        self.sock.close()
+
+
+def test_the_server_dials_a_listening_client_and_again_after_a_loss(run, tmp_path: Path) -> None:
+    """--dial: the same session over a connection the server opened (its frames masked,
+    as a WebSocket client's must be: the probe's WebSocket server refuses unmasked ones);
+    after a loss without client/goodbye it dials again; after a goodbye (shutdown) not."""
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            probe = await sc.probe("ws://unused", ProbeConfig(name="lis"), connect=False)
+            listener = Listener(probe)
+            try:
+                await sc.server("--dial", listener.url)
+                await listener.session(1)
+                assert probe.audio.gaps == 0 and probe.close_code is None
+                assert probe.transport is not None
+                probe.transport.abort()  # lost, no goodbye: the server assumes a restart and dials again
+                await listener.session(2)
+                await probe.close()  # client/goodbye shutdown: no more dials
+                await asyncio.sleep(1.0)
+            finally:
+                await listener.close()
+            ev = sc.events()
+            assert [r["dialled"] for r in ev.select("accept", proc="server")] == [True, True]
+            assert [r["reason"] for r in ev.select("dial")] == ["playback", "discovery"]
+            assert [r.connection_reason for r in probe.messages if isinstance(r, m.ServerHello)] == \
+                ["playback", "discovery"]
+            assert not ev.select("dial_failed")
+            assert ev.select("dial_end")[0]["why"] == "client/goodbye: shutdown"
+            assert ev.select("close", proc="server")[-1]["sent_code"] == closecodes.NORMAL
+
+    run(body())
+
+
+def test_http_dial_backs_off_then_delete_and_close_end_it(run, tmp_path: Path) -> None:
+    """POST /api/dial to a port nobody listens on retries with a growing backoff until
+    DELETE /api/dial; POST /api/dial to a listening client streams to it, and POST
+    /api/close ends the session with 1000 and dials no more."""
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            base = (await sc.server()).ready["http"]
+            assert (await asyncio.to_thread(_post, f"{base}/api/dial?url=http://x"))[0] == 400
+            with socket.create_server(("127.0.0.1", 0)) as closed:
+                nobody = f"ws://127.0.0.1:{closed.getsockname()[1]}/sendspin"
+            status, answer = await asyncio.to_thread(_post, f"{base}/api/dial?url={nobody}")
+            assert status == 202 and json.loads(answer)["dialer"]["url"] == nobody
+            await asyncio.sleep(1.0)
+            assert (await asyncio.to_thread(_post, f"{base}/api/dial", "DELETE"))[0] == 200
+            failed = sc.events().select("dial_failed")
+            assert len(failed) >= 3 and [r["retry_s"] for r in failed[:3]] == [0.1, 0.2, 0.4], failed
+
+            probe = await sc.probe("ws://unused", ProbeConfig(name="lis"), connect=False)
+            listener = Listener(probe)
+            try:
+                await asyncio.to_thread(_post, f"{base}/api/dial?url={listener.url}")
+                await listener.session(1)
+                dialers = json.loads((await asyncio.to_thread(_get, f"{base}/api/status"))[2])["dialers"]
+                assert [d["state"] for d in dialers] == ["session"]
+                assert (await asyncio.to_thread(_post, f"{base}/api/close"))[0] == 200
+                await asyncio.wait_for(probe.closed.wait(), 5)
+                await asyncio.sleep(0.5)
+            finally:
+                await listener.close()
+            assert probe.close_code == closecodes.NORMAL and listener.accepted == 1
+            assert {r["why"] for r in sc.events().select("dial_end")} == {"DELETE /api/dial", "POST /api/close"}
+
+    run(body())
+
+
+def _post(url: str, method: str = "POST") -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
 def test_wav_source_is_streamed_verbatim(run, tmp_path: Path) -> None:
     rate, frames = 48_000, 48_000
     samples = (np.arange(frames * 2, dtype=np.int64) * 7919 % 65536 - 32768).astype("<i2")
@@ -510,6 +618,8 @@ def test_wav_source_is_streamed_verbatim(run, tmp_path: Path) -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["--chunk-ms", "0"], "--chunk-ms must be > 0"),
     (["--source", "/nonexistent.wav"], "neither 'watermark' nor an existing WAV file"),
+    (["--dial", "http://127.0.0.1:1/x"], "--dial takes a ws:// URL"),
+    (["--dial", "ws://127.0.0.1:1/x", "--workers", "2"], "--dial needs the single-process server"),
 ])
 def test_cli_rejects_bad_arguments_clearly(args: list[str], message: str) -> None:
     result = subprocess.run([sys.executable, "-m", "reference_server", *args], capture_output=True, text=True,

@@ -1,8 +1,13 @@
 """The client gate as pytest tests: `test_client[GROUP.CASE]`, one per catalogue case.
 
+With `--client-initiator both` every case runs twice, `test_client[2.3-client]` and
+`test_client[2.3-server]` (the plugin parametrizes `initiator`; with one initiator it is
+a plain fixture and the ids stay `test_client[2.3]`). A case that cannot apply to one
+initiator is UNIMPLEMENTED there, with its reason.
+
 Collected from `scenarios/test_client_gate.py` in this repository, and by `sendspin-gate`
-(gate_cli.py) from the installed package. Without `--client-cmd` every case is skipped:
-there is no client to judge.
+(gate_cli.py) from the installed package. Without `--client-cmd` (or `--client-adapter`)
+every case is skipped: there is no client to judge.
 """
 
 from __future__ import annotations
@@ -33,20 +38,21 @@ GATE_INSTRUMENTS = INSTRUMENTS | {"server", "worker", "coordinator"}
 def _session(config: pytest.Config) -> GateSession:
     gate = config.stash.get(GATE, None)
     if gate is None or gate.client is None:
-        pytest.skip("no client under test: give --client-cmd (see docs/ci-gate.md)")
+        pytest.skip("no client under test: give --client-cmd or --client-adapter (see docs/ci-gate.md)")
     return gate
 
 
 @pytest.mark.parametrize("case_id", CLIENT.ids())
-def test_client(case_id: str, request: pytest.FixtureRequest, bounds: Bounds, tmp_path: Path, run: Any,
-                gate_topologies: TopologyPool) -> None:
+def test_client(case_id: str, initiator: str, request: pytest.FixtureRequest, bounds: Bounds, tmp_path: Path,
+                run: Any, gate_topologies: TopologyPool) -> None:
     gate = _session(request.config)
     assert gate.client is not None
     case, spec = CLIENT[case_id], RUNS[case_id]
     if case.thorough and gate.profile != "thorough":
         pytest.skip("in the thorough profile only (--gate-profile thorough)")
-    result = CaseResult(case, Verdict.OK, "", replay=gate.replay(request.node), peer=gate.peer())
-    missing = case.not_applicable(gate.client.roles, gate.client.codecs)
+    result = CaseResult(case, Verdict.OK, "", replay=gate.replay(request.node),
+                        peer={**gate.peer(), "initiator": initiator})
+    missing = case.not_applicable(gate.client.roles, gate.client.codecs) or spec.inapplicable.get(initiator)
     if missing is not None:
         result.verdict, result.reason = Verdict.UNIMPLEMENTED, missing
         gate.record(result)
@@ -54,10 +60,11 @@ def test_client(case_id: str, request: pytest.FixtureRequest, bounds: Bounds, tm
 
     judgement = Judgement()
     started = time.monotonic()
-    topology = Topology.start(tmp_path / "topology", spec.workers) if spec.workers else gate_topologies.shared()
+    topology = Topology.start(tmp_path / "topology", spec.workers, initiator=initiator) if spec.workers \
+        else gate_topologies.shared(initiator)
 
     async def body() -> ClientWorld:
-        async with ClientWorld(tmp_path, gate.client, case_id, topology) as world:
+        async with ClientWorld(tmp_path, gate.client, case_id, topology, spec.timeout_s) as world:
             await spec.run(world, bounds, judgement)
         return world
 
@@ -79,11 +86,14 @@ def test_client(case_id: str, request: pytest.FixtureRequest, bounds: Bounds, tm
     result.close = close_verdict(ev, first[0], world.stop_us, bounds.client_time_gap_us) if first else None
     result.verdict = decide(case, judgement, gate.strict)
     result.reason = judgement.failures[0] if judgement.failures else ""
-    result.notes = judgement.notes
+    result.notes = judgement.notes + world.notes
     result.peer["exit"] = {"code": world.exit_code, "by_itself": world.exited_by_itself, "stopped": world.stopped}
+    if world.adapter_summary is not None:
+        result.peer["adapter_summary"] = world.adapter_summary  # its own account: kept, never judged
     result.timeline = _timeline(ev, judgement, world)
     if gate.report_dir is not None:
-        result.plot = f"cases/{case_id}.svg"
+        key = case_id if len(gate.client.initiators) == 1 else f"{case_id}-{initiator}"
+        result.plot = f"cases/{key}.svg"
         plot_timeline(timeline_series(ev, world.started_us), gate.report_dir / result.plot,
                       f"{case_id} {case.title}: {result.verdict.value}")
     if result.verdict is Verdict.FAILED:

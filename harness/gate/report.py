@@ -5,6 +5,8 @@
                                  verdict, replay command, timeline plot and excerpt
     REPORT_DIR/cases/ID.svg      its timeline, plotted from the event logs when it ran
 
+With `--client-initiator both` each case ran twice: its pages are ID-client and ID-server.
+
 Plots are drawn with matplotlib (Agg, no display) while the case's logs still exist;
 the pages are written from results.json at the end of the run. Nothing is fetched from
 the network: the report opens from disk.
@@ -122,11 +124,18 @@ def plot_timeline(series: dict[str, Any], path: Path, title: str) -> None:
 
 # --- the pages ------------------------------------------------------------------------------------
 
+def _key(case: dict[str, Any], document: dict[str, Any]) -> str:
+    """The name of a case's page: its id, and its initiator where the run had both."""
+    both = document["peer"].get("initiator") == "both"
+    return f"{case['id']}-{case['peer'].get('initiator', 'client')}" if both else case["id"]
+
+
 def write_report(directory: Path, document: dict[str, Any], groups: dict[int, str]) -> Path:
     cases = document["cases"]
     (directory / "cases").mkdir(parents=True, exist_ok=True)
     for case in cases:
-        (directory / "cases" / f"{case['id']}.html").write_text(_case_page(case, document), encoding="utf-8")
+        (directory / "cases" / f"{_key(case, document)}.html").write_text(_case_page(case, document),
+                                                                          encoding="utf-8")
     index = directory / "index.html"
     index.write_text(_index(document, groups), encoding="utf-8")
     return index
@@ -142,23 +151,28 @@ def _index(document: dict[str, Any], groups: dict[int, str]) -> str:
     for group, name in groups.items():
         cells = []
         for case in by_group.get(group, []):
-            verdict = case["verdict"]
-            label = f"{case['id']} {verdict}" + (" (known)" if case["known_failure"] else "")
+            verdict, key = case["verdict"], _key(case, document)
+            label = f"{key} {verdict}" + (" (known)" if case["known_failure"] else "")
             cells.append(f'<td style="background:{COLOURS.get(verdict, "#444")}" title="{html.escape(case["title"])}">'
-                         f'<a href="cases/{case["id"]}.html">{html.escape(label)}</a></td>')
+                         f'<a href="cases/{key}.html">{html.escape(label)}</a></td>')
         cells += ["<td></td>"] * (width - len(cells))
         rows.append(f"<tr><th>{group} {html.escape(name)}</th>{''.join(cells)}</tr>")
     summary = " ".join(_badge(v, f"{n} {v}") for v, n in sorted(document["summary"].items()))
     listing = "".join(
-        f'<tr><td><a href="cases/{c["id"]}.html">{c["id"]}</a></td><td>{_badge(c["verdict"])}</td>'
+        f'<tr><td><a href="cases/{_key(c, document)}.html">{_key(c, document)}</a></td><td>{_badge(c["verdict"])}</td>'
         f'<td>{html.escape(c["title"])}</td><td>{c["severity"]}</td>'
         f'<td>{html.escape(c["close"]["summary"] if c["close"] else "")}</td>'
         f'<td class="{"fail" if c["verdict"] == "FAILED" else ""}">{html.escape(c["reason"])}</td></tr>'
         for c in document["cases"])
+    opened = "the client, and by the server (each case twice)" if peer["initiator"] == "both" else \
+        f"the {peer['initiator']}"
+    kind = " (a conformance client adapter)" if peer.get("adapter") else ""
+    listen = (f"<br><b>Listening (server-initiated):</b> <code>{html.escape(peer['listen_command'])}</code>"
+              if peer.get("listen_command") else "")
     body = (f"<h1>Sendspin {peer['side']} gate</h1>"
-            f"<p><b>Under test:</b> <code>{html.escape(peer['command'])}</code><br>"
+            f"<p><b>Under test{kind}:</b> <code>{html.escape(peer['command'])}</code>{listen}<br>"
             f"<b>Declared:</b> roles {html.escape(', '.join(peer['roles']))}; codecs "
-            f"{html.escape(', '.join(peer['codecs']))}; connection opened by the {peer['initiator']}<br>"
+            f"{html.escape(', '.join(peer['codecs']))}; connection opened by {opened}<br>"
             f"<b>Profile:</b> {document['profile']}{' (strict)' if document['strict'] else ''}</p>"
             f"<p>{summary}</p><h2>Matrix</h2><table class=\"matrix\">{''.join(rows)}</table>"
             f"<h2>Cases</h2><table><tr><th>case</th><th>verdict</th><th>title</th><th>severity</th>"
@@ -174,18 +188,19 @@ def _case_page(case: dict[str, Any], document: dict[str, Any]) -> str:
     figures = "".join(f'<tr><td class="{"" if f["holds"] else "fail"}">{"ok" if f["holds"] else "FAIL"}</td>'
                       f"<td>{html.escape(f['text'])}</td></tr>" for f in case["figures"]) or "<tr><td>none</td></tr>"
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in case["notes"])
-    plot = (f'<h2>Timeline</h2><img src="{case["id"]}.svg" alt="timeline of case {case["id"]}" width="900">'
+    plot = (f'<h2>Timeline</h2><img src="{Path(case["plot"]).name}" alt="timeline of case {case["id"]}" width="900">'
             if case.get("plot") else "")
     head = _rows([
         ("verdict", _badge(case["verdict"]) + (f" known failure: {html.escape(case['known_failure'])}"
                                                if case["known_failure"] else "")),
-        ("severity", case["severity"]), ("source", html.escape(case["source"])),
+        ("severity", case["severity"]), ("connection opened by", case["peer"].get("initiator", "client")),
+        ("source", html.escape(case["source"])),
         ("expectation", html.escape(case["expectation"])), ("reason", html.escape(case["reason"]) or "—"),
         ("close", html.escape(case["close"]["summary"]) if case["close"] else "—"),
         ("client exit", html.escape(str(case["peer"].get("exit", {}).get("stopped", "")))),
         ("replay", f"<code>{html.escape(case['replay'])}</code>"), ("seconds", str(case["seconds"]))])
     body = (f'<p class="small"><a href="../index.html">← all cases</a></p>'
-            f"<h1>{case['id']} {html.escape(case['title'])}</h1><table>{head}</table>"
+            f"<h1>{_key(case, document)} {html.escape(case['title'])}</h1><table>{head}</table>"
             f"<h2>Figures</h2><table>{figures}</table>" + (f"<ul>{notes}</ul>" if notes else "") + plot +
             f"<h2>Event log excerpt</h2><pre>{html.escape(case['timeline'])}</pre>")
-    return _page(f"case {case['id']}", body)
+    return _page(f"case {_key(case, document)}", body)

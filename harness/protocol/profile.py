@@ -17,7 +17,11 @@ Two levels, because a revision may keep state per connection:
 Legacy: cleartext, stateless. `prepare_audio` returns the complete WebSocket
 frame (server frames are unmasked, so the bytes are the same for everyone) and
 its codec says `shared_audio`: `audio_frame` is the identity, so a server may
-write the prepared bytes as they are, to any number of sessions.
+write the prepared bytes as they are, to any number of sessions. Except where the
+server dialled the client (the spec's server-initiated connections): then it is the
+WebSocket client and must mask every frame (RFC 6455 §5.3), so `session("server",
+masked=True)` is a codec without `shared_audio` that frames each chunk again, masked,
+for that one connection.
 
 A per-session encrypted revision (Noise: after a handshake every message is
 its own AEAD ciphertext under the connection's keys, sent as one WebSocket
@@ -50,7 +54,7 @@ from .binary import PLAYER_AUDIO, BinaryMessage, decode_binary, encode_binary
 from .codec import decode_json, encode_json
 from .errors import ProtocolError
 from .messages import Message
-from .wsframes import BINARY, encode_frame
+from .wsframes import BINARY, encode_frame, parse_header
 
 WireData = str | bytes  # str = WebSocket text message, bytes = binary message
 BinaryParts = tuple[bytes, bytes | memoryview]  # one binary message = head + body (body: shared, never copied)
@@ -112,7 +116,9 @@ class SessionCodec(Protocol):
 class Profile(Protocol):
     name: str
 
-    def session(self, side: Side) -> SessionCodec: ...
+    def session(self, side: Side, masked: bool = False) -> SessionCodec:
+        """The codec of one connection; `masked`: this side dialled, so its frames are masked."""
+        ...
 
     def prepare_audio(self, timestamp_us: int, pcm: bytes | memoryview) -> bytes:
         """One player audio chunk, rendered once per format, shared by every session."""
@@ -151,14 +157,27 @@ class LegacySession:
         return prepared
 
 
+class MaskedLegacySession(LegacySession):
+    """Cleartext, for a server that dialled: each prepared (unmasked) audio frame is
+    framed again with a mask of its own."""
+
+    shared_audio = False
+
+    def audio_frame(self, prepared: bytes) -> bytes:
+        header = parse_header(prepared)
+        assert header is not None and header.opcode == BINARY, "prepare_audio makes one whole binary frame"
+        return encode_frame(BINARY, memoryview(prepared)[header.size:], mask=True)
+
+
 _LEGACY_SESSION = LegacySession()  # no per-connection state: every connection shares one
+_MASKED_LEGACY_SESSION = MaskedLegacySession()
 
 
 class LegacyProfile:
     name = "legacy"
 
-    def session(self, side: Side) -> LegacySession:
-        return _LEGACY_SESSION
+    def session(self, side: Side, masked: bool = False) -> LegacySession:
+        return _MASKED_LEGACY_SESSION if masked else _LEGACY_SESSION
 
     def prepare_audio(self, timestamp_us: int, pcm: bytes | memoryview) -> bytes:
         return encode_frame(BINARY, encode_binary(PLAYER_AUDIO, timestamp_us, pcm))

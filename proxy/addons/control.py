@@ -7,7 +7,9 @@
     DELETE /faults/{name}    remove it              POST /reset    remove all: transparent again
     GET    /connections      live relays: per direction bytes, messages, frames, holds, faults
     GET    /upstreams        the pool: alive, active, total, failures, pid
-    PATCH  /upstreams/{i}    {"pid": N} registers a worker's process (worker_crash), {"alive": b}
+    PATCH  /upstreams/{i}    {"pid": N} registers a worker's process (worker_crash), {"alive": b},
+                             {"url": "ws://..."} points it elsewhere (new connections; with
+                             --server-dials: the next client under test's listening port)
     GET    /events?since=SEQ&limit=N&event=NAME   recent events (each has a `seq`)
 
 Errors are JSON `{"error": "..."}` naming what was wrong: 400 for a bad spec (unknown
@@ -26,7 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from ..faults import FaultSpecError, Selector, build_fault, fault_types
-from ..state import ProxyState
+from ..state import ProxyState, Upstream
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -191,8 +193,14 @@ class ControlServer:
             raise web.HTTPNotFound(reason=f"no upstream {request.match_info['index']!r} "
                                           f"(0..{len(self.state.upstreams) - 1})") from None
         body = await _body(request)
-        if not isinstance(body, dict) or set(body) - {"pid", "alive"}:
-            raise FaultSpecError('PATCH /upstreams/{index} takes {"pid": int|null, "alive": bool}')
+        if not isinstance(body, dict) or set(body) - {"pid", "alive", "url"}:
+            raise FaultSpecError('PATCH /upstreams/{index} takes {"pid": int|null, "alive": bool, "url": str}')
+        if "url" in body:
+            try:
+                new = Upstream.parse(u.index, body["url"] if isinstance(body["url"], str) else "")
+            except ValueError as e:
+                raise FaultSpecError(str(e)) from None
+            u.url, u.host, u.port, u.path = new.url, new.host, new.port, new.path
         if "pid" in body:
             pid = body["pid"]
             if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0):

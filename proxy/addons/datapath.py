@@ -19,6 +19,10 @@ Takeover, inside mitmproxy's synchronous event handling (Start of our layer):
      older is left anywhere), our protocol starts reading the socket;
   4. when the relay is done, EOF is fed to the old StreamReaders so mitmproxy's
      connection tasks end normally (ConnectionClosed -> CloseConnection).
+With `server_dials` the Sendspin roles are the reverse of mitmproxy's: its client (who
+dialled the proxy) is the Sendspin server, its server (the upstream the proxy dialled)
+the Sendspin client. The relay is keyed by Sendspin role (`role_of`), so directions
+keep their Sendspin meaning (relay.py).
 This reads private StreamReader attributes (`_buffer`, `_paused`): mitmproxy is pinned
 to >=12.2,<13 and tests/test_proxy_transparency.py guards it.
 """
@@ -34,6 +38,7 @@ from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import websocket as mitm_websocket
 
+from ..relay.pipe import other
 from ..relay.relay import SIDES, WRITE_HIGH, Relay
 from ..state import ProxyState
 
@@ -60,7 +65,7 @@ class DetachLayer(layer.Layer):
             self.relay = dp.take_over(self.context, self.flow)
         elif isinstance(event, events.DataReceived):
             if self.relay is not None:
-                side = "client" if event.connection == self.context.client else "server"
+                side = role_of(self.context, event.connection, self.relay.dialled)
                 try:
                     self.relay.pipe_from(side).feed(event.data)
                 except Exception as e:  # a fault's bug: the relay logs it and resets
@@ -70,7 +75,7 @@ class DetachLayer(layer.Layer):
             if relay is not None and not relay.finished:
                 # mitmproxy read the end before our protocol took the socket (step 2):
                 # pass it on in order, as the relay would have seen it
-                side = "client" if event.connection == self.context.client else "server"
+                side = role_of(self.context, event.connection, relay.dialled)
                 dp = ctx.master.addons.get("datapath")
                 exc = dp.reader_exception(self.context, side) if dp is not None else None
                 if exc is not None:
@@ -82,13 +87,25 @@ class DetachLayer(layer.Layer):
         yield from ()
 
 
+def role_of(context: Context, conn: Any, dialled: str) -> str:
+    """The Sendspin role of one of mitmproxy's two connections: its server is the peer
+    the proxy dialled (`dialled`: "server", or "client" with --server-dials)."""
+    return dialled if conn == context.server else other(dialled)
+
+
+def by_role(context: Context, of: Any, dialled: str) -> dict[str, Any]:
+    """{role: what `of(connection)` gives} for mitmproxy's client and server connections."""
+    return {role_of(context, c, dialled): of(c) for c in (context.client, context.server)}
+
+
 class DataPath:
     """Installs DetachLayer and creates a Relay for every upgraded connection."""
 
     name = "datapath"
 
-    def __init__(self, state: ProxyState) -> None:
+    def __init__(self, state: ProxyState, server_dials: bool = False) -> None:
         self.state = state
+        self.dialled = "client" if server_dials else "server"  # the Sendspin role of the peer we dial
         self._saved = mitm_websocket.WebsocketLayer
         mitm_websocket.WebsocketLayer = DetachLayer  # type: ignore[misc, assignment]
 
@@ -98,7 +115,7 @@ class DataPath:
     def take_over(self, context: Context, flow: http.HTTPFlow) -> Relay:
         ps = ctx.master.addons.get("proxyserver")
         handler = ps.connections[context.client.id]
-        io = {"client": handler.transports[context.client], "server": handler.transports[context.server]}
+        io = by_role(context, lambda c: handler.transports[c], self.dialled)
         tr = {side: io[side].writer.transport for side in SIDES}
         old = {side: tr[side].get_protocol() for side in SIDES}
         flow.metadata.pop("sendspin_counted", None)  # from now on the relay's end uncounts it
@@ -106,7 +123,8 @@ class DataPath:
         upstream = self.state.upstreams[idx] if isinstance(idx, int) and idx < len(self.state.upstreams) else None
         negotiated = flow.response.headers.get("Sec-WebSocket-Extensions") if flow.response is not None else None
         relay = Relay(tr["client"], tr["server"], flow_id=context.client.id, seq=flow.metadata.get("sendspin_seq", 0),
-                      upstream=upstream, events=self.state.events, path=flow.request.path, extensions=negotiated)
+                      upstream=upstream, events=self.state.events, path=flow.request.path, extensions=negotiated,
+                      server_dials=self.dialled == "client")
         self.state.register(relay)
         for side in SIDES:  # step 3 releases this; until then the socket stays unread
             relay.pipe_from(side).hold(TAKEOVER)
@@ -133,7 +151,7 @@ class DataPath:
     def reader_exception(self, context: Context, side: str) -> BaseException | None:
         ps = ctx.master.addons.get("proxyserver")
         handler = ps.connections.get(context.client.id)
-        conn = context.client if side == "client" else context.server
+        conn = by_role(context, lambda c: c, self.dialled)[side]
         io = handler.transports.get(conn) if handler is not None else None
         return io.reader.exception() if io is not None and io.reader is not None else None
 

@@ -14,6 +14,11 @@ on loopback (≈0.1 s), or at its first failed connection, whichever comes first
 upstream (SIGSTOP) still accepts TCP in its kernel backlog: that is the orchestrator's
 or the client's to notice, not a connect probe's.
 
+With `--server-dials` the upstreams are Sendspin clients listening for the server's dial
+(the client under test): none is probed (a probe is a stray connection the client would
+have to handle) and none is taken out of the pool (a client not listening yet may be at
+the next dial); a failed connect gives that dial a 502.
+
 Requires `connection_strategy=lazy` (set by proxy.master): with the eager default
 mitmproxy also connects every client to the default target, and a dead default target
 resets every client (NOTES §1).
@@ -43,9 +48,11 @@ STRIPPED_KEY = "sendspin_stripped"  # flow.metadata: the client's extension offe
 class UpstreamPool:
     name = "upstreams"
 
-    def __init__(self, state: ProxyState, health_interval: float = 0.1, strip_extensions: bool = True) -> None:
+    def __init__(self, state: ProxyState, health_interval: float = 0.1, strip_extensions: bool = True,
+                 server_dials: bool = False) -> None:
         self.state = state
-        self.health_interval = health_interval
+        self.server_dials = server_dials
+        self.health_interval = 0.0 if server_dials else health_interval
         self.strip_extensions = strip_extensions
         self._rr = 0
         self._task: asyncio.Task[None] | None = None
@@ -77,6 +84,9 @@ class UpstreamPool:
         return best
 
     def set_alive(self, u: Upstream, alive: bool, why: str) -> None:
+        if not alive and self.server_dials:
+            u.last_error = why  # a client under test stays in the pool (module docstring)
+            return
         if u.alive == alive:
             return
         u.alive = alive

@@ -26,7 +26,7 @@ proxy's services.
              connection (made at first use, dropped with the connection)
 
 `Channel`, one direction (`direction` "upstream" = client->server, "downstream";
-`src` and `dst` are "client" | "server"), adds:
+`src` and `dst` are "client" | "server": Sendspin roles, whoever dialled), adds:
   reading    `hold(why)` / `release(why)`: stop / resume reading the source socket (real
              TCP backpressure; reading resumes once every hold is released),
              `close_input()`: forward nothing more from the source,
@@ -37,7 +37,8 @@ proxy's services.
              `inject(frame, then=None)`: a whole frame at the next frame boundary
              (control frames) or message boundary (data frames), never inside another
              message, `encode(opcode, payload, fin, rsv)`: a frame for this direction
-             (masked towards the server)
+             (masked towards the peer the proxy dialled: the server, or with
+             `--server-dials` the client)
   randomness `rng(seed)`: a random stream seeded by seed, connection and direction
 """
 

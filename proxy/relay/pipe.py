@@ -51,7 +51,7 @@ class Pipe:
         self.src = src
         self.dst = other(src)
         self.direction = "upstream" if src == "client" else "downstream"
-        self.mask = self.dst == "server"  # frames we make towards the server must be masked
+        self.mask = self.dst == relay.dialled  # frames we make towards the peer we dialled must be masked
         self.scanner = fr.FrameScanner()
         self.faults: list[PipeHooks] = []  # attached, in order
         self._by_key: dict[object, PipeHooks] = {}  # the key they were attached with -> them

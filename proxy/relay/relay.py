@@ -8,6 +8,14 @@ data before it; half-open connections stay half-open), a RST or socket error on 
 side becomes a RST (SO_LINGER 0 + abort) to the other, and close frames are bytes
 like any other. The connection is closed once both directions have passed their FIN,
 or once one side is gone abnormally.
+
+Sides are Sendspin roles, not TCP roles: `client` is the Sendspin client's socket and
+`server` the Sendspin server's, whoever dialled. Normally the client dialled the proxy
+and the proxy dialled the server; with `server_dials` (`sendspin-proxy --server-dials`,
+the spec's server-initiated connections) the server dialled the proxy and the proxy
+dialled the client. Directions follow the roles (`upstream` = client to server), so a
+fault or a log line means the same in both; only masking follows TCP: frames the proxy
+makes towards the peer it dialled (`dialled`) are masked (RFC 6455 §5.3).
 """
 
 from __future__ import annotations
@@ -71,7 +79,8 @@ def extension_names(header: str | None) -> tuple[str, ...]:
 
 class Relay:
     def __init__(self, client: asyncio.Transport, server: asyncio.Transport, *, flow_id: str, seq: int = 0,
-                 upstream: Any = None, events: Any = None, path: str = "", extensions: str | None = None) -> None:
+                 upstream: Any = None, events: Any = None, path: str = "", extensions: str | None = None,
+                 server_dials: bool = False) -> None:
         self.loop = asyncio.get_running_loop()
         self.flow_id = flow_id
         self.seq = seq  # connection sequence number (1, 2, ...): seeds per-connection randomness
@@ -82,6 +91,7 @@ class Relay:
         # (permessage-deflate: compressed), so message faults cannot read or change them
         self.extensions = extension_names(extensions)
         self.tr: dict[str, asyncio.Transport] = {"client": client, "server": server}
+        self.dialled = "client" if server_dials else "server"  # the side the proxy opened the TCP connection to
         peer = client.get_extra_info("peername")
         self.client_port: int | None = peer[1] if isinstance(peer, tuple) else None
         self.pipes: dict[str, Pipe] = {"upstream": Pipe(self, "client"), "downstream": Pipe(self, "server")}
@@ -213,7 +223,7 @@ class Relay:
         tr.abort()
 
     def close_with_code(self, code: int | None, reason: str = "", grace_s: float = 2.0) -> None:
-        """A close frame to each side (masked towards the server), then FIN; forwarding
+        """A close frame to each side (masked towards the dialled side), then FIN; forwarding
         stops. The sockets are closed once both peers sent FIN, or after `grace_s`."""
         for pipe in self.pipes.values():
             if pipe.closed_input:

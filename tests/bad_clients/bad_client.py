@@ -1,14 +1,17 @@
 """Negative controls for the client gate: a small Sendspin player with one bug at a time.
 
     python tests/bad_clients/bad_client.py --url ws://... --bug BUG
+    python tests/bad_clients/bad_client.py --listen HOST:PORT --path /sendspin --bug BUG   # server-initiated
 
 Without a bug (`--bug none`) it behaves: client/hello, waits for server/hello, sends
 client/state, sends client/time every 200 ms whatever the replies, reads everything as
 it comes (ignoring text that is not a JSON object and binaries it cannot use), answers
 server/command volume/mute with client/state, gives a session up once no server/time
 reply came for 5 s (a stalled or blackholed connection), and reconnects with a backoff
-(0.5 s doubling to 4 s). Built on websockets' asyncio client, not on our probe, so the
-gate is shown to judge another code base.
+(0.5 s doubling to 4 s); with `--listen` it serves the WebSocket endpoint instead, runs
+the same session on each connection a server dials, and keeps listening for the next.
+Built on websockets' asyncio client and server, not on our probe, so the gate is shown
+to judge another code base.
 
 Bugs (each should make the gate FAIL the case named):
   no-support    declares player@v1 without its player@v1_support object           (1.3)
@@ -25,6 +28,8 @@ Bugs (each should make the gate FAIL the case named):
                 dead session (no watchdog on server/time, no keepalive)            (6.2)
   orphan-crash  unpacks every binary's 9-byte header unchecked: a shorter one kills it  (5.2)
   bad-json-crash  parses every text message unguarded: malformed JSON kills it    (9.1)
+  listen-once   server-initiated: stops listening after its first session (the   (8.2 server-initiated)
+                process stays), so the server's next dial is refused
 """
 
 from __future__ import annotations
@@ -39,11 +44,13 @@ import sys
 import time
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
+from websockets.asyncio.connection import Connection
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import WebSocketException
 
 BUGS = ("none", "no-support", "early", "no-time-sync", "time-waits", "gated-reads", "no-reassembly", "no-reconnect",
-        "storm", "stall-blocks", "orphan-crash", "bad-json-crash")
+        "storm", "stall-blocks", "orphan-crash", "bad-json-crash", "listen-once")
 TIME_INTERVAL_S = 0.2
 DEAD_SESSION_S = 5.0  # no server/time reply for this long: the session is dead
 
@@ -86,7 +93,7 @@ def on_binary(message: bytes, bug: str) -> None:
         struct.unpack_from(">Bq", message)
 
 
-async def receive(ws: ClientConnection, bug: str) -> str | bytes:
+async def receive(ws: Connection, bug: str) -> str | bytes:
     """The next message; with no-reassembly, its first frame taken for the whole."""
     if bug != "no-reassembly":
         return await ws.recv()
@@ -113,7 +120,7 @@ def obey(message: str, player: dict[str, Any]) -> bool:
     return True
 
 
-async def session(ws: ClientConnection, bug: str, client_id: str, name: str) -> None:
+async def session(ws: Connection, bug: str, client_id: str, name: str) -> None:
     await ws.send(hello(client_id, name, bug))
     if bug == "early":
         await ws.send(state())
@@ -166,11 +173,32 @@ async def session(ws: ClientConnection, bug: str, client_id: str, name: str) -> 
         timer.cancel()
 
 
+async def listen(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    """Server-initiated: each dial gets the same session; `listen-once` closes the listener
+    after the first one."""
+    host, _, port = args.listen.rpartition(":")
+
+    async def handler(ws: ServerConnection) -> None:
+        if ws.request is None or ws.request.path != args.path:
+            await ws.close(1008, "wrong path")
+            return
+        with contextlib.suppress(WebSocketException):
+            await session(ws, args.bug, args.client_id, args.name)
+        if args.bug == "listen-once":
+            server.close(close_connections=False)
+
+    async with serve(handler, host, int(port), compression=None) as server:
+        await stop.wait()
+    return 0
+
+
 async def main(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if args.listen:
+        return await listen(args, stop)
     backoff = 0.5
     while not stop.is_set():
         try:
@@ -198,7 +226,10 @@ async def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", required=True)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url")
+    where.add_argument("--listen", metavar="HOST:PORT", help="server-initiated: listen here for the server's dial")
+    p.add_argument("--path", default="/sendspin", help="with --listen: the WebSocket path")
     p.add_argument("--bug", choices=BUGS, default="none")
     p.add_argument("--client-id", default="bad-client")
     p.add_argument("--name", default="Bad client")

@@ -11,12 +11,19 @@ from .common import client_case, exited, fault_acted, judge_dead_session, judge_
 
 FIELD_BLACKHOLE = "field: sendspin-cpp#119 (a client never notices a blackholed socket)"
 
+SERVER_REDIALS = ("Server-initiated, it is the server that dials again (spec: a client gone without "
+                  "client/goodbye is assumed to restart, and the server reconnects; ours after 0.1 s, backing off): "
+                  "the client must keep listening and accept the new dial.")
+
 
 @client_case("8.1", "Reconnects when its worker is killed (SIGKILL)",
              description="Two workers behind the proxy; once audio flows, the worker serving the client is killed.",
              expectation="The client notices the lost connection, reconnects (the proxy's pool sends it to the "
                          "live worker) and streams again within the bound.",
-             source="field: a client that never reconnects after its server restarts", workers=2)
+             source="field: a client that never reconnects after its server restarts", workers=2,
+             inapplicable={"server": "server-initiated: one reference server process dials, there is no worker to "
+                                     "kill; what the client sees of its server dying (the connection lost without a "
+                                     "close, then the server's next dial) is case 8.2"})
 async def worker_killed(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     await w.start_client()
     up = await streaming(w, j)
@@ -28,8 +35,10 @@ async def worker_killed(w: ClientWorld, b: Bounds, j: Judgement) -> None:
 
 
 @client_case("8.2", "Reconnects after a TCP RST",
-             description="Once audio flows, the proxy resets the client's connection (RST both ways).",
-             expectation="The client reconnects and streams again within the bound.",
+             description="Once audio flows, the proxy resets the client's connection (RST both ways). "
+                         + SERVER_REDIALS,
+             expectation="The client reconnects (server-initiated: accepts the server's next dial) and streams "
+                         "again within the bound.",
              source="spec: connections may drop; field: half-open and reset sockets (sendspin-go#115)")
 async def tcp_reset(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     await w.start_client()
@@ -124,7 +133,11 @@ OUTAGE_S = 15.0
                          "streams again once the server is back.",
              source="RFC 6455 §7.2.3 (clients SHOULD back off); field: a client reconnecting every ~20 s all day "
                     "(music-assistant support#6314), thousands of handshakes a day",
-             severity=Severity.SHOULD, timeout_s=90.0)
+             severity=Severity.SHOULD, timeout_s=90.0,
+             inapplicable={"server": "server-initiated: retrying is the server's job (it dials again, with backoff), "
+                                     "and a client that listens must not dial (spec: \"Do not manually connect to "
+                                     "servers if you are advertising _sendspin._tcp\"); accepting the next dial is "
+                                     "case 8.2"})
 async def no_storm(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     await w.start_client()
     if await streaming(w, j) is None:
