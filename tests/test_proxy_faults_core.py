@@ -241,15 +241,21 @@ def test_latency_delays_each_direction_and_keeps_order(run: Any) -> None:
         await asyncio.wait_for(read_frame(reader), 2)
         return time.monotonic() - t0
 
+    def applied(px: Any) -> list[str]:
+        return sorted(e["direction"] for e in px.events.since(0) if e["event"] == "fault" and e["type"] == "latency")
+
     async def body() -> None:
         async with proxied() as px:
             reader, writer = await client_connect(px.port)
-            base = await rtt(reader, writer, b"a")
+            await rtt(reader, writer, b"a")
             f = add(px, {"type": "latency", "latency_ms": 60, "direction": "downstream"})
             one = await rtt(reader, writer, b"b")
+            assert applied(px) == ["downstream"]  # once, on the way back only
             px.state.replace_fault(f.name, build_fault({"type": "latency", "latency_ms": 60, "direction": "both"}))
             two = await rtt(reader, writer, b"c")
-            assert base < 0.03 and 0.06 <= one < 0.12 and 0.12 <= two < 0.25, (base, one, two)
+            assert applied(px) == ["downstream", "downstream", "upstream"]  # once each way
+            # a delay is never shorter than asked (how much longer a busy machine makes it is not judged)
+            assert one >= 0.06 and two >= 0.12, (one, two)
             px.state.replace_fault(f.name, build_fault({"type": "latency", "latency_ms": 20, "jitter_ms": 20,
                                                         "direction": "both"}))
             for i in range(30):  # jitter never reorders
