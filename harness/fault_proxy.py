@@ -28,6 +28,7 @@ class FaultProxy:
         self.process = process
         self.url: str = process.ready["listen"]["url"]
         self.control: str = process.ready["control"]["url"]
+        self._added_seq: dict[str, int] = {}  # fault name -> the event ring's last seq before it was added
 
     def call(self, method: str, path: str, body: Any = None, timeout: float = 5.0) -> Any:
         data = None if body is None else json.dumps(body).encode()
@@ -44,7 +45,12 @@ class FaultProxy:
 
     async def add(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Add one fault; returns it as the proxy holds it (with its `name`)."""
-        return (await self.acall("POST", "/faults", spec))["fault"]
+        # a proxy that outlives one test may have applied an earlier fault of this name:
+        # `applied` looks only at events after this point of the event ring
+        last_seq = (await self.acall("GET", "/events?limit=1&since=1000000000000"))["last"]
+        fault = (await self.acall("POST", "/faults", spec))["fault"]
+        self._added_seq[fault["name"]] = last_seq
+        return fault
 
     async def remove(self, name: str) -> None:
         await self.acall("DELETE", f"/faults/{name}")
@@ -60,7 +66,8 @@ class FaultProxy:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            events = (await self.acall("GET", "/events?event=fault"))["events"]
+            since = self._added_seq.get(fault_name, 0)
+            events = (await self.acall("GET", f"/events?event=fault&since={since}"))["events"]
             hit = next((e for e in events if e.get("fault") == fault_name), None)
             if hit is not None:
                 return hit
