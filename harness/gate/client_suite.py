@@ -6,7 +6,7 @@ a plain fixture and the ids stay `test_client[2.3]`). A case that cannot apply t
 initiator is UNIMPLEMENTED there, with its reason.
 
 Collected from `scenarios/test_client_gate.py` in this repository, and by `sendspin-gate`
-(gate_cli.py) from the installed package. Without `--client-cmd` (or `--client-adapter`)
+(cli.py) from the installed package. Without `--client-cmd` (or `--client-adapter`)
 every case is skipped: there is no client to judge.
 """
 
