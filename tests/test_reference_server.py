@@ -545,24 +545,24 @@ def test_http_dial_backs_off_then_delete_and_close_end_it(run, tmp_path: Path) -
     async def body() -> None:
         async with Scenario(tmp_path) as sc:
             base = (await sc.server()).ready["http"]
-            assert (await asyncio.to_thread(_post, f"{base}/api/dial?url=http://x"))[0] == 400
+            assert (await asyncio.to_thread(_call, f"{base}/api/dial?url=http://x"))[0] == 400
             with socket.create_server(("127.0.0.1", 0)) as closed:
                 nobody = f"ws://127.0.0.1:{closed.getsockname()[1]}/sendspin"
-            status, answer = await asyncio.to_thread(_post, f"{base}/api/dial?url={nobody}")
+            status, answer = await asyncio.to_thread(_call, f"{base}/api/dial?url={nobody}")
             assert status == 202 and json.loads(answer)["dialer"]["url"] == nobody
             await asyncio.sleep(1.0)
-            assert (await asyncio.to_thread(_post, f"{base}/api/dial", "DELETE"))[0] == 200
+            assert (await asyncio.to_thread(_call, f"{base}/api/dial", "DELETE"))[0] == 200
             failed = sc.events().select("dial_failed")
             assert len(failed) >= 3 and [r["retry_s"] for r in failed[:3]] == [0.1, 0.2, 0.4], failed
 
             probe = await sc.probe("ws://unused", ProbeConfig(name="lis"), connect=False)
             listener = Listener(probe)
             try:
-                await asyncio.to_thread(_post, f"{base}/api/dial?url={listener.url}")
+                await asyncio.to_thread(_call, f"{base}/api/dial?url={listener.url}")
                 await listener.session(1)
                 dialers = json.loads((await asyncio.to_thread(_get, f"{base}/api/status"))[2])["dialers"]
                 assert [d["state"] for d in dialers] == ["session"]
-                assert (await asyncio.to_thread(_post, f"{base}/api/close"))[0] == 200
+                assert (await asyncio.to_thread(_call, f"{base}/api/close"))[0] == 200
                 await asyncio.wait_for(probe.closed.wait(), 5)
                 await asyncio.sleep(0.5)
             finally:
@@ -573,7 +573,7 @@ def test_http_dial_backs_off_then_delete_and_close_end_it(run, tmp_path: Path) -
     run(body())
 
 
-def _post(url: str, method: str = "POST") -> tuple[int, str]:
+def _call(url: str, method: str = "POST") -> tuple[int, str]:
     try:
         with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=5) as r:
             return r.status, r.read().decode()
