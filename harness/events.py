@@ -22,13 +22,17 @@ class Events:
         """Every record of the logs in `directory` (from `since_us` on), in time order."""
         records: list[Record] = []
         for path in sorted(directory.glob("*.jsonl")):
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            text = path.read_text(encoding="utf-8")
+            if not text.endswith("\n"):
+                # a last line without its newline is still being written (or its writer was
+                # killed mid-write): no record yet; a live writer's is read next time
+                text = text[:text.rfind("\n") + 1]
+            for n, line in enumerate(text.splitlines(), 1):
                 if not line.strip():
                     continue
                 try:
                     record = json.loads(line)
-                except ValueError as exc:
-                    # A process killed mid-write can leave one torn last line.
+                except ValueError as exc:  # a whole line that is not JSON: a writer's bug
                     raise ValueError(f"{path}:{n}: not a JSON line ({exc})") from None
                 if record["t_us"] >= since_us:
                     records.append(record)

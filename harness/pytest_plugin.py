@@ -24,7 +24,7 @@ from _pytest.runner import runtestprotocol
 from hypothesis import HealthCheck, Phase, settings
 
 from .checkers import InconclusiveViolation
-from .gate.client import INITIATORS, ClientCommandError, ClientUnderTest, TopologyPool
+from .gate.client import INITIATORS, ClientCommandError, ClientUnderTest
 from .gate.client_cases import CLIENT
 from .gate.gate_session import GATE, GATE_PROG, PROFILES, GateSession
 from .gate.knownfailures import KnownFailures, KnownFailuresError
@@ -121,23 +121,6 @@ class KnownIds:
     def __contains__(self, key: object) -> bool:
         case_id, _, initiator = str(key).partition("-")
         return case_id in CLIENT and initiator in ("", *INITIATORS)
-
-
-@pytest.fixture(scope="session")
-def gate_topologies(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
-                    ) -> Iterator[TopologyPool]:
-    """The client gate's shared topology (harness/gate/client.py), stopped at the end of the run.
-    Started here, before any test's leak guard looks, when there is a client to judge."""
-    pool = TopologyPool(tmp_path_factory.mktemp("gate"))
-    gate = pytestconfig.stash.get(GATE, None)
-    if gate is not None and gate.client is not None:
-        for initiator in gate.client.initiators:
-            pool.shared(initiator)
-    yield pool
-    problems = pool.close()
-    if problems:
-        pytest.fail("the client gate's reference server or proxy did not run cleanly:\n" + "\n".join(problems),
-                    pytrace=False)
 
 
 @pytest.fixture

@@ -35,8 +35,8 @@ class EventSink:
         self._seq = itertools.count(1)
         self.last_seq = 0
 
-    def emit(self, event: str, session: str | None = None, **fields: Any) -> None:
-        t = now_us()
+    def emit(self, event: str, session: str | None = None, t_us: int | None = None, **fields: Any) -> None:
+        t = now_us() if t_us is None else t_us
         self.log.emit(event, session=session, t_us=t, **fields)
         self.last_seq = next(self._seq)
         # the ring's own `seq` last: an event's field of that name (a connection number) must not

@@ -188,8 +188,8 @@ def http_call(method: str, url: str, timeout: float = 5.0) -> Any:
 class Topology:
     """The reference server (or a coordinator with workers) and the proxy in front of it.
 
-    Cases that leave it as they found it share one (started once per run and initiator:
-    starting mitmproxy and a server costs seconds); a case that kills a worker gets its own.
+    Every case gets its own: a case may change the server's state (a stream ended, a
+    format switched), and sharing one let the next case's client inherit it.
     Server-initiated (`initiator="server"`): the proxy runs with `--server-dials`, its one
     upstream is the listening client, pointed at each case's fresh port (`listen_url`)."""
 
@@ -274,41 +274,9 @@ class Topology:
         return int(http_call("POST", f"{self.server_http}/api/close")["closing"])
 
 
-class TopologyPool:
-    """The shared single-server topologies of a run, one per initiator: started on first
-    use, checked before each case (a case resets its faults and waits out the last
-    client's connection), and started anew if a process of one died. `close` stops them
-    and says what went wrong."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.current: dict[str, Topology] = {}
-        self.problems: list[str] = []
-        self.generation = 0
-
-    def shared(self, initiator: str = "client") -> Topology:
-        topology = self.current.get(initiator)
-        if topology is not None and not topology.alive():
-            self.problems += [f"a shared topology ({initiator}-initiated) died during a case", *topology.stop()]
-            topology = None
-        if topology is None:
-            self.generation += 1
-            topology = Topology.start(self.directory / f"topology-{self.generation}", initiator=initiator)
-            self.current[initiator] = topology
-        else:
-            topology.reset()
-        return topology
-
-    def close(self) -> list[str]:
-        for topology in self.current.values():
-            self.problems += topology.stop()
-        self.current.clear()
-        return self.problems
-
-
 @dataclass
 class ClientWorld:
-    """One case: a topology (shared, or its own), and the client under test, fresh.
+    """One case: its own topology, and the client under test, fresh.
 
     `async with ClientWorld(dir, client, case_id, topology) as w:` measures our own loop
     (`harness.jsonl` in the case's directory); `await w.start_client()` starts the client

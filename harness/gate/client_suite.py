@@ -22,7 +22,7 @@ import pytest
 from ..checkers import InconclusiveViolation, Stall, judge, stalls_during
 from ..checkers import Verdict as InvariantVerdict
 from ..settings import INSTRUMENTS, Bounds
-from .client import ClientWorld, Topology, TopologyPool
+from .client import ClientWorld, Topology
 from .client_cases import CLIENT, RUNS
 from .client_cases.common import NotApplicable
 from .gate_session import GATE, GateSession
@@ -44,7 +44,7 @@ def _session(config: pytest.Config) -> GateSession:
 
 @pytest.mark.parametrize("case_id", CLIENT.ids())
 def test_client(case_id: str, initiator: str, request: pytest.FixtureRequest, bounds: Bounds, tmp_path: Path,
-                run: Any, gate_topologies: TopologyPool) -> None:
+                run: Any) -> None:
     gate = _session(request.config)
     assert gate.client is not None
     case, spec = CLIENT[case_id], RUNS[case_id]
@@ -60,8 +60,9 @@ def test_client(case_id: str, initiator: str, request: pytest.FixtureRequest, bo
 
     judgement = Judgement()
     started = time.monotonic()
-    topology = Topology.start(tmp_path / "topology", spec.workers, initiator=initiator) if spec.workers \
-        else gate_topologies.shared(initiator)
+    # a fresh server and proxy per case: a case may leave the server's state changed (a
+    # stream ended, a format switched), and the next client must not inherit it
+    topology = Topology.start(tmp_path / "topology", spec.workers, initiator=initiator)
 
     async def body() -> ClientWorld:
         async with ClientWorld(tmp_path, gate.client, case_id, topology, spec.timeout_s) as world:
@@ -75,7 +76,7 @@ def test_client(case_id: str, initiator: str, request: pytest.FixtureRequest, bo
         gate.record(result)
         raise
     finally:
-        problems = topology.stop() if spec.workers else []
+        problems = topology.stop()
     if problems:
         pytest.fail("our reference server or proxy did not run cleanly:\n" + "\n".join(problems), pytrace=False)
     ev = world.events()

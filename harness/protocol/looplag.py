@@ -71,7 +71,7 @@ class LagMeter:
 
 
 class Emitter(Protocol):
-    def emit(self, event: str, session: str | None = None, **fields: Any) -> None: ...
+    def emit(self, event: str, session: str | None = None, t_us: int | None = None, **fields: Any) -> None: ...
 
 
 class LoopLagMonitor:
@@ -102,5 +102,7 @@ class LoopLagMonitor:
         ran_us = now_us()
         late = self.meter.tick(self._due_us, ran_us)
         if late is not None:
-            self.log.emit("loop_lag", lag_us=late.lag_us, interval_us=late.interval_us)
+            # stamped when the tick ran, not when the record is written: the stall window
+            # (stall_window) is computed from it, and a slow write must not shift it
+            self.log.emit("loop_lag", t_us=late.t_us, lag_us=late.lag_us, interval_us=late.interval_us)
         self._arm(ran_us)
