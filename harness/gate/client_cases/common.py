@@ -140,9 +140,10 @@ def flow_port(ev: Events, flow: str) -> int | None:
 
 
 def unread_during(ev: Events, port: int | None, start_us: int, end_us: int) -> int:
-    """The most bytes the client left unread on `port` in [start, end]: the value in effect
-    at `start` (samples are logged only when they change) and every sample after it."""
-    samples = [r for r in ev.select("client_queue", port=port) if r["t_us"] <= end_us]
+    """The most bytes the client left unread on `port` (None: on any of its connections) in
+    [start, end]: the value in effect at `start` (samples are logged only when they change)
+    and every sample after it."""
+    samples = [r for r in ev.select("client_queue") if (port is None or r["port"] == port) and r["t_us"] <= end_us]
     before = [r["bytes"] for r in samples if r["t_us"] <= start_us][-1:]
     return max(before + [r["bytes"] for r in samples if r["t_us"] > start_us], default=0)
 
@@ -299,11 +300,9 @@ def judge_time(j: Judgement, b: Bounds, ev: Events, start_us: int) -> None:
 def judge_reading(j: Judgement, b: Bounds, ev: Events, start_us: int) -> None:
     """The client kept reading from `start_us` on: its unread bytes (the kernel's count)
     stayed small, counting the level it was at when `start_us` came."""
-    samples = ev.select("client_queue")
-    before = [r["bytes"] for r in samples if r["t_us"] < start_us][-1:]
-    unread = before + [r["bytes"] for r in samples if r["t_us"] >= start_us]
-    j.check("most bytes the client left unread in its socket", max(unread, default=0), "<=", b.client_unread_bytes,
-            "bytes", "client_unread_bytes")
+    unread = unread_during(ev, None, start_us, ev.records[-1]["t_us"])
+    j.check("most bytes the client left unread in its socket", unread, "<=", b.client_unread_bytes, "bytes",
+            "client_unread_bytes")
 
 
 async def judge_reply(w: ClientWorld, b: Bounds, j: Judgement, command: dict[str, Any]) -> None:
@@ -342,12 +341,6 @@ def new_command_values(ev: Events) -> dict[str, Any]:
     volume = next((r["volume"] for r in reversed(states) if "volume" in r), None)
     muted = next((r["muted"] for r in reversed(states) if "muted" in r), False)
     return {"volume": next(v for v in VOLUMES if v != volume), "mute": not muted}
-
-
-def client_port(ev: Events, flow: str) -> int:
-    """The client's TCP port of connection `flow` (how a fault is kept to that connection)."""
-    accept = ev.select("accept", proc="proxy", session=flow)[0]
-    return int(accept["client"].rsplit(":", 1)[1])
 
 
 def session_over(ev: Events, flow: str, since_us: int) -> int | None:

@@ -13,8 +13,8 @@ from .common import (
     SPEC_TIME,
     check_gap,
     client_case,
-    client_port,
     fault_acted,
+    flow_port,
     judge_dead_session,
     judge_recovery,
     streaming,
@@ -103,7 +103,8 @@ async def deaf_server(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     up = await streaming(w, j)
     if up is None:
         return
-    port = client_port(w.events(), up["session"])
+    port = flow_port(w.events(), up["session"])
+    assert port is not None, "a connection the proxy relayed was accepted by it"
     # kept to this connection: the client's next one must get a working server
     fault = await w.proxy.add({"type": "drop", "direction": "downstream", "connections": {"client_port": port}})
     start = (await w.proxy.applied(fault["name"]))["t_us"]
