@@ -229,9 +229,6 @@ class Topology:
             raise
         return topology
 
-    def alive(self) -> bool:
-        return all(p.popen.poll() is None for p in self.servers)
-
     def stop(self) -> list[str]:
         """Stops the proxy, then the servers; returns what did not run cleanly (exit code,
         stderr): an error logged by our own server is never hidden in a file."""
@@ -242,16 +239,6 @@ class Topology:
             if code != 0 or text:
                 problems.append(f"{process.name} exited {code}:\n{text}")
         return problems
-
-    def reset(self, timeout: float = 5.0) -> None:
-        """Between two cases: no fault left, no dialling for the last client, and no
-        connection of it."""
-        self.proxy.call("POST", "/reset")
-        if self.initiator == "server":
-            http_call("DELETE", f"{self.server_http}/api/dial")
-        deadline = time.monotonic() + timeout
-        while self.proxy.call("GET", "/connections")["connections"] and time.monotonic() < deadline:
-            time.sleep(0.05)
 
     # --- server-initiated ---------------------------------------------------------------------
 
@@ -368,7 +355,7 @@ class ClientWorld:
                                             urlsplit(url).port or 0, self.timeout_s + ADAPTER_TIMEOUT_MARGIN_S)
         else:
             argv = self.client.argv(url, self.client_id, self.client_name, self.initiator)
-        self.started_us = time.monotonic_ns() // 1000
+        self.started_us = now_us()
         try:
             self.process = spawn_child("client", argv, self.log_path)
         except OSError as exc:
@@ -419,7 +406,7 @@ class ClientWorld:
     async def stop_client(self) -> None:
         if self.process is None or self.stopped:
             return
-        self.stop_us = time.monotonic_ns() // 1000
+        self.stop_us = now_us()
         if self._watcher is not None:
             self._watcher.cancel()
         self.exited_by_itself = self.process.exited()
@@ -461,8 +448,8 @@ class ClientWorld:
         return self.process.tail(limit) if self.process is not None else ""
 
     def events(self) -> Events:
-        shared = Events.load(self.topology.directory, since_us=self.begun_us)
-        return Events(sorted(shared.records + Events.load(self.directory).records, key=lambda r: r["t_us"]))
+        servers = Events.load(self.topology.directory, since_us=self.begun_us)
+        return Events(sorted(servers.records + Events.load(self.directory).records, key=lambda r: r["t_us"]))
 
     async def until(self, what: str, found: Callable[[Events], Any], timeout: float) -> Any:
         """Polls the event logs until `found(events)` is truthy; returns it, or None after
