@@ -142,6 +142,9 @@ class EmbeddedProxy:
                 raise TimeoutError("mitmproxy did not listen within 10 s")
             await asyncio.sleep(0.005)
         self.port = ps.listen_addrs()[0][1]
+        # mitmweb's status bar shows `listen_port or 8080`; tell it the port we got. Only a
+        # change of `mode` or `server` makes mitmproxy rebind (Proxyserver.configure).
+        m.options.update(listen_port=self.port)
         if self.control_host is not None:
             self.control = ControlServer(self.state, self.control_host, self.control_port)
             await self.control.start()

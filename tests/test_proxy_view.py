@@ -298,6 +298,8 @@ def test_web_serves_mitmweb_with_the_messages_of_each_flow_bounded(run: Any, tmp
 
                     assert "<title>mitmproxy</title>" in await get("/")
                     assert "sendspin" in (await get("/state"))["contentViews"]
+                    # the status bar's address: the port really bound, not mitmweb's 8080 for 0
+                    assert (await get("/options"))["listen_port"]["value"] == px.ready["listen"]["port"]
                     async with s.get(base + "/flows") as r:
                         assert r.status == 403  # the token is needed
 
