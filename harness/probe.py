@@ -213,6 +213,7 @@ class ProbeClient:
         self._codec_ready = asyncio.Event()   # noise: the handshake completed
         self._activated = asyncio.Event()     # noise: the first server/activate arrived
         self._silenced = False                # noise: closing silently, read nothing more
+        self._handshake_error = ""            # noise: why the codec's handshake closed (server/error, ...)
         self._rehandshaking = False           # noise: message 2 of a re-handshake sent, no server/activate yet
         self._pending_sizes: list[int] = []   # noise: frame sizes of a Sendspin-fragmented message still open
         self._opened = asyncio.Event()
@@ -284,6 +285,7 @@ class ProbeClient:
         self._activated = asyncio.Event()
         self._rehandshaking = False
         self._silenced = False
+        self._handshake_error = ""
         self._pending_sizes = []
         self._frames = []
         self._fragment_open = False
@@ -395,8 +397,9 @@ class ProbeClient:
         if event.is_set():
             return
         if self.closed.is_set():
+            why = f"; {self._handshake_error}" if self._handshake_error else ""
             raise ConnectionError(f"{self.name}: the connection closed while waiting for {what} "
-                                  f"({self.close_code} {self.close_reason!r})")
+                                  f"({self.close_code} {self.close_reason!r}{why})")
         raise TimeoutError(f"{self.name}: no {what} within {self.config.connect_timeout_s} s")
 
     async def _drop_silently(self) -> None:
@@ -497,6 +500,8 @@ class ProbeClient:
         """Write what a codec handshake step sends, in order; close after it if it says so."""
         for data in step.send:
             self.ws.send_text(data.encode()) if isinstance(data, str) else self.ws.send_binary(data)
+            # cleartext: client/init, message 2; encrypted: a re-handshake's message 2
+            self.log.emit("send", self.name, type=_peek(data) if isinstance(data, str) else m.NoiseHandshake.TYPE)
         self._flush()
         if step.error is not None:
             self.log.emit("reject", self.name, type=step.error.message_type, field=step.error.field,
@@ -725,6 +730,8 @@ class ProbeClient:
             return
         self.log.emit("recv", self.name, type=m.NoiseHandshake.TYPE if rehandshake else _peek(data), bytes=size,
                       fragments=1)
+        if step.error is not None:
+            self._handshake_error = str(step.error)
         if step.done:
             self.server_id = self.codec.peer_id
             self._rehandshaking = rehandshake

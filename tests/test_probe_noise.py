@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from noise_peers.probe_noise_server import CHUNK_FRAMES, RATE, ProbeNoiseServer
+from websockets.asyncio.server import serve
 
 from harness import checkers
 from harness.events import Events
@@ -38,6 +39,7 @@ from harness.protocol.noise import SUITES, Identity
 from harness.settings import Bounds
 
 PEER = Path(__file__).parent / "noise_peers" / "aiosendspin10_server.py"
+DIALER = Path(__file__).parent / "noise_peers" / "probe_aiosendspin10_dialer.py"
 ENV = "SENDSPIN_AIOSENDSPIN10_PYTHON"
 
 
@@ -111,7 +113,7 @@ def test_the_probe_dials_and_streams_in_noise(tmp_path: Path, run: Callable[...,
     assert all(verdicts), [v.explain() for v in verdicts]
     assert probe.close_code == 1000
     sent = [r["type"] for r in _records(log, "send")]
-    assert sent[0] == "client/hello" and "client/state" in sent, sent
+    assert sent[:3] == ["client/init", "noise/handshake", "client/hello"] and "client/state" in sent, sent
 
 
 async def _listening_session(tmp_path: Path) -> tuple[ProbeNoiseServer, ProbeClient]:
@@ -225,6 +227,41 @@ def test_a_tampered_ciphertext_closes_silently_and_the_probe_reconnects(tmp_path
     assert len(_records(log, "noise_handshake")) == 2
 
 
+def test_the_dead_session_watchdog_works_in_noise(tmp_path: Path, run: Callable[..., Any]) -> None:
+    server = ProbeNoiseServer(chunks=24, deaf=True)  # 0.6 s of audio: the watchdog fires first
+    run(_scripted(tmp_path, server, _stream_ends(1), reconnect=True, dead_session_s=0.3), 60)
+    log = tmp_path / "probe.jsonl"
+    events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+    assert "dead_session" in events and events.index("dead_session") < events.index("reconnected"), events
+    assert len(server.connections) == 2 and server.connections[1].sent_chunks == 24
+    assert len(_records(log, "noise_handshake")) == 2
+
+
+async def _refused(tmp_path: Path) -> tuple[str, list[str]]:
+    """A server that answers client/init with server/error and closes."""
+    async def handler(ws: Any) -> None:
+        await ws.recv()
+        await ws.send('{"type":"server/error","payload":{"reason":"unsupported_version"}}')
+        await ws.close()
+
+    async with serve(handler, "127.0.0.1", 0, compression=None) as ws_server:
+        log = EventLog(tmp_path / "probe.jsonl", "probe")
+        probe = ProbeClient(f"ws://127.0.0.1:{ws_server.sockets[0].getsockname()[1]}/", _config(), log)
+        try:
+            with pytest.raises(ConnectionError) as refused:
+                await probe.connect()
+        finally:
+            await probe.close(goodbye=False)
+            log.close()
+    return str(refused.value), [r["type"] for r in _records(tmp_path / "probe.jsonl", "send")]
+
+
+def test_a_server_error_ends_the_attempt_naming_its_reason(tmp_path: Path, run: Callable[..., Any]) -> None:
+    error, sent = run(_refused(tmp_path), 30)
+    assert "unsupported_version" in error and "Noise handshake" in error, error
+    assert sent == ["client/init"], sent
+
+
 def test_probe_config_and_cli_options_for_the_profile() -> None:
     identity = Identity.generate()
     config = ProbeConfig(profile="noise", identity=identity)
@@ -266,6 +303,36 @@ def test_cli_identity_file_is_created_then_kept(tmp_path: Path) -> None:
         parse_args(["--url", "ws://127.0.0.1:1/s", "--profile", "noise", "--identity", str(key)])
 
 
+async def _cli_session(tmp_path: Path, key: Path) -> tuple[ProbeNoiseServer, dict[str, Any], int | None, str]:
+    server = ProbeNoiseServer(chunks=20)
+    ws_server, url = await server.serve()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "harness.probe", "--url", url, "--profile", "noise", "--suite", "25519_AESGCM_SHA256",
+        "--identity", str(key), "--roles", "player@v1", "--duration", "1.2", "--log", str(tmp_path / "cli.jsonl"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        ws_server.close()
+        await ws_server.wait_closed()
+    return server, json.loads(out.decode().splitlines()[-1]), proc.returncode, err.decode()
+
+
+def test_the_probe_cli_in_noise(tmp_path: Path, run: Callable[..., Any]) -> None:
+    key = tmp_path / "probe.key"
+    identity = parse_args(["--url", "ws://127.0.0.1:1/s", "--profile", "noise", "--identity", str(key)]).identity
+    server, summary, code, err = run(_cli_session(tmp_path, key), 60)
+    assert code == 0, err
+    conn = server.connections[0]
+    assert conn.client_id == identity.peer_id == summary["client_id"] and conn.suite == "25519_AESGCM_SHA256"
+    assert summary["profile"] == "noise" and summary["sessions"] == 1
+    assert (summary["audio_samples"], summary["gaps"], summary["duplicates"]) == (20 * CHUNK_FRAMES, 0, 0), summary
+    assert conn.received[-2:] == ["client/leave", "client/goodbye"], conn.received
+
+
 # --- acceptance: the probe against aiosendspin 10.2.1's server ------------------------------------
 
 
@@ -281,19 +348,28 @@ def _interpreter() -> str:
     return python
 
 
-async def _against_aiosendspin(python: str, tmp_path: Path, suite: str) -> dict[str, Any]:
+async def _against_aiosendspin(python: str, tmp_path: Path, suite: str, dialled: bool) -> dict[str, Any]:
+    """The probe dials aiosendspin's server (`dialled` False), or listens and the server dials it."""
     config = _config(suite, time_interval_s=0.1)
-    proc = await asyncio.create_subprocess_exec(
-        python, str(PEER), config.client_id or "", "1.5",
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    listener = socket.create_server(("127.0.0.1", 0)) if dialled else None
+    argv = [str(PEER), config.client_id or "", "1.5"]
+    if listener is not None:
+        listener.setblocking(False)
+        argv = [str(DIALER), config.client_id or "", f"ws://127.0.0.1:{listener.getsockname()[1]}/sendspin", "1.5"]
+    proc = await asyncio.create_subprocess_exec(python, *argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                                stderr=subprocess.PIPE)
     report: dict[str, Any] = {}
     log = EventLog(tmp_path / "probe.jsonl", "probe")
     try:
         ready = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))  # type: ignore[union-attr]
-        probe = ProbeClient(ready["url"], config, log)
+        probe = ProbeClient(ready.get("url", "ws://127.0.0.1:1/sendspin"), config, log)
         ended = probe.wait_type(m.StreamEnd, 40)
         try:
-            await probe.connect()
+            if listener is None:
+                await probe.connect()
+            else:
+                sock, _ = await asyncio.wait_for(asyncio.get_running_loop().sock_accept(listener), 30)
+                await probe.accept(sock, "/sendspin")
             await ended
             report["end_us"] = now_us()
             await probe.close()
@@ -305,16 +381,20 @@ async def _against_aiosendspin(python: str, tmp_path: Path, suite: str) -> dict[
         report["out"], report["err"], report["returncode"] = out.decode(), err.decode(), proc.returncode
     finally:
         log.close()
+        if listener is not None:
+            listener.close()
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
     return report
 
 
+@pytest.mark.parametrize("dialled", [False, True], ids=["probe-dials", "server-dials"])
 @pytest.mark.parametrize("suite", SUITES)
-def test_the_probe_streams_from_aiosendspin_10_2_1(tmp_path: Path, run: Callable[..., Any], suite: str) -> None:
+def test_the_probe_streams_from_aiosendspin_10_2_1(tmp_path: Path, run: Callable[..., Any], suite: str,
+                                                   dialled: bool) -> None:
     python = _interpreter()
-    report = run(_against_aiosendspin(python, tmp_path, suite), 150)
+    report = run(_against_aiosendspin(python, tmp_path, suite, dialled), 150)
     assert report["returncode"] == 0, report["err"][-2000:]
     streamed = json.loads(report["out"].splitlines()[-1])["streamed"]
     probe: ProbeClient = report["probe"]
@@ -334,7 +414,9 @@ def test_the_probe_streams_from_aiosendspin_10_2_1(tmp_path: Path, run: Callable
     assert sent[-2:] == ["client/leave", "client/goodbye"], sent
     assert not _records(log, "reject"), _records(log, "reject")
     received = [r["type"] for r in _records(log, "recv") if r["type"] != "server/time"]
-    print(f"{suite}: received {received}", file=sys.stderr)
+    if dialled:
+        assert _records(log, "accepted")
+    print(f"{suite}, {'server dials' if dialled else 'probe dials'}: received {received}", file=sys.stderr)
     print(f"{suite}: {len(audio)} chunks, {streamed} frames, send_ahead "
           f"{min(r['send_ahead_us'] for r in audio)}..{max(r['send_ahead_us'] for r in audio)} µs, "
           f"close {probe.close_code}", file=sys.stderr)

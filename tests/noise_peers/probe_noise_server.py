@@ -10,7 +10,8 @@ stereo), each `lead_us` ahead of its play time, then `stream/end`. Scripted
 trouble, on the first connection only: a server-initiated re-handshake after
 `rehandshake_after` chunks; a silent close (TCP dropped, no message, no close
 frame) after `drop_after` chunks; a tampered ciphertext after `tamper_after`
-chunks (the probe must close). Not a reference server: just enough to drive the
+chunks (the probe must close); `deaf`: no `server/time` at all on the first
+connection (the probe's dead-session watchdog must give up). Not a reference server: just enough to drive the
 probe's noise path over real sockets.
 """
 
@@ -57,6 +58,7 @@ class ProbeNoiseServer:
     rehandshake_after: int | None = None
     drop_after: int | None = None
     tamper_after: int | None = None
+    deaf: bool = False
     profile: NoiseProfile = field(default_factory=NoiseProfile)
     connections: list[Connection] = field(default_factory=list)
 
@@ -149,6 +151,8 @@ class _Session:
             if isinstance(message, m.NoiseClientHello):
                 await self.send(m.ServerActivate(activities=["playback"], active_roles=["player@v1"]))
             elif isinstance(message, m.ClientTime):
+                if self.first and self.server.deaf:
+                    continue
                 if self.keys_ready.is_set():
                     await self._time_reply(message.client_transmitted)
                 else:  # no application message from our message 1 to the new server/activate
