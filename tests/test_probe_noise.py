@@ -353,16 +353,18 @@ async def _against_aiosendspin(python: str, tmp_path: Path, suite: str, dialled:
     config = _config(suite, time_interval_s=0.1)
     listener = socket.create_server(("127.0.0.1", 0)) if dialled else None
     argv = [str(PEER), config.client_id or "", "1.5"]
+    own_url = ""
     if listener is not None:
         listener.setblocking(False)
-        argv = [str(DIALER), config.client_id or "", f"ws://127.0.0.1:{listener.getsockname()[1]}/sendspin", "1.5"]
+        own_url = f"ws://127.0.0.1:{listener.getsockname()[1]}/sendspin"
+        argv = [str(DIALER), config.client_id or "", own_url, "1.5"]
     proc = await asyncio.create_subprocess_exec(python, *argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                                 stderr=subprocess.PIPE)
     report: dict[str, Any] = {}
     log = EventLog(tmp_path / "probe.jsonl", "probe")
     try:
         ready = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))  # type: ignore[union-attr]
-        probe = ProbeClient(ready.get("url", "ws://127.0.0.1:1/sendspin"), config, log)
+        probe = ProbeClient(own_url or ready["url"], config, log)
         ended = probe.wait_type(m.StreamEnd, 40)
         try:
             if listener is None:
