@@ -463,8 +463,8 @@ class ProbeClient:
         if goodbye and self.ws.state is State.OPEN and not self._fragment_open:
             if not self.noise:
                 self.send(m.ClientGoodbye(reason="shutdown"))
-            elif self.codec.ready and not self._rehandshaking and self._server_hello.is_set():
-                if self._activated.is_set():
+            elif self.codec.ready and not self._rehandshaking:  # the codec refuses anything mid re-handshake
+                if self._activated.is_set():  # client/leave: a member's; before activation it is in no group
                     self.send(m.ClientLeave())
                 self.send(m.NoiseClientGoodbye(reason="shutdown"))
             with contextlib.suppress(TimeoutError):
