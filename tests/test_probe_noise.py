@@ -227,6 +227,16 @@ def test_a_tampered_ciphertext_closes_silently_and_the_probe_reconnects(tmp_path
     assert len(_records(log, "noise_handshake")) == 2
 
 
+def test_a_message_in_sendspin_fragments_is_reassembled(tmp_path: Path, run: Callable[..., Any]) -> None:
+    server = ProbeNoiseServer(chunks=4, big_state_bytes=200_000)
+    probe = run(_scripted(tmp_path, server, _stream_ends(1)), 60)
+    (state,) = [x for x in probe.messages if isinstance(x, m.NoiseServerState)]
+    assert state.metadata == {"title": "x" * 200_000}
+    (record,) = [r for r in _records(tmp_path / "probe.jsonl", "recv") if r["type"] == "server/state"]
+    assert record["fragments"] == 4 and record["bytes"] > 200_000, record  # four transport messages, one message
+    _check_audio(tmp_path / "probe.jsonl", 4)
+
+
 def test_the_dead_session_watchdog_works_in_noise(tmp_path: Path, run: Callable[..., Any]) -> None:
     server = ProbeNoiseServer(chunks=24, deaf=True)  # 0.6 s of audio: the watchdog fires first
     run(_scripted(tmp_path, server, _stream_ends(1), reconnect=True, dead_session_s=0.3), 60)

@@ -11,7 +11,8 @@ trouble, on the first connection only: a server-initiated re-handshake after
 `rehandshake_after` chunks; a silent close (TCP dropped, no message, no close
 frame) after `drop_after` chunks; a tampered ciphertext after `tamper_after`
 chunks (the probe must close); `deaf`: no `server/time` at all on the first
-connection (the probe's dead-session watchdog must give up). Not a reference server: just enough to drive the
+connection (the probe's dead-session watchdog must give up); `big_state_bytes`: a
+`server/state` that large, in Sendspin fragments, before the stream. Not a reference server: just enough to drive the
 probe's noise path over real sockets.
 """
 
@@ -59,6 +60,7 @@ class ProbeNoiseServer:
     drop_after: int | None = None
     tamper_after: int | None = None
     deaf: bool = False
+    big_state_bytes: int = 0  # > 0: a server/state this large (Sendspin fragments) before the stream
     profile: NoiseProfile = field(default_factory=NoiseProfile)
     connections: list[Connection] = field(default_factory=list)
 
@@ -172,6 +174,8 @@ class _Session:
 
     async def _stream(self) -> None:
         s = self.server
+        if s.big_state_bytes:
+            await self.send(m.NoiseServerState(metadata={"title": "x" * s.big_state_bytes}))
         await self.send(m.NoiseStreamStart(server_transmitted=now_us(), player=m.PlayerStream(
             codec="pcm", sample_rate=RATE, channels=2, bit_depth=16)))
         start = now_us() + s.lead_us
