@@ -5,6 +5,16 @@ WebSocket framing (so every frame, its FIN bit and size is visible) and
 `harness.protocol` for Sendspin. Reading and writing never wait on each other:
 the transport's write() never blocks, and reading is paced or paused only by
 `set_read_rate` (with a small SO_RCVBUF the backpressure reaches the server).
+
+Both wire revisions (`ProbeConfig.profile`): `legacy` (cleartext JSON in text
+messages) and `noise` (`client/init`, the Noise handshake, then every message one
+encrypted binary message). Every whole WebSocket message goes through the
+connection's codec: to `codec.handshake()` while it is not ready or when it hands
+back a re-handshake, to `codec.decode()` otherwise. Encoding happens when a message
+is written, on the one event-loop thread, so the wire order is the encryption order
+(the Noise nonce). In `noise` the session is `server/hello` → `client/hello` →
+`server/activate`, then `client/state` with `available`; the client_id is the
+probe's X25519 public key, and access is unpaired (the Sentinel PSK).
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ import itertools
 import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
@@ -29,7 +39,9 @@ from .protocol import (
     UNSET,
     BinaryMessage,
     ClientHandshake,
+    ConnectionFatal,
     EventLog,
+    HandshakeStep,
     Message,
     ProtocolError,
     binary_role,
@@ -39,6 +51,14 @@ from .protocol import (
     watermark,
 )
 from .protocol import messages as m
+from .protocol.noise_flow import NoiseClientFlow
+from .protocol.noise_plaintext import AudioChunk, RawBinary
+
+if TYPE_CHECKING:
+    from .protocol.noise import Identity
+
+PROFILES = ("legacy", "noise")
+NOISE_SUITES = ("25519_ChaChaPoly_SHA256", "25519_AESGCM_SHA256")  # noise_crypto.SUITES, without its import cost
 
 
 @dataclass(kw_only=True)
@@ -57,14 +77,30 @@ class ProbeConfig:
     connect_timeout_s: float = 5.0
     reconnect: bool = False               # after losing the connection, connect again (RECONNECT_BACKOFF_S)
     max_message_bytes: int | None = 256 * 1024 * 1024
-    profile: str = "legacy"               # the wire revision (harness.protocol.get_profile)
-    client_id: str | None = None          # client/hello's client_id (None: the name)
+    profile: str = "legacy"               # the wire revision: legacy or noise
+    suite: str = NOISE_SUITES[0]          # noise: the suite client/init announces
+    identity: Identity | None = None      # noise: the static X25519 key (None: a fresh one per probe)
+    client_id: str | None = None          # legacy: client/hello's client_id (None: the name); noise: the key's
     answer_commands: bool = False         # apply server/command volume/mute and report it in client/state
     # No server/time reply for this long while sending client/time: the session is dead (a
     # stalled or blackholed path: TCP alone may never say so), so drop the connection and,
     # with `reconnect`, connect again. None: wait for ever (tests that stall the server on
     # purpose rely on that). The probe CLI turns it on.
     dead_session_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(f"unknown profile {self.profile!r}; the probe speaks {list(PROFILES)}")
+        if self.suite not in NOISE_SUITES:
+            raise ValueError(f"unknown suite {self.suite!r}; Sendspin defines {list(NOISE_SUITES)}")
+        if self.profile == "noise":
+            from .protocol.noise import Identity  # cryptography's import cost only for noise
+
+            self.identity = self.identity or Identity.generate()
+            if self.client_id not in (None, self.identity.peer_id):
+                raise ValueError(f"in the noise profile the client_id is the identity's public key "
+                                 f"({self.identity.peer_id}), not {self.client_id!r}")
+            self.client_id = self.identity.peer_id
 
 
 MAX_REDIRECTS = 3
@@ -146,8 +182,17 @@ class ProbeClient:
         self.config = config or ProbeConfig()
         self.name = self.config.name
         self.log = log or EventLog(None, self.name)
-        self.profile = get_profile(self.config.profile)
+        self.noise = self.config.profile == "noise"
+        if self.noise:
+            from .protocol.noise import NoiseProfile
+
+            # the probe's own identity and suite, the same on every reconnect (a server may have approved it)
+            self.profile: Any = NoiseProfile(identity=self.config.identity, suite=self.config.suite)  # type: ignore[arg-type]
+        else:
+            self.profile = get_profile(self.config.profile)
         self.codec = self.profile.session("client")  # per connection: a new one on every (re)connect
+        self.flow: NoiseClientFlow | None = None  # noise: who may send what after the handshake
+        self.server_id: str | None = None
         self.ws: ClientProtocol | ServerProtocol = ClientProtocol(parse_uri(url),
                                                                   max_size=self.config.max_message_bytes)
         self.transport: asyncio.Transport | None = None
@@ -165,6 +210,12 @@ class ProbeClient:
         self.time_replies: dict[int, m.ServerTime] = {}
         self.time_sent: list[int] = []
         self._server_hello = asyncio.Event()
+        self._codec_ready = asyncio.Event()   # noise: the handshake completed
+        self._activated = asyncio.Event()     # noise: the first server/activate arrived
+        self._silenced = False                # noise: closing silently, read nothing more
+        self._handshake_error = ""            # noise: why the codec's handshake closed (server/error, ...)
+        self._rehandshaking = False           # noise: message 2 of a re-handshake sent, no server/activate yet
+        self._pending_sizes: list[int] = []   # noise: frame sizes of a Sendspin-fragmented message still open
         self._opened = asyncio.Event()
         self._message_waiters: list[tuple[Callable[[Message], bool], asyncio.Future[Message]]] = []
         self._frames: list[Frame] = []
@@ -187,8 +238,9 @@ class ProbeClient:
 
     @property
     def in_session(self) -> bool:
-        """Connected, upgraded and past server/hello, and not closed."""
-        return (self.transport is not None and not self.closed.is_set() and self._server_hello.is_set()
+        """Connected, upgraded and past server/hello (noise: the first server/activate), and not closed."""
+        started = self._activated if self.noise else self._server_hello
+        return (self.transport is not None and not self.closed.is_set() and started.is_set()
                 and self.ws.state is State.OPEN)
 
     @property
@@ -197,8 +249,15 @@ class ProbeClient:
         name = self.transport.get_extra_info("sockname") if self.transport is not None else None
         return name[1] if name else None
 
-    def hello(self) -> m.ClientHello:
+    def hello(self) -> m.ClientHello | m.NoiseClientHello:
         c = self.config
+        if self.noise:
+            return m.NoiseClientHello(
+                name=self.name, supported_roles=c.roles,
+                device_info=m.NoiseDeviceInfo(product_name="sendspin-harness probe"),
+                player_support=m.NoisePlayerSupport(supported_formats=c.formats, buffer_capacity=c.buffer_capacity)
+                if "player@v1" in c.roles else UNSET,
+                supported_pair_methods={}, unpaired_access=m.UnpairedAccess(enabled=True))
         roles = c.roles
         return m.ClientHello(
             client_id=c.client_id or self.name, name=self.name, supported_roles=roles,
@@ -216,11 +275,18 @@ class ProbeClient:
         self.ws = ClientProtocol(parse_uri(url), max_size=self.config.max_message_bytes) if accept_path is None \
             else ServerProtocol(max_size=self.config.max_message_bytes)
         self.transport = None
-        self.codec = self.profile.session("client")
+        self.codec = self.profile.session("client")  # noise: new keys, a new handshake
         self.handshake = None
+        self.flow = None
         self.closed = asyncio.Event()
         self._opened = asyncio.Event()
         self._server_hello = asyncio.Event()
+        self._codec_ready = asyncio.Event()
+        self._activated = asyncio.Event()
+        self._rehandshaking = False
+        self._silenced = False
+        self._handshake_error = ""
+        self._pending_sizes = []
         self._frames = []
         self._fragment_open = False
         self.player_format = None
@@ -241,9 +307,7 @@ class ProbeClient:
             if response is None or response.status_code not in REDIRECTS or not location:
                 raise ConnectionError(f"{self.name}: WebSocket upgrade refused: {exc}")
             self.log.emit("redirect", self.name, url=url, location=location)
-            self._silent_close = True
-            assert self.transport is not None
-            self.transport.abort()
+            await self._drop_silently()  # its close must land before the next connection's state exists
             url = location
         else:
             raise ConnectionError(f"{self.name}: more than {MAX_REDIRECTS} redirects from {self.url}")
@@ -321,15 +385,70 @@ class ProbeClient:
         self.ws.send_response(response)
         self._opened.set()
 
+    async def _until(self, event: asyncio.Event, what: str) -> None:
+        """Wait for `event` (connect_timeout_s at most); ConnectionError if the connection closes first."""
+        waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self.closed.wait())]
+        try:
+            await asyncio.wait(waits, timeout=self.config.connect_timeout_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if event.is_set():
+            return
+        if self.closed.is_set():
+            why = f"; {self._handshake_error}" if self._handshake_error else ""
+            raise ConnectionError(f"{self.name}: the connection closed while waiting for {what} "
+                                  f"({self.close_code} {self.close_reason!r}{why})")
+        raise TimeoutError(f"{self.name}: no {what} within {self.config.connect_timeout_s} s")
+
+    async def _drop_silently(self) -> None:
+        """Abort this connection without a `close` event or a reconnect (a redirect, or a
+        handshake the caller gives up on and reports itself)."""
+        if self.transport is None or self.closed.is_set():
+            return
+        self._silent_close = True
+        self.transport.abort()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.closed.wait(), 1.0)
+
     async def sendspin_handshake(self) -> None:
-        hello = self.hello()
-        self.handshake = ClientHandshake(hello)
-        self.send(hello)
-        await asyncio.wait_for(self._server_hello.wait(), self.config.connect_timeout_s)
-        self.send(m.ClientState(state="synchronized", player=m.PlayerState(volume=self.volume, muted=self.muted)
-                                if "player@v1" in self.config.roles else UNSET))
+        try:
+            await self._sendspin_handshake()
+        except TimeoutError:
+            await self._drop_silently()  # a stale connection must not outlive the attempt
+            raise
+
+    async def _sendspin_handshake(self) -> None:
+        if self.noise:
+            await self._noise_session_start()
+        else:
+            hello = self.hello()
+            assert isinstance(hello, m.ClientHello)
+            self.handshake = ClientHandshake(hello)
+            self.send(hello)
+            await self._until(self._server_hello, "server/hello")
+            self.send(m.ClientState(state="synchronized", player=m.PlayerState(volume=self.volume, muted=self.muted)
+                                    if "player@v1" in self.config.roles else UNSET))
         if self.config.time_interval_s:
             self._tasks.append(asyncio.create_task(self._time_loop(), name=f"{self.name}-time"))
+
+    async def _noise_session_start(self) -> None:
+        """client/init, the Noise handshake (the reader answers each step), then
+        server/hello → client/hello → server/activate → client/state (available)."""
+        self.flow = NoiseClientFlow()
+        self._write_step(self.codec.handshake(None))  # client/init: the client speaks first, whoever dialled
+        await self._until(self._codec_ready, "the Noise handshake")
+        await self._until(self._server_hello, "server/hello")
+        self.send(self.hello())
+        await self._until(self._activated, "server/activate")
+        self.send(self.noise_state())
+
+    def noise_state(self) -> m.NoiseClientState:
+        """client/state as the noise revision has it: `available`, and the player's full state."""
+        player = m.NoisePlayerState(volume=self.volume, muted=self.muted, output_delay_ms=0,
+                                    required_lead_time_ms=0, min_buffer_ms=0, supported_commands=["volume", "mute"])
+        return m.NoiseClientState(available=True, player=player if "player@v1" in self.config.roles else UNSET)
 
     async def close(self, goodbye: bool = True, timeout: float = 3.0) -> None:
         """Say goodbye (if still open), wait for the server to close, then drop the socket."""
@@ -342,7 +461,12 @@ class ProbeClient:
             return
         self.set_read_rate(None)
         if goodbye and self.ws.state is State.OPEN and not self._fragment_open:
-            self.send(m.ClientGoodbye(reason="shutdown"))
+            if not self.noise:
+                self.send(m.ClientGoodbye(reason="shutdown"))
+            elif self.codec.ready and not self._rehandshaking:  # the codec refuses anything mid re-handshake
+                if self._activated.is_set():  # client/leave: a member's; before activation it is in no group
+                    self.send(m.ClientLeave())
+                self.send(m.NoiseClientGoodbye(reason="shutdown"))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.closed.wait(), timeout)
         if not self.closed.is_set():
@@ -353,11 +477,14 @@ class ProbeClient:
     # --- sending ---------------------------------------------------------------------
 
     def send(self, message: Message) -> None:
-        data = self.codec.encode(message)
-        if isinstance(data, str):
-            self.ws.send_text(data.encode())
-        else:
-            self.ws.send_binary(data)
+        """Encode now and write at once: the encryption order is the wire order."""
+        if self.flow is not None:
+            self.flow.sent(message)
+        for data in self.codec.encode_messages(message):
+            if isinstance(data, str):
+                self.ws.send_text(data.encode())
+            else:
+                self.ws.send_binary(data)
         self._flush()
         fields: dict[str, Any] = {"client_transmitted": message.client_transmitted} \
             if isinstance(message, m.ClientTime) else {}
@@ -368,6 +495,30 @@ class ProbeClient:
         self.time_sent.append(t)
         self.send(m.ClientTime(client_transmitted=t))
         return t
+
+    def _write_step(self, step: HandshakeStep) -> None:
+        """Write what a codec handshake step sends, in order; close after it if it says so."""
+        for data in step.send:
+            self.ws.send_text(data.encode()) if isinstance(data, str) else self.ws.send_binary(data)
+            # cleartext: client/init, message 2; encrypted: a re-handshake's message 2
+            self.log.emit("send", self.name, type=_peek(data) if isinstance(data, str) else m.NoiseHandshake.TYPE)
+        self._flush()
+        if step.error is not None:
+            self.log.emit("reject", self.name, type=step.error.message_type, field=step.error.field,
+                          rule=step.error.rule)
+        if step.close:
+            self._close_silently()
+
+    def _close_silently(self) -> None:
+        """The noise revision's silent close: no Sendspin message, just the WebSocket close
+        (and the TCP connection dropped if the peer does not answer it)."""
+        self._silenced = True
+        if self.ws.state is State.OPEN:
+            self.ws.send_close(1002)
+            self._flush()
+        transport = self.transport
+        if transport is not None:
+            asyncio.get_running_loop().call_later(1.0, transport.abort)
 
     def _flush(self) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -384,7 +535,7 @@ class ProbeClient:
         while self.ws is ws and ws.state is State.OPEN:
             if self._dead_session():
                 return
-            if not self._fragment_open:
+            if not self._fragment_open and not self._rehandshaking:  # noise: nothing new until server/activate
                 self.send_time()
             await asyncio.sleep(self.config.time_interval_s)
 
@@ -537,19 +688,67 @@ class ProbeClient:
                     self._on_message(frames, t)
 
     def _on_message(self, frames: list[Frame], t: int) -> None:
+        """One whole WebSocket message, through the codec (text or binary is its business)."""
         sizes = [len(f.data) for f in frames]
         data = b"".join(f.data for f in frames)
-        if frames[0].opcode is Opcode.TEXT:
-            self._on_text(data.decode(), t, sizes)
-        else:
-            self._on_binary(data, t, sizes)
-
-    def _on_text(self, text: str, t: int, sizes: list[int]) -> None:
+        wire: str | bytes = data.decode(errors="replace") if frames[0].opcode is Opcode.TEXT else data
+        if self._silenced:
+            return  # a silent close is under way: nothing more is read
+        if not self.codec.ready:
+            self._on_handshake(wire, len(data))
+            return
         try:
-            message = self.codec.decode(text)
-            assert isinstance(message, Message)
+            decoded = self.codec.decode(wire)
+        except ConnectionFatal as exc:
+            self.log.emit("reject", self.name, type=exc.message_type, field=exc.field, rule=exc.rule,
+                          action="close", bytes=len(data))
+            self._close_silently()
+            return
+        except ProtocolError as exc:  # an unknown type or a bad field: refused, the session goes on
+            self.log.emit("reject", self.name, type=exc.message_type, field=exc.field, rule=exc.rule, bytes=len(data))
+            return
+        if decoded is None:  # noise: a Sendspin fragment of a message still open
+            self._pending_sizes += sizes
+            return
+        if self._pending_sizes:
+            sizes, self._pending_sizes = self._pending_sizes + sizes, []
+        if isinstance(decoded, m.NoiseHandshake):  # noise: the server starts a re-handshake
+            self._on_handshake(decoded, len(data))
+        elif isinstance(decoded, Message):
+            self._on_json(decoded, t, sum(sizes), sizes)
+        else:
+            self._on_binary(decoded, t, len(data), sizes)
+
+    def _on_handshake(self, data: str | bytes | m.NoiseHandshake, size: int) -> None:
+        """A message of the codec's own handshake (noise): answer it in order."""
+        rehandshake = isinstance(data, m.NoiseHandshake)
+        try:
+            step = self.codec.handshake(data)
+        except ProtocolError as exc:  # nothing was expected now (e.g. a message after the close began)
+            self.log.emit("reject", self.name, type=exc.message_type, field=exc.field, rule=exc.rule, bytes=size)
+            self._close_silently()
+            return
+        self.log.emit("recv", self.name, type=m.NoiseHandshake.TYPE if rehandshake else _peek(data), bytes=size,
+                      fragments=1)
+        if step.error is not None:
+            self._handshake_error = str(step.error)
+        if step.done:
+            self.server_id = self.codec.peer_id
+            self._rehandshaking = rehandshake
+            psk = self.codec.psk
+            self.log.emit("noise_handshake", self.name, suite=self.codec.suite, server_id=self.server_id,
+                          psk_category=psk.category if psk else None, rehandshake=rehandshake,
+                          notes=list(step.notes))
+        self._write_step(step)
+        if step.done:
+            self._codec_ready.set()
+
+    def _on_json(self, message: Message, t: int, size: int, sizes: list[int]) -> None:
+        try:
             if self.handshake is not None:
                 self.handshake.receive(message)
+            if self.flow is not None:
+                self.flow.receive(message)
         except ProtocolError as exc:
             self.log.emit("reject", self.name, type=exc.message_type, field=exc.field, rule=exc.rule)
             return
@@ -561,6 +760,15 @@ class ProbeClient:
                 fields = {"server_id": message.server_id, "active_roles": message.active_roles}
                 self._last_reply_us = t
                 self._server_hello.set()
+            case m.NoiseServerHello():
+                fields = {"server_id": self.server_id}
+                self._last_reply_us = t
+                self._server_hello.set()
+            case m.ServerActivate():
+                fields = {"active_roles": self.flow.active_roles if self.flow else message.active_roles,
+                          "activities": message.activities}
+                self._rehandshaking = False  # the re-handshake's keys are in use: the client may speak again
+                self._activated.set()
             case m.ServerTime():
                 self._last_reply_us = t
                 self.time_replies[message.client_transmitted] = message
@@ -569,12 +777,12 @@ class ProbeClient:
                           "server_received": message.server_received,
                           "server_transmitted": message.server_transmitted,
                           "rtt_us": t - message.client_transmitted}
-            case m.StreamStart(player=player) if player is not UNSET:
+            case m.StreamStart(player=player) | m.NoiseStreamStart(player=player) if player is not UNSET:
                 self.player_format = player
                 self.audio.reset()
                 fields = {"player": {"channels": player.channels, "bit_depth": player.bit_depth,
                                      "sample_rate": player.sample_rate}}
-            case m.StreamClear() | m.StreamEnd():
+            case m.StreamClear() | m.NoiseStreamClear() | m.StreamEnd():
                 roles = message.roles
                 if roles is UNSET or "player" in roles:
                     self.audio.reset()
@@ -583,16 +791,17 @@ class ProbeClient:
             case m.HarnessError():
                 self.errors.append(message)
                 fields = {"rule": message.rule, "message_type": message.message_type}
-            case m.ServerCommand(player=command) if command is not UNSET and self.config.answer_commands:
+            case m.ServerCommand(player=command) | m.NoiseServerCommand(player=command) \
+                    if command is not UNSET and self.config.answer_commands:
                 obey = command
-        self.log.emit("recv", self.name, t_us=t, type=message.TYPE, bytes=len(text), fragments=len(sizes), **fields)
+        self.log.emit("recv", self.name, t_us=t, type=message.TYPE, bytes=size, fragments=len(sizes), **fields)
         if obey is not None:
             self._obey(obey)
         for matcher, fut in list(self._message_waiters):
             if not fut.done() and matcher(message):
                 fut.set_result(message)
 
-    def _obey(self, command: m.PlayerCommand) -> None:
+    def _obey(self, command: m.PlayerCommand | m.NoisePlayerCommand) -> None:
         """What a player does with server/command: take the volume or mute and report
         its new state, so the server's group state follows the player."""
         if command.command == "volume" and command.volume is not UNSET:
@@ -601,20 +810,28 @@ class ProbeClient:
             self.muted = command.mute
         else:
             return
+        if self.noise:
+            if not self._rehandshaking:
+                self.send(self.noise_state())
+            return
         self.send(m.ClientState(player=m.PlayerState(volume=self.volume, muted=self.muted)))
 
-    def _on_binary(self, data: bytes, t: int, sizes: list[int]) -> None:
+    def _on_binary(self, message: BinaryMessage | AudioChunk | RawBinary, t: int, size: int,
+                   sizes: list[int]) -> None:
         try:
             if self.handshake is not None:
                 self.handshake.receive_binary()
-            message = self.codec.decode(data)
+            if self.flow is not None:
+                self.flow.receive(message)
         except ProtocolError as exc:
-            self.log.emit("reject", self.name, type=exc.message_type, field=exc.field, rule=exc.rule, bytes=len(data))
+            self.log.emit("reject", self.name, type=exc.message_type, field=exc.field, rule=exc.rule, bytes=size)
             return
-        assert isinstance(message, BinaryMessage)
         role = binary_role(message.type)
-        if role == "player":
+        if role == "player" and not isinstance(message, RawBinary):
             self._on_audio(message, t, len(sizes))
+        elif isinstance(message, RawBinary):  # noise: artwork parts, visualizer, application roles: not parsed
+            self.log.emit("recv", self.name, t_us=t, type="binary", binary_type=message.type, bytes=size,
+                          fragments=len(sizes))
         elif role == "artwork":
             digest = hashlib.sha256(message.payload).hexdigest()
             self.artwork[message.slot] = (digest, len(message.payload), sizes)
@@ -622,9 +839,9 @@ class ProbeClient:
                           bytes=len(message.payload), sha256=digest, fragments=len(sizes),
                           fragment_max=max(sizes), fragment_min=min(sizes), fragment_sizes=sizes[:64])
         else:
-            self.log.emit("recv", self.name, t_us=t, type="binary", binary_type=message.type, bytes=len(data))
+            self.log.emit("recv", self.name, t_us=t, type="binary", binary_type=message.type, bytes=size)
 
-    def _on_audio(self, message: BinaryMessage, t: int, fragments: int) -> None:
+    def _on_audio(self, message: BinaryMessage | AudioChunk, t: int, fragments: int) -> None:
         fmt = self.player_format
         if fmt is None:
             self.log.emit("reject", self.name, type="binary", field="type", rule="audio chunk without an active stream")
@@ -635,9 +852,10 @@ class ProbeClient:
         except ValueError as exc:
             self.log.emit("reject", self.name, type="binary", field="payload", rule=str(exc))
             return
+        extra = {"send_ahead_us": message.send_ahead_us} if isinstance(message, AudioChunk) else {}
         self.log.emit("audio", self.name, t_us=t, ts_us=message.timestamp_us,
                       lead_us=message.timestamp_us - (t + self.clock_offset_us),
-                      bytes=len(message.payload), fragments=fragments, **stats)
+                      bytes=len(message.payload), fragments=fragments, **stats, **extra)
 
     def _update_clock_offset(self, reply: m.ServerTime, t_received: int) -> None:
         """NTP-style offset (server clock - our clock) from the reply with the
@@ -668,6 +886,10 @@ class ProbeClient:
 
     def wait_type(self, cls: type[Message], timeout: float) -> Coroutine[Any, Any, Message]:
         return self.wait_for(lambda msg: isinstance(msg, cls), timeout)
+
+
+def _peek(data: str | bytes) -> str:
+    return peek_type(data) if isinstance(data, str) else "binary"
 
 
 if __name__ == "__main__":  # python -m harness.probe: the command line lives in probe_cli.py

@@ -13,6 +13,12 @@ seconds (default DEAD_SESSION_S; 0: never): a stalled message, a blackholed path
 server that answers pings but sends nothing else. The probe then drops the connection
 and, unless `--once`, connects again (a server-initiated one waits for the next dial).
 
+`--profile legacy|noise` picks the wire revision (default legacy). In `noise` the
+probe announces `--suite` in `client/init`, its client_id is its X25519 public key
+(`--identity FILE` keeps one across runs: the base64url private key, written with a
+fresh key if the file does not exist; otherwise a fresh key per run), and it asks for
+unpaired access (the Sentinel PSK): a server must allow that client_id unpaired.
+
 Exit status: 0 = stopped (signal, `--duration`) while in a session, or with `--once`
 the server closed the session cleanly (1000/1001); 1 = anything else, with one line on
 stderr; 2 = bad arguments. stdout: one JSON line with what the run saw.
@@ -34,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .probe import RECONNECT_BACKOFF_S, ProbeClient, ProbeConfig
+from .probe import NOISE_SUITES, PROFILES, RECONNECT_BACKOFF_S, ProbeClient, ProbeConfig
 from .protocol import EventLog
 from .protocol import messages as m
 
@@ -104,7 +110,14 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--listen", type=_host_port, metavar="HOST:PORT",
                        help="server-initiated: serve a WebSocket endpoint here and wait for servers to dial in")
     p.add_argument("--path", default=None, help="with --listen: the endpoint's path (default /sendspin)")
-    p.add_argument("--client-id", default=None, help="client/hello client_id (default: the name)")
+    p.add_argument("--profile", choices=PROFILES, default="legacy", help="wire revision (default: legacy)")
+    p.add_argument("--suite", choices=NOISE_SUITES, default=None,
+                   help=f"with --profile noise: the Noise suite (default {NOISE_SUITES[0]})")
+    p.add_argument("--identity", type=Path, default=None, metavar="FILE",
+                   help="with --profile noise: the X25519 private key (base64url), created if missing "
+                        "(default: a fresh key per run)")
+    p.add_argument("--client-id", default=None,
+                   help="legacy: client/hello client_id (default: the name); noise: the key's, not settable")
     p.add_argument("--name", default="sendspin-probe", help="client/hello name (default: sendspin-probe)")
     p.add_argument("--roles", type=_roles, default=["player@v1"], help="comma-separated (default: player@v1)")
     p.add_argument("--duration", type=_positive, default=None, help="stop after S seconds (default: until a signal)")
@@ -114,7 +127,8 @@ def parser() -> argparse.ArgumentParser:
                         "0: never)")
     p.add_argument("--log", type=Path, default=None, help="the probe's event log (JSON lines)")
     p.add_argument("--ready-file", type=Path, default=None,
-                   help="JSON written once connected (--url) or listening (--listen): pid, url, host, port")
+                   help="JSON written once connected (--url) or listening (--listen): pid, url, host, port, "
+                        "client_id")
     return p
 
 
@@ -123,11 +137,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.path is not None and args.listen is None:
         p.error("--path goes with --listen (with --url the path is part of the URL)")
+    if args.profile != "noise":
+        for option in ("suite", "identity"):
+            if getattr(args, option) is not None:
+                p.error(f"--{option} goes with --profile noise")
+    else:
+        if args.client_id is not None:
+            p.error("--client-id goes with --profile legacy: in noise the client_id is the identity's public key "
+                    "(keep one with --identity FILE)")
+        args.suite = args.suite or NOISE_SUITES[0]
+        if args.identity is not None:
+            try:
+                args.identity = _load_identity(args.identity)
+            except (OSError, ValueError) as exc:
+                p.error(f"--identity {args.identity}: {exc}")
     if args.listen is not None:
         args.path = args.path or "/sendspin"
         if not args.path.startswith("/"):
             p.error(f"--path must start with '/', got {args.path!r}")
     return args
+
+
+def _load_identity(path: Path) -> Any:
+    """The key in `path` (base64url of 32 bytes), or a fresh one written there (mode 0600)."""
+    from .protocol.noise import Identity
+    from .protocol.noise_crypto import b64url, b64url_decode
+
+    if not path.exists():
+        identity = Identity.generate()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(b64url(identity.private) + "\n")
+        return identity
+    text = path.read_text().strip()
+    try:
+        return Identity(b64url_decode(text, 32))
+    except ValueError as exc:
+        raise ValueError(f"not an X25519 private key (43 characters of base64url): {exc}") from None
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -169,7 +216,7 @@ async def _first_of(*aws: asyncio.Future[Any] | asyncio.Task[Any]) -> None:
 
 
 def _sessions(probe: ProbeClient) -> int:
-    return sum(isinstance(msg, m.ServerHello) for msg in probe.messages)
+    return sum(isinstance(msg, m.ServerHello | m.NoiseServerHello) for msg in probe.messages)
 
 
 def _verdict(probe: ProbeClient, once: bool, last_error: str) -> Outcome:
@@ -216,7 +263,8 @@ async def _connect_until(probe: ProbeClient, stop: asyncio.Event, once: bool) ->
 async def run_client(args: argparse.Namespace, probe: ProbeClient, stop: asyncio.Event) -> Outcome:
     error = await _connect_until(probe, stop, args.once)
     if not error and args.ready_file is not None:
-        _write_json(args.ready_file, {"pid": os.getpid(), "mode": "client", "url": probe.connected_url})
+        _write_json(args.ready_file, {"pid": os.getpid(), "mode": "client", "url": probe.connected_url,
+                                      "client_id": probe.config.client_id or probe.name})
     if not error:
         probe.config.reconnect = not args.once   # the probe itself reconnects after a loss from now on
         ended = [asyncio.ensure_future(stop.wait())]
@@ -282,7 +330,8 @@ async def run_listener(args: argparse.Namespace, probe: ProbeClient, stop: async
         url = f"ws://{host}:{bound}{args.path}"
         if args.ready_file is not None:
             _write_json(args.ready_file, {"pid": os.getpid(), "mode": "listen", "url": url,
-                                          "host": host, "port": bound, "path": args.path})
+                                          "host": host, "port": bound, "path": args.path,
+                                          "client_id": probe.config.client_id or probe.name})
         await _first_of(asyncio.ensure_future(stop.wait()),
                         asyncio.ensure_future(_serve(listener, probe, args.path, args.once, errors)))
     return _verdict(probe, args.once, errors[-1] if errors else "")
@@ -290,7 +339,7 @@ async def run_listener(args: argparse.Namespace, probe: ProbeClient, stop: async
 
 def _summary(probe: ProbeClient, args: argparse.Namespace, outcome: Outcome) -> dict[str, Any]:
     a = probe.audio
-    return {"client_id": probe.config.client_id or probe.name, "name": probe.name,
+    return {"client_id": probe.config.client_id or probe.name, "name": probe.name, "profile": probe.config.profile,
             "mode": "listen" if args.listen else "client", "sessions": _sessions(probe),
             "audio_chunks": probe.audio_chunks, "audio_samples": a.samples, "gaps": a.gaps,
             "duplicates": a.duplicates, "reordered": a.reordered, "last_close_code": probe.close_code,
@@ -300,8 +349,10 @@ def _summary(probe: ProbeClient, args: argparse.Namespace, outcome: Outcome) -> 
 async def run(args: argparse.Namespace) -> Outcome:
     stop = _stop_event(args.duration)
     log = EventLog(args.log, args.name)
+    noise = {"suite": args.suite, "identity": args.identity} if args.profile == "noise" else {}
     config = ProbeConfig(name=args.name, client_id=args.client_id, roles=args.roles, answer_commands=True,
-                         formats=list(FORMATS), dead_session_s=args.dead_session or None)
+                         formats=list(FORMATS), dead_session_s=args.dead_session or None, profile=args.profile,
+                         **noise)
     url = args.url or f"ws://{args.listen[0]}:{args.listen[1]}{args.path}"
     probe = ProbeClient(url, config, log)
     try:
