@@ -35,7 +35,9 @@ from harness.protocol import ConnectionFatal, ProtocolError, now_us, peek_type
 from harness.protocol import messages as m
 from harness.protocol.noise import AudioChunk, NoiseProfile
 from harness.protocol.noise_flow import NoiseClientFlow, NoiseServerFlow
+from proxy.cli import types_table
 from proxy.contentview import sendspin
+from proxy.faults import Fault, fault_types
 from proxy.view import LiveView
 
 WAIT_S = 10.0  # generous: each step normally takes milliseconds
@@ -384,6 +386,32 @@ def test_message_faults_are_refused_on_noise_and_act_on_legacy_at_the_same_time(
                     await legacy.ws.close()
 
     run(body(), 60)
+
+
+def test_every_fault_type_declares_its_modes_and_the_catalogue_shows_them() -> None:
+    """`modes` is a declared property of each fault class (a class without it does not
+    register); `GET /fault-types` (what `fault types --json` prints) carries the modes and,
+    for the others, why; the `fault types` table has a MODES column."""
+    with pytest.raises(TypeError, match="fault undeclared: declare `modes`"):
+        type("Undeclared", (Fault,), {"kind": "undeclared"})
+    assert "undeclared" not in fault_types()
+    types = {k: cls.describe() for k, cls in fault_types().items()}
+    for name, t in types.items():
+        assert set(t["modes"]) | set(t["refused_in"]) == {"legacy", "noise-opaque"}, name
+        assert all(t["refused_in"].values()), name  # a refusal always says why
+    opaque = {name for name, t in types.items() if "noise-opaque" in t["modes"]}
+    assert {name for name in types if name not in opaque} == {"drop", "duplicate", "inject", "orphan_header"}
+    assert types["corrupt"]["modes"]["noise-opaque"].startswith("a tampered message")
+    assert types["truncate"]["modes"]["noise-opaque"].startswith("a truncated ciphertext")
+    assert types["latency"]["modes"] == {"legacy": "", "noise-opaque": ""}
+    lines = types_table(types, ["json_type"]).split("\n\n")[0].splitlines()
+    col = slice(lines[0].index("MODES"), lines[0].index("WHAT IT DOES"))
+    modes: dict[str, list[str]] = {}
+    for ln in lines[1:]:  # a row's first line names the type; the next ones continue its cells
+        cell = modes.setdefault(ln.split()[0], []) if ln[:1].strip() else modes[list(modes)[-1]]
+        cell += [ln[col].strip()] if ln[col].strip() else []
+    assert modes["drop"] == ["legacy"] and modes["latency"] == ["legacy", "noise-opaque"]
+    assert modes["corrupt"] == ["legacy", "noise-opaque*"]  # *: it means something narrower there
 
 
 def test_view_decodes_the_cleartext_handshake_then_sums_up_ciphertext(run: Any) -> None:

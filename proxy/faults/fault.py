@@ -257,8 +257,9 @@ class Fault:
     uses_selector: ClassVar[bool] = True  # False: a selector in the spec is an error
     description: ClassVar[str] = ""
     # The modes it means something in -> what it means there when that is not what its
-    # description says (""). Every fault class declares it (see the module docstring).
-    modes: ClassVar[Mapping[str, str]]
+    # description says (""). Every registered fault declares its own (see the module
+    # docstring); an unregistered one (a test's) means something in legacy only.
+    modes: ClassVar[Mapping[str, str]] = {LEGACY: ""}
     refusals: ClassVar[Mapping[str, str]] = {}  # mode it is not in -> why (default: MODE_REFUSAL)
 
     _BASE_ATTRS: ClassVar[frozenset[str]] = frozenset()
@@ -272,9 +273,9 @@ class Fault:
             raise TypeError(f"fault {cls.kind}: parameter name(s) {sorted(clash)} clash with Fault attributes")
         if cls.kind in REGISTRY and REGISTRY[cls.kind].__qualname__ != cls.__qualname__:
             raise TypeError(f"fault type {cls.kind!r} registered twice ({REGISTRY[cls.kind]} and {cls})")
-        modes = getattr(cls, "modes", None)
-        if modes is None:
+        if not any("modes" in c.__dict__ for c in cls.__mro__ if c is not Fault):
             raise TypeError(f"fault {cls.kind}: declare `modes` (the modes it means something in: {list(MODES)})")
+        modes = cls.modes
         unknown = (set(modes) | set(cls.refusals)) - set(MODES)
         if unknown or set(modes) & set(cls.refusals):
             raise TypeError(f"fault {cls.kind}: `modes` and `refusals` name each mode of {list(MODES)} at most once "
