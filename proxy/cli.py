@@ -413,11 +413,19 @@ def _acts_on(t: dict[str, Any]) -> str:
     return "every byte" if t.get("byte_level") else "connections"
 
 
+def _modes(t: dict[str, Any]) -> list[str]:
+    """The modes a type means something in; `*`: there it means something other than its description."""
+    return [m + ("*" if note else "") for m, note in t.get("modes", {}).items()] or ["-"]
+
+
 def types_table(types: dict[str, Any], selector: Sequence[str]) -> str:
-    rows = [[name, t["default_direction"], _acts_on(t), fault_purpose(name, t.get("description", "")),
+    rows = [[name, t["default_direction"], _acts_on(t), _modes(t), fault_purpose(name, t.get("description", "")),
              _param_lines(t["params"])] for name, t in types.items()]
-    return (table(["TYPE", "DIRECTION", "ACTS ON", "WHAT IT DOES", "PARAMETERS (default)"], rows)
+    return (table(["TYPE", "DIRECTION", "ACTS ON", "MODES", "WHAT IT DOES", "PARAMETERS (default)"], rows)
             + f"\n\nselected msgs: choose them with {', '.join(selector)} (flags --json-type, --nth, ...)."
+            + "\nmodes: what the proxy can read of a connection: legacy (plain messages), noise-opaque (a noise "
+              "session:\nciphertext after its handshake, no keys); a fault is refused on a connection in a mode it "
+              "lacks.\n*: it means something narrower there (sendspin-proxy fault types TYPE says what)."
             + "\nOne type in full: sendspin-proxy fault types TYPE")
 
 
@@ -427,9 +435,14 @@ def _range(p: dict[str, Any]) -> str:
 
 
 def type_text(name: str, t: dict[str, Any]) -> str:
+    modes = [f"modes: {', '.join(t.get('modes', {})) or 'none'}"]
+    modes += [textwrap.fill(f"in {m}: {note}", 88, subsequent_indent="  ") for m, note in t.get("modes", {}).items()
+              if note]
+    modes += [textwrap.fill(f"not in {m}: {why}", 88, subsequent_indent="  ")
+              for m, why in t.get("refused_in", {}).items()]
     head = (f"{name}: {fault_purpose(name, t.get('description', ''))}\n"
             f"direction: {t['default_direction']} by default (allowed: {', '.join(t['directions'])}); "
-            f"acts on: {_acts_on(t)}\n\n" + textwrap.fill(t.get("description", ""), 88))
+            f"acts on: {_acts_on(t)}\n" + "\n".join(modes) + "\n\n" + textwrap.fill(t.get("description", ""), 88))
     rows = [[p, spec["type"].removeprefix("an ").removeprefix("a ") + (" or null" if spec.get("nullable") else ""),
              _value_text(spec["default"]) if "default" in spec else "(required)",
              "|".join(map(_value_text, spec["choices"])) if spec.get("choices") else _range(spec),
@@ -536,10 +549,10 @@ def connections_table(conns: list[dict[str, Any]]) -> str:
         faults = [f"{ARROW[d]} {', '.join(c[d]['faults'])}" for d in ("upstream", "downstream") if c[d].get("faults")]
         upstream = f"{c['upstream_index']} {c['upstream_url']}" if c.get("upstream_index") is not None else "-"
         rows.append([f"#{c['seq']}", c["id"][:SHORT_ID], str(c["client_port"]), upstream, c.get("path") or "",
-                     _seconds(c["seconds"]), _state(c), _direction_lines(c["upstream"]),
+                     c.get("profile") or "-", _seconds(c["seconds"]), _state(c), _direction_lines(c["upstream"]),
                      _direction_lines(c["downstream"]), faults or ["-"]])
-    return table(["#", "ID", "CLIENT PORT", "UPSTREAM", "PATH", "AGE", "STATE", "C→S", "S→C", "FAULTS"], rows,
-                 right={0, 2})
+    return table(["#", "ID", "CLIENT PORT", "UPSTREAM", "PATH", "PROFILE", "AGE", "STATE", "C→S", "S→C", "FAULTS"],
+                 rows, right={0, 2})
 
 
 def _show_connections(out: dict[str, Any], a: argparse.Namespace) -> str:

@@ -1,11 +1,13 @@
-"""A mitmproxy content view for Sendspin (legacy profile) WebSocket messages.
+"""A mitmproxy content view for Sendspin WebSocket messages (both profiles).
 
 Binary messages: type byte (with its role and slot), timestamp, payload size, the audio
 format of the latest `stream/start` in the same flow (so a chunk shows its frames and
 duration), the image size of artwork, then a hex dump of the first payload bytes. JSON
-messages: the type and key fields, whether they pass the legacy schema, then the
-pretty-printed JSON. Registered on import (`contentviews.add`); `--web` imports it, and
-`mitmweb -s proxy/contentview.py` loads it into a stock mitmweb.
+messages: the type and key fields, whether they pass the schema of the flow's revision,
+then the pretty-printed JSON. In a noise session (`proxy/web.py` marks the flow) every
+binary message is AEAD ciphertext the proxy holds no keys for: its size and first bytes.
+Registered on import (`contentviews.add`); `--web` imports it, and `mitmweb -s
+proxy/contentview.py` loads it into a stock mitmweb.
 
 `proxy/web.py` keeps only the start of a big message and appends `TRIM_MARKER`; the view
 takes the marker off again and says how much was kept.
@@ -21,7 +23,14 @@ from mitmproxy import contentviews
 from mitmproxy.contentviews import Contentview, Metadata, SyntaxHighlight
 from mitmproxy.websocket import WebSocketMessage
 
-from harness.protocol import HEADER_SIZE, PLAYER_AUDIO, binary_role, binary_slot
+from harness.protocol import (
+    HEADER_SIZE,
+    MESSAGE_TYPES,
+    NOISE_MESSAGE_TYPES,
+    PLAYER_AUDIO,
+    binary_role,
+    binary_slot,
+)
 
 from .describe import (
     binary_name,
@@ -38,6 +47,8 @@ TRIM_MARKER = b"\n[sendspin-proxy: trimmed to the first %d of %d bytes]"
 _TRIMMED = re.compile(rb"\n\[sendspin-proxy: trimmed to the first (\d+) of (\d+) bytes\]\Z")
 HEXDUMP_BYTES = 256
 FORMAT_LOOKBACK = 500  # messages searched backwards for the stream/start that applies
+PROFILE_KEY = "sendspin_profile"  # flow.metadata, set by proxy/web.py when a flow is a noise session
+CIPHERTEXT_SHOWN = 64  # first bytes of an encrypted message in its hex dump
 
 
 def trim(content: bytes, total: int) -> bytes:
@@ -97,6 +108,11 @@ def _player_format(metadata: Metadata) -> dict[str, object] | None:
     return None
 
 
+def _noise(metadata: Metadata) -> bool:
+    flow = metadata.flow
+    return flow is not None and flow.metadata.get(PROFILE_KEY) == "noise"
+
+
 class SendspinContentview(Contentview):
     """Shown as "Sendspin" in mitmweb's view menu; chosen automatically for Sendspin messages."""
 
@@ -109,7 +125,17 @@ class SendspinContentview(Contentview):
         msg = metadata.websocket_message
         if (msg.is_text if msg is not None else kept.lstrip()[:1] == b"{"):
             return self._text(kept, total, metadata)
+        if _noise(metadata):
+            return self._sealed(kept, total, metadata)
         return self._binary(kept, total, metadata)
+
+    def _sealed(self, kept: bytes, total: int, metadata: Metadata) -> str:
+        shown = kept[:CIPHERTEXT_SHOWN]
+        lines = [f"# Sendspin noise transport message{self._direction(metadata)}: encrypted",
+                 f"size:      {total} bytes ({size_text(total)}) of AEAD ciphertext, the tag included",
+                 "# the proxy holds no keys: its type and content are inside the encryption",
+                 f"# first {len(shown)} bytes:"]
+        return "\n".join(lines + [f"# {ln}" for ln in _hexdump(shown)])
 
     def _direction(self, metadata: Metadata) -> str:
         msg = metadata.websocket_message
@@ -130,8 +156,9 @@ class SendspinContentview(Contentview):
         lines = [f"# Sendspin {name}{self._direction(metadata)}"]
         if fields:
             lines.append(f"# {fields}")
-        error = validation_error(kept)
-        lines.append(f"# INVALID: {error}" if error else "# valid (legacy schema)")
+        noise = _noise(metadata)
+        error = validation_error(kept, NOISE_MESSAGE_TYPES if noise else MESSAGE_TYPES)
+        lines.append(f"# INVALID: {error}" if error else f"# valid ({'noise' if noise else 'legacy'} schema)")
         lines.append(json.dumps(obj, indent=2, ensure_ascii=False))
         return "\n".join(lines)
 
@@ -175,6 +202,8 @@ class SendspinContentview(Contentview):
         if msg.is_text:
             name = type_from_prefix(data[:512])
             return 2 if name is not None and "/" in name else -1
+        if _noise(metadata):
+            return 2
         kept, total = untrim(data)
         return 2 if total >= HEADER_SIZE and binary_role(kept[0]) != "reserved" else -1
 

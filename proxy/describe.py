@@ -7,11 +7,19 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
-from harness.protocol import HEADER_SIZE, ProtocolError, UnknownMessageType, binary_role, binary_slot, decode_json
-from harness.protocol.messages import UPLOAD_BINARY_TYPE
+from harness.protocol import (
+    HEADER_SIZE,
+    MESSAGE_TYPES,
+    ProtocolError,
+    UnknownMessageType,
+    binary_role,
+    binary_slot,
+    decode_json,
+)
+from harness.protocol.messages import UPLOAD_BINARY_TYPE, Message
 
 ARROW = {"upstream": "c→s", "downstream": "s→c", "both": "c↔s"}  # client to server, server to client
 VALUE_CHARS = 40  # a longer field value is cut (the line stays readable)
@@ -67,10 +75,11 @@ def type_from_prefix(head: bytes) -> str | None:
     return m.group(1).decode("utf-8", "replace") if m else None
 
 
-def validation_error(text: bytes | str) -> str | None:
-    """None if the message decodes with the legacy schema, else what is wrong."""
+def validation_error(text: bytes | str, types: Mapping[str, type[Message]] = MESSAGE_TYPES) -> str | None:
+    """None if the message decodes with the revision's schema (`types`; legacy by default),
+    else what is wrong."""
     try:
-        decode_json(text)
+        decode_json(text, types)
     except UnknownMessageType as e:
         return f"unknown type {e.message_type!r}"
     except ProtocolError as e:
@@ -145,6 +154,12 @@ def _server_time(p: dict[str, Any]) -> list[str]:
     return out
 
 
+def _noise_handshake(p: dict[str, Any]) -> list[str]:
+    data = p.get("data")
+    # base64url without padding: 4 characters carry 3 bytes
+    return [f"{size_text(len(data) * 3 // 4)}"] if isinstance(data, str) else _kv(p, "data")
+
+
 def _server_state(p: dict[str, Any]) -> list[str]:
     return _kv(p.get("metadata"), "title", "artist", "album") + _kv(p.get("controller"), "volume", "muted")
 
@@ -167,6 +182,11 @@ _SUMMARIES: dict[str, Any] = {
     "_harness/upload": lambda p: _kv(p, "upload_id", "size", "sha256"),
     "_harness/upload-result": lambda p: _kv(p, "upload_id", "size", "sha256"),
     "_harness/error": lambda p: _kv(p, "message_type", "field", "rule"),
+    # the cleartext handshake of the noise revision (everything after it is encrypted)
+    "client/init": lambda p: _kv(p, "client_id", "version", "suite"),
+    "server/init": lambda p: _kv(p, "server_id", "version"),
+    "server/error": lambda p: _kv(p, "reason"),
+    "noise/handshake": _noise_handshake,
 }
 
 
@@ -216,18 +236,21 @@ def close_summary(rec: dict[str, Any]) -> str:
     up, down = rec.get("upstream") or {}, rec.get("downstream") or {}
     counts = (f"c→s {up.get('messages', 0)} msgs {size_text(int(up.get('bytes', 0)))}, "
               f"s→c {down.get('messages', 0)} msgs {size_text(int(down.get('bytes', 0)))}")
-    return f"closed after {rec.get('seconds', 0):.1f} s; " + "; ".join(parts) + "; " + counts
+    profile = " (noise session)" if rec.get("profile") == "noise" else ""
+    return f"closed after {rec.get('seconds', 0):.1f} s{profile}; " + "; ".join(parts) + "; " + counts
 
 
 # a `fault` event's fields that are not the fault's own
 FAULT_RECORD_KEYS = {"t_us", "proc", "session", "event", "seq", "conn_seq", "fault", "type", "direction", "params",
-                     "selector", "json_type", "binary_type", "index", "size"}
+                     "selector", "json_type", "binary_type", "index", "size", "encrypted"}
 
 
 def fault_target(rec: dict[str, Any]) -> str | None:
     """What a `fault` event hit: a JSON type or a binary type's name (None: no message)."""
     if rec.get("json_type"):
         return str(rec["json_type"])
+    if rec.get("encrypted"):
+        return "encrypted"
     if rec.get("binary_type") is not None:
         return binary_name(int(rec["binary_type"]))
     return None

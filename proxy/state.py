@@ -119,11 +119,26 @@ class ProxyState:
         """A new relay: faults attach before its first byte is forwarded."""
         self.live[relay.flow_id] = relay
         relay.on_start.append(self._attach_all)
+        relay.on_identify.append(self._identified)
         relay.on_finish.append(self._relay_done)
 
     def _attach_all(self, relay: Relay) -> None:
         for f in list(self.faults.values()):
             self._attach(f, relay)
+
+    def _identified(self, relay: Relay) -> None:
+        """The connection's profile is known (before any fault saw the client's first
+        message): the faults attached to it that mean nothing in its mode leave it, and
+        say so, as they would have at attach time had the mode been known then."""
+        upstream = relay.upstream.index if relay.upstream is not None else None
+        for f in list(self.faults.values()):
+            if not any(p.attached(f) is not None for p in relay.pipes.values()):
+                continue
+            why = f.cannot_act_on(relay.connection)
+            if why is not None:
+                for pipe in relay.pipes.values():
+                    pipe.remove(f)
+                self._not_applied(f, relay, upstream, why)
 
     def _relay_done(self, relay: Relay) -> None:
         self.live.pop(relay.flow_id, None)
@@ -146,10 +161,11 @@ class ProxyState:
     def _not_applied(self, f: Fault, relay: Relay, upstream: int | None, why: str) -> None:
         extensions = list(relay.extensions)
         f.not_applied.append({"session": relay.flow_id, "seq": relay.seq, "client_port": relay.client_port,
-                              "upstream": upstream, "extensions": extensions, "why": why})
+                              "upstream": upstream, "extensions": extensions, "profile": relay.profile,
+                              "mode": relay.mode, "why": why})
         self.events.emit("fault_not_applied", session=relay.flow_id, fault=f.name, type=f.kind,
                          direction=f.direction, conn_seq=relay.seq, client_port=relay.client_port, upstream=upstream,
-                         extensions=extensions, why=why)
+                         extensions=extensions, profile=relay.profile, mode=relay.mode, why=why)
 
     # --- faults -------------------------------------------------------------------------
     def add_fault(self, f: Fault) -> Fault:

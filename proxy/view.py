@@ -6,6 +6,11 @@ then the JSON type with its key fields, or the binary type with timestamp and si
 Audio and visualizer chunks, and time sync after the first exchange, come many per
 second: they are summed up once per second per connection and direction (count, bytes,
 audio duration, timestamp range, round trip through the server as the proxy sees it).
+A noise session (its client opened with `client/init`) shows its cleartext handshake
+decoded (`client/init`, `server/init`, `noise/handshake` message 1 and 2, `server/error`);
+after it every message is ciphertext the proxy holds no keys for: the first of each
+direction gets a line, the rest are summed up the same way (count, bytes, smallest and
+largest), and a text message after the switch is flagged (a receiver must close).
 A fault that acts on many messages (a slicer on all of them, a delay of every audio
 chunk) is summed up the same way, per fault, connection and direction: its first
 application has its own line at once, and so does any that follows a quiet second; the
@@ -36,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from harness.protocol import HEADER_SIZE, PLAYER_AUDIO, now_us
+from harness.protocol import HEADER_SIZE, MESSAGE_TYPES, NOISE_MESSAGE_TYPES, PLAYER_AUDIO, now_us
 from harness.protocol import wsframes as fr
 
 from .describe import (
@@ -127,6 +132,30 @@ class _Chunks:
 
 
 @dataclass
+class _Sealed:
+    """A noise session's encrypted messages in one direction since the last summary."""
+
+    count: int = 0
+    size: int = 0
+    smallest: int | None = None
+    largest: int = 0
+    fragmented: int = 0
+
+    def add(self, msg: ObservedMessage) -> None:
+        self.count += 1
+        self.size += msg.size
+        self.smallest = msg.size if self.smallest is None else min(self.smallest, msg.size)
+        self.largest = max(self.largest, msg.size)
+        self.fragmented += msg.fragments > 1
+
+    def text(self) -> str:
+        sizes = size_text(self.largest) if self.smallest == self.largest else \
+            f"{size_text(self.smallest or 0)}–{size_text(self.largest)}"
+        return (f"encrypted ×{self.count} {size_text(self.size)} ({sizes} each"
+                + (f", {self.fragmented} fragmented" if self.fragmented else "") + ")")
+
+
+@dataclass
 class _FaultRun:
     """One fault in one direction of one connection: when it last acted, what waits to be summed up."""
 
@@ -150,6 +179,12 @@ class _Session:
     rtt_pairs: int = 0
     rtt_max: float = 0.0
     pings: int = 0
+    sealed: dict[str, _Sealed] = field(default_factory=dict)  # noise: direction -> encrypted since the last summary
+    transport: set[str] = field(default_factory=set)  # noise: directions past their cleartext handshake
+
+    @property
+    def noise(self) -> bool:
+        return self.relay.profile == "noise"
 
 
 class LiveView:
@@ -285,10 +320,15 @@ class LiveView:
                 s.time_count += 1
                 return
             s.time_shown.add(name)
-        error = validation_error(msg.head)
+        error = validation_error(msg.head, NOISE_MESSAGE_TYPES if s.noise else MESSAGE_TYPES)
+        if name == "noise/handshake" and msg.direction not in s.transport:  # the server is the initiator
+            fields = f"message {1 if msg.direction == 'downstream' else 2}, {fields}"
         self._line("", s.tag, msg.direction, f"{name} {fields}{self._suffix(msg)}".rstrip(), msg.t)
         if error is not None:
             self._line("!!", s.tag, msg.direction, f"invalid {name}: {error}", msg.t)
+        if s.noise and msg.direction in s.transport:
+            self._line("!!", s.tag, msg.direction, f"cleartext {name} after the handshake: a noise receiver "
+                       "must close the connection", msg.t)
         self._problems(s, msg)
 
     def _time(self, s: _Session, name: str, payload: Any) -> None:
@@ -307,6 +347,9 @@ class LiveView:
             s.rtt_max = max(s.rtt_max, rtt)
 
     def _binary(self, s: _Session, msg: ObservedMessage) -> None:
+        if s.noise:
+            self._sealed(s, msg)
+            return
         name, ts, text = binary_summary(msg.head, msg.plain_size)
         if ts is not None and is_stream_chunk(msg.head[0]) and not self.every_message and msg.complete:
             c = s.chunks.setdefault((msg.direction, msg.head[0]), _Chunks())
@@ -319,8 +362,23 @@ class LiveView:
         self._line("" if ts is not None else "!!", s.tag, msg.direction, f"{name} {text}{self._suffix(msg)}", msg.t)
         self._problems(s, msg)
 
+    def _sealed(self, s: _Session, msg: ObservedMessage) -> None:
+        """A noise transport message: AEAD ciphertext, so only its size is known. The first
+        of each direction has a line (the switch to transport mode), the rest are summed up."""
+        first = msg.direction not in s.transport
+        s.transport.add(msg.direction)
+        if first or self.every_message or not msg.complete:
+            note = " (transport mode: the proxy holds no keys)" if first else ""
+            self._line("", s.tag, msg.direction, f"encrypted {size_text(msg.size)}{note}{self._suffix(msg)}", msg.t)
+            self._problems(s, msg)
+            return
+        s.sealed.setdefault(msg.direction, _Sealed()).add(msg)
+
     def _flush(self, s: _Session) -> None:
         """The summary lines of one connection since the last ones."""
+        for direction, sealed in s.sealed.items():
+            self._line("", s.tag, direction, sealed.text())
+        s.sealed.clear()
         for (direction, mtype), c in s.chunks.items():
             text = f"{binary_name(mtype)} ×{c.count} {size_text(c.payload)}"
             fmt = s.player_format
@@ -372,6 +430,9 @@ class LiveView:
             self._flush_faults(lambda key: key[0] == (session or ""), forget=True)
             self.sessions.pop(session or "", None)
             self._line("--", s.tag if s else self._tag(session), None, close_summary(rec))
+        elif ev == "identified" and rec.get("profile") == "noise":  # legacy is the default: no line for it
+            self._line("++", self._tag(session), None, "noise session (client/init): encrypted after its handshake, "
+                       "and the proxy holds no keys")
         elif ev == "error":
             self._line("!!", self._tag(session), None, f"relay error: {rec.get('error')}")
         elif ev == "refused":

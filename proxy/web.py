@@ -21,7 +21,11 @@ records no messages. This recorder appends them to `flow.websocket.messages` its
   * all flows together keep at most `budget_bytes` of message content (oldest flows
     lose their messages first), and at most `max_flows` finished flows stay in the view.
 Faults that hit a connection are noted in the flow's comment (and mark the flow); the
-relay's end fills `flow.websocket`'s close fields.
+relay's end fills `flow.websocket`'s close fields. A noise session (identified by its
+`client/init`) is marked in `flow.metadata["sendspin_profile"]` and its comment: the
+content view decodes its cleartext handshake and shows each later binary message as
+ciphertext (size and first bytes); for the quotas every encrypted message counts as a
+stream chunk (most are audio, and the proxy cannot tell which are not).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from harness.protocol import HEADER_SIZE
 from harness.protocol import wsframes as fr
 
 from . import contentview  # noqa: F401 - registers the Sendspin content view
-from .contentview import trim
+from .contentview import PROFILE_KEY, trim
 from .describe import ARROW, close_summary, fault_applied, fault_name, is_stream_chunk
 from .observe import ObservedMessage
 from .relay.relay import Relay
@@ -55,9 +59,9 @@ PINNED = 10  # a flow's first messages are kept while there is budget: hello, se
 PENDING_UPGRADES = 1000  # 101s seen whose relay has not started yet (normally: none for long)
 
 
-def _is_stream_chunk(m: WebSocketMessage) -> bool:
+def _is_stream_chunk(m: WebSocketMessage, noise: bool = False) -> bool:
     c = m.content
-    return not m.is_text and len(c) >= HEADER_SIZE and is_stream_chunk(c[0])
+    return not m.is_text and (noise or (len(c) >= HEADER_SIZE and is_stream_chunk(c[0])))
 
 
 @dataclass
@@ -70,6 +74,10 @@ class _Record:
     pinned: int = 0  # the first messages, at the start of the list, kept by the count limits
     added: int = 0
     update: asyncio.TimerHandle | None = None
+    noise: bool = False  # a noise session: binary messages are ciphertext
+
+    def is_chunk(self, m: WebSocketMessage) -> bool:
+        return _is_stream_chunk(m, self.noise)
 
     @property
     def messages(self) -> list[WebSocketMessage]:
@@ -86,7 +94,7 @@ class _Record:
             freed += len(m.content)
             if i < self.pinned:
                 unpinned += 1
-            elif _is_stream_chunk(m):
+            elif self.is_chunk(m):
                 self.stream_chunks -= 1
         self.messages[:] = keep
         self.pinned -= unpinned
@@ -239,11 +247,11 @@ class WebUI:
         rec.added += 1
         if rec.added <= PINNED:
             rec.pinned += 1
-        elif _is_stream_chunk(m):
+        elif rec.is_chunk(m):
             rec.stream_chunks += 1
             if rec.stream_chunks > self.max_stream_chunks:  # a quarter of them go, oldest first
                 excess = rec.stream_chunks - self.max_stream_chunks * 3 // 4
-                chunks = [i for i, x in enumerate(rec.messages) if i >= rec.pinned and _is_stream_chunk(x)]
+                chunks = [i for i, x in enumerate(rec.messages) if i >= rec.pinned and rec.is_chunk(x)]
                 self.content_bytes -= rec.remove(set(chunks[:excess]))
         if len(rec.messages) > self.max_messages:
             pinned = min(rec.pinned, self.max_messages // 2)
@@ -293,6 +301,14 @@ class WebUI:
                 self._note(rec, f"{time.strftime('%H:%M:%S')} FAULT {fault_name(ev.get('fault'), ev.get('type'))} "
                            f"cannot apply on this connection: {ev.get('why')}")
                 rec.flow.marked = ":warning:"
+                self._schedule(rec)
+        elif kind == "identified" and ev.get("profile") == "noise":
+            rec = self._live.get(ev.get("session") or "")
+            if rec is not None:
+                rec.noise = True
+                rec.flow.metadata[PROFILE_KEY] = "noise"
+                self._note(rec, f"{time.strftime('%H:%M:%S')} noise session (client/init): encrypted after its "
+                           "handshake, and the proxy holds no keys")
                 self._schedule(rec)
         elif kind == "close":
             rec = self._live.pop(ev.get("session") or "", None)

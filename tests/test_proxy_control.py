@@ -276,7 +276,7 @@ async def check_tables(sh: Any, ctl: str) -> None:
     _, api_types = await api("GET", f"{ctl}/fault-types")
     assert json.loads(await sh("fault", "types", "--json", "--control", ctl)) == api_types
     rows = parse_table(await sh("fault", "types", "--control", ctl))
-    assert list(rows[0]) == ["TYPE", "DIRECTION", "ACTS ON", "WHAT IT DOES", "PARAMETERS (default)"]
+    assert list(rows[0]) == ["TYPE", "DIRECTION", "ACTS ON", "MODES", "WHAT IT DOES", "PARAMETERS (default)"]
     by_type = {r["TYPE"][0]: r for r in rows}
     assert list(by_type) == list(api_types["types"])
     for name, t in api_types["types"].items():

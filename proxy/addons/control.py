@@ -15,8 +15,11 @@
 Errors are JSON `{"error": "..."}` naming what was wrong: 400 for a bad spec (unknown
 type, bad parameter, bad selector), 404 for an unknown name, 409 for a duplicate name.
 Faults apply to new and existing connections at once; a fault that cannot act on a live
-connection (a message fault where permessage-deflate was negotiated) is still added, and
-its answer lists those connections, with why, under `not_applied`.
+connection (a message fault where permessage-deflate was negotiated, a fault that means
+nothing in the connection's mode: a drop on a noise session) is still added, and its
+answer lists those connections, with why, under `not_applied`. A connection's mode is
+known once its client's first message is (`profile` and `mode` in `GET /connections`);
+a fault added before that is refused there at that moment (`GET /faults` lists it then).
 """
 
 from __future__ import annotations
@@ -178,6 +181,7 @@ class ControlServer:
             s = r.summary()
             # "upstream"/"downstream" are the directions' counters; the server is upstream_index
             s.update(id=r.flow_id, seq=r.seq, path=r.path, client_port=r.client_port, extensions=list(r.extensions),
+                     mode=r.mode,
                      upstream_index=r.upstream.index if r.upstream is not None else None,
                      upstream_url=r.upstream.url if r.upstream is not None else None)
             out.append(s)

@@ -9,7 +9,7 @@ from harness.protocol import wsframes as fr
 
 from ..relay.connection import Channel, Connection
 from ..relay.message import Msg
-from .fault import Fault, FaultState
+from .fault import LEGACY, NOISE_OPAQUE, Fault, FaultState
 from .params import FaultSpecError, Param
 
 MAX_REASON_BYTES = 123  # a control frame carries at most 125 bytes: 2 for the code
@@ -71,6 +71,10 @@ class Close(Fault):
     check that a receiver fails the connection (1002) on them."""
 
     kind = "close"
+    modes = {LEGACY: "", NOISE_OPAQUE: (  # noqa: RUF012 - class-level declaration, never mutated
+        "the close frame is WebSocket's, outside the encryption: as described; a close at a message "
+        "selects it by size, nth or a cleartext handshake type (the others are encrypted)"
+    )}
     needs_messages = True
     default_direction = "downstream"
     PARAMS = {  # noqa: RUF012 - class-level declaration, never mutated
@@ -89,8 +93,10 @@ class Close(Fault):
     allow_invalid: bool
 
     def cannot_act_on(self, conn: Connection) -> str | None:
+        if self.after_s is None:
+            return super().cannot_act_on(conn)
         # a timed close reads no message: it works whatever the extensions did to the payloads
-        return None if self.after_s is not None else super().cannot_act_on(conn)
+        return self.refused_by_mode(conn)
 
     def validate(self) -> None:
         if len(self.reason.encode()) > MAX_REASON_BYTES:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..relay.message import Msg
-from .fault import Fault, FaultState
+from .fault import LEGACY, NOISE_OPAQUE, Fault, FaultState
 from .params import Param
 
 
@@ -31,6 +31,11 @@ class Corrupt(Fault):
     rejects the message, or fails the connection with 1007)."""
 
     kind = "corrupt"
+    modes = {LEGACY: "", NOISE_OPAQUE: (  # noqa: RUF012 - class-level declaration, never mutated
+        "a tampered message: a flipped ciphertext byte fails the receiver's AEAD check at that very "
+        "message, a guaranteed silent close (in the cleartext handshake: a malformed init or a failed "
+        "handshake)"
+    )}
     needs_messages = True
     default_direction = "downstream"
     PARAMS = {  # noqa: RUF012 - class-level declaration, never mutated

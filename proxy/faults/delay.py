@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from ..relay.connection import Channel
 from ..relay.message import Msg
-from .fault import Fault, FaultState
+from .fault import LEGACY, NOISE_OPAQUE, Fault, FaultState
 from .params import Param
 
 
@@ -69,6 +69,10 @@ class Delay(Fault):
     `count` still runs its course after the fault retires."""
 
     kind = "delay"
+    modes = {LEGACY: "", NOISE_OPAQUE: (  # noqa: RUF012 - class-level declaration, never mutated
+        "reorder false only: the held messages go out intact and in order; a reordered ciphertext "
+        "fails the receiver's authentication (its nonce is out of order)"
+    )}
     needs_messages = True
     default_direction = "downstream"
     PARAMS = {  # noqa: RUF012 - class-level declaration, never mutated
@@ -78,3 +82,10 @@ class Delay(Fault):
     State = DelayState
     delay_ms: float
     reorder: bool
+
+    def mode_refusal(self, mode: str) -> str | None:
+        if mode == NOISE_OPAQUE and self.reorder:
+            return ("reorder on a noise session: a ciphertext sent out of order fails the receiver's authentication "
+                    "(the nonce counts messages), a silent close, never a reordering to detect; reorder false "
+                    "(a head-of-line delay) keeps the session")
+        return super().mode_refusal(mode)

@@ -43,15 +43,34 @@ Writing a fault::
     class Drop(Fault):
         kind = "drop"
         needs_messages = True                  # its state sees whole messages (on_message)
+        modes = {LEGACY: ""}                   # where it means something (see Modes below)
+        refusals = {NOISE_OPAQUE: "..."}       # and why not elsewhere, if MODE_REFUSAL says it less well
         PARAMS = {}                            # name -> Param(type, default, min, max, ...)
         State = DropState                      # made for every pipe the fault is attached to
 
-Hooks of the spec (`Fault`), 6:
+Modes. A connection's mode says what the proxy can read of it (proxy/relay/identify.py,
+from the client's first message): `legacy` (plain messages) or `noise-opaque` (a noise
+session: a cleartext handshake, then AEAD ciphertext the proxy holds no keys for). Every
+fault class declares the modes it means something in, `modes = {mode: note}` (the note
+says what it means there when that differs from its description), and may say why it
+means nothing in the others (`refusals`, else `MODE_REFUSAL`). A fault met by a
+connection in a mode it does not declare is refused there like a deflate connection:
+`fault_not_applied`, with the reason. A proxy that terminates Noise (later) adds a mode
+`noise-terminated`: the relay reports it, and each fault that works on its plaintext
+declares it.
+
+Hooks of the spec (`Fault`), 7:
   * `validate()`: cross-parameter checks of the spec (raise FaultSpecError).
   * `cannot_act_on(conn) -> str | None`: why this fault cannot act on that connection at
-    all (None: it can), asked before `attach`. A message fault cannot act on a connection
-    whose 101 negotiated an extension (permessage-deflate: compressed payloads); the table
-    then logs `fault_not_applied` instead and the fault's `not_applied` lists it.
+    all (None: it can), asked before `attach` and again when the connection is
+    identified. A message fault cannot act on a connection whose 101 negotiated an
+    extension (permessage-deflate: compressed payloads); no fault acts on a connection
+    whose mode it means nothing in (`mode_refusal`). The table then logs
+    `fault_not_applied` instead (and detaches it, if it was attached before the
+    connection was identified) and the fault's `not_applied` lists it.
+  * `mode_refusal(mode) -> str | None`: why this fault (with its parameters and selector)
+    means nothing in `mode`; by default: `mode` not among its `modes`, or, on a noise
+    session, a selector that can only match encrypted messages.
   * `attach(conn) -> FaultState`: the fault meets a pipe (new connections right after
     the WebSocket upgrade, existing ones when the fault is added); whatever it does
     then (timers, holds, an event) happens here, by default in `State.__init__`.
@@ -83,8 +102,9 @@ An exception raised by a hook resets that connection and is logged (event `error
 Every application must be recorded: `self.record(msg=None, **fields)` on the state
 (`Fault.record(conn, ...)` underneath; proxy-wide faults call that with conn None)
 writes a `fault` event (t_us, session = flow id, fault name, type, direction, params,
-selector; with `msg`: index, json_type, binary_type, size; then `fields`) to the event
-log through `conn.log`, counts it, and retires the fault when `count` is reached.
+selector; with `msg`: index, json_type, binary_type, size, and `encrypted` for a noise
+session's ciphertext; then `fields`) to the event log through `conn.log`, counts it, and
+retires the fault when `count` is reached.
 """
 
 from __future__ import annotations
@@ -96,6 +116,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from harness.protocol import wsframes as fr
+from harness.protocol.messages import NOISE_CLEARTEXT
 
 from ..relay.connection import Channel, Connection
 from ..relay.message import Msg
@@ -103,10 +124,28 @@ from .params import FaultSpecError, Param
 from .selector import ConnectionFilter, Selector, SelectorState
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
 DIRECTIONS = ("upstream", "downstream", "both")
 REGISTRY: dict[str, type[Fault]] = {}
+
+# What the proxy can read of a connection (proxy/relay/identify.py): its mode.
+LEGACY, NOISE_OPAQUE = "legacy", "noise-opaque"
+MODES = {
+    LEGACY: "plain Sendspin messages (the legacy revision, or any first message that is not client/init)",
+    NOISE_OPAQUE: "a noise session the proxy holds no keys for: a cleartext handshake (client/init, server/init, "
+                  "noise/handshake, server/error), then every message is AEAD ciphertext",
+}
+# The messages of a noise session the proxy can read: its cleartext handshake (sent as text)
+NOISE_READABLE = frozenset(m.TYPE for m in NOISE_CLEARTEXT)
+# Why a fault that does not declare a mode means nothing there (a fault may say it better: `refusals`)
+MODE_REFUSAL = {
+    LEGACY: "it means something on noise sessions only",
+    NOISE_OPAQUE: "a noise session: after its cleartext handshake every message is AEAD ciphertext and the proxy "
+                  "holds no keys, so it can neither select a message by content nor drop, repeat, reorder or change "
+                  "one without the receiver's authentication failing (a silent close); corrupt and truncate make "
+                  "such a tampered message on purpose",
+}
 NOT_APPLIED_KEPT = 100  # connections a fault could not act on, newest kept (GET /faults shows them)
 
 
@@ -217,6 +256,11 @@ class Fault:
     allowed_directions: ClassVar[tuple[str, ...]] = DIRECTIONS
     uses_selector: ClassVar[bool] = True  # False: a selector in the spec is an error
     description: ClassVar[str] = ""
+    # The modes it means something in -> what it means there when that is not what its
+    # description says (""). Every registered fault declares its own (see the module
+    # docstring); an unregistered one (a test's) means something in legacy only.
+    modes: ClassVar[Mapping[str, str]] = {LEGACY: ""}
+    refusals: ClassVar[Mapping[str, str]] = {}  # mode it is not in -> why (default: MODE_REFUSAL)
 
     _BASE_ATTRS: ClassVar[frozenset[str]] = frozenset()
 
@@ -229,6 +273,13 @@ class Fault:
             raise TypeError(f"fault {cls.kind}: parameter name(s) {sorted(clash)} clash with Fault attributes")
         if cls.kind in REGISTRY and REGISTRY[cls.kind].__qualname__ != cls.__qualname__:
             raise TypeError(f"fault type {cls.kind!r} registered twice ({REGISTRY[cls.kind]} and {cls})")
+        if not any("modes" in c.__dict__ for c in cls.__mro__ if c is not Fault):
+            raise TypeError(f"fault {cls.kind}: declare `modes` (the modes it means something in: {list(MODES)})")
+        modes = cls.modes
+        unknown = (set(modes) | set(cls.refusals)) - set(MODES)
+        if unknown or set(modes) & set(cls.refusals):
+            raise TypeError(f"fault {cls.kind}: `modes` and `refusals` name each mode of {list(MODES)} at most once "
+                            f"(got modes {list(modes)}, refusals {list(cls.refusals)})")
         REGISTRY[cls.kind] = cls
         if "description" not in cls.__dict__ and cls.__doc__:  # its own doc, not a parent's
             cls.description = " ".join(cls.__doc__.strip().split("\n\n")[0].split())
@@ -280,9 +331,23 @@ class Fault:
 
     def cannot_act_on(self, conn: Connection) -> str | None:
         """Why this fault cannot act on `conn` at all; None: it can. A message fault reads
-        and changes plain payloads, which a negotiated extension takes away."""
+        and changes plain payloads, which a negotiated extension takes away; and no fault
+        acts where it means nothing (the connection's mode, once identified)."""
         if self.needs_messages and conn.extensions:
             return opaque_payloads(conn.extensions)
+        return self.refused_by_mode(conn)
+
+    def refused_by_mode(self, conn: Connection) -> str | None:
+        """`mode_refusal` for the connection's mode; None while it is not yet identified."""
+        return None if conn.mode is None else self.mode_refusal(conn.mode)
+
+    def mode_refusal(self, mode: str) -> str | None:
+        """Why this fault, as specified, means nothing on a connection in `mode`; None: it
+        means something there."""
+        if mode not in self.modes:
+            return self.refusals.get(mode) or MODE_REFUSAL[mode]
+        if mode == NOISE_OPAQUE and self.needs_messages:
+            return self.sel.opaque_refusal(NOISE_READABLE)
         return None
 
     def attach(self, conn: Channel) -> FaultState[Any]:
@@ -324,6 +389,9 @@ class Fault:
                 ev["selector"] = sel
             if msg is not None:
                 ev.update(msg.fields())
+                if conn is not None and conn.mode == NOISE_OPAQUE and not msg.is_text:
+                    # ciphertext: its first byte is no type byte, and nothing else of it can be named
+                    ev.update(binary_type=None, encrypted=True)
             ev.update(fields)
             if conn is not None:
                 conn.log("fault", **ev)
@@ -368,7 +436,8 @@ class Fault:
     def describe(cls) -> dict[str, Any]:
         return {"type": cls.kind, "description": cls.description, "default_direction": cls.default_direction,
                 "directions": list(cls.allowed_directions), "message_aware": cls.needs_messages,
-                "byte_level": cls.byte_level, "selector": cls.uses_selector,
+                "byte_level": cls.byte_level, "selector": cls.uses_selector, "modes": dict(cls.modes),
+                "refused_in": {m: cls.refusals.get(m) or MODE_REFUSAL[m] for m in MODES if m not in cls.modes},
                 "params": {k: p.describe() for k, p in cls.PARAMS.items()}}
 
     def __repr__(self) -> str:
@@ -378,5 +447,5 @@ class Fault:
 Fault._BASE_ATTRS = frozenset(
     {"name", "named", "direction", "sel", "toxicity", "connections", "count", "duration", "params", "applied",
      "retired", "added_us", "events", "proxy", "on_retire", "not_applied", "kind", "active", "record", "retire",
-     "spec", "affects", "attach", "State"}
+     "spec", "affects", "attach", "State", "modes", "refusals", "refused_by_mode", "mode_refusal"}
     | {n for n in dir(Fault) if not n.startswith("__")})

@@ -16,7 +16,7 @@ from typing import Any
 from harness.protocol import wsframes as fr
 
 from ..relay.connection import Channel, Connection
-from .fault import Fault, FaultState
+from .fault import LEGACY, NOISE_OPAQUE, Fault, FaultState
 from .params import FaultSpecError, Param
 
 OPCODES = {"text": fr.TEXT, "binary": fr.BINARY}
@@ -75,6 +75,12 @@ class Inject(Fault):
     1) injections in all, then the fault retires."""
 
     kind = "inject"
+    modes = {LEGACY: ""}  # noqa: RUF012 - class-level declaration, never mutated
+    refusals = {NOISE_OPAQUE: (  # noqa: RUF012
+        "a message of the proxy's own on a noise session is a forgery the receiver cannot "
+        "authenticate (binary), or cleartext after the handshake (text): either closes the session "
+        "whatever the message says, so it tests nothing its content was chosen for"
+    )}
     default_direction = "downstream"
     allowed_directions = ("downstream", "upstream")
     uses_selector = False  # it sends at a time, not at a message
@@ -109,7 +115,9 @@ class Inject(Fault):
         super().__init__(count=1 if count is None else count, **kw)  # once, unless told otherwise
 
     def cannot_act_on(self, conn: Connection) -> str | None:
-        return None  # it reads nothing; an uncompressed message is valid even with permessage-deflate
+        # it reads nothing (an uncompressed message is valid even with permessage-deflate), but what it
+        # sends means something only where the proxy may speak for a peer: not on a noise session
+        return self.refused_by_mode(conn)
 
     def validate(self) -> None:
         if (self.text is None) == (self.hex is None):

@@ -53,7 +53,7 @@ from harness.protocol import wsframes as fr
 
 from ..relay.connection import Channel
 from ..relay.message import Msg
-from .fault import Fault, FaultState
+from .fault import LEGACY, NOISE_OPAQUE, Fault, FaultState
 from .params import FaultSpecError, Param
 
 HEADER_BYTES = 9  # binary message: type byte + big-endian int64 timestamp
@@ -187,6 +187,12 @@ class OrphanHeader(Fault):
     data announced by `stream/start` / an upload header dropped)."""
 
     kind = "orphan_header"
+    modes = {LEGACY: ""}  # noqa: RUF012 - class-level declaration, never mutated
+    refusals = {NOISE_OPAQUE: (  # noqa: RUF012
+        "the noise form of an orphan header is a malformed Sendspin fragment sequence, inside the "
+        "encryption: making one needs the session's keys; cutting or splicing a ciphertext only "
+        "fails its authentication (that is truncate or corrupt)"
+    )}
     needs_messages = True
     default_direction = "downstream"
     PARAMS = {  # noqa: RUF012 - class-level declaration, never mutated

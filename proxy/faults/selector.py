@@ -94,6 +94,21 @@ class Selector:
         d.pop("seed", None)
         return not d
 
+    def opaque_refusal(self, readable: frozenset[str]) -> str | None:
+        """Why this selector can match nothing on a noise session the proxy holds no keys
+        for, whose only readable messages are text ones of the `readable` JSON types (its
+        cleartext handshake); None: it can match something (sizes, nth and probability
+        need no content)."""
+        if self.binary_type is not None:
+            return (f"it selects binary_type {','.join(map(str, sorted(self.binary_type)))}, but a noise session's "
+                    "binary messages are AEAD ciphertext: the type byte is inside the encryption, and the first "
+                    "byte the proxy sees is random")
+        if self.json_type is not None and not self.json_type & readable:
+            return (f"it selects json_type {','.join(sorted(self.json_type))}, which a noise session sends only "
+                    f"inside the encryption (the proxy reads JSON only in the cleartext handshake: "
+                    f"{', '.join(sorted(readable))})")
+        return None
+
     def might_match(self, opcode: int, prefix: bytes | memoryview, header: fr.Header) -> bool:
         """Decided at the first frame without counting: False = certainly not selected."""
         if self.json_type is not None and opcode != fr.TEXT:

@@ -11,7 +11,7 @@ from harness.protocol import wsframes as fr
 
 from ..relay.connection import Channel
 from ..relay.message import Msg
-from .fault import Fault, FaultState
+from .fault import LEGACY, NOISE_OPAQUE, Fault, FaultState
 from .params import Param
 
 WATCH_S = 0.25  # while stalled, how often the receiver's end is looked for
@@ -147,6 +147,10 @@ class StalledPayload(Fault):
     connection: the held sender's end cannot be seen, and the rest can no longer matter."""
 
     kind = "stalled_payload"
+    modes = {LEGACY: "", NOISE_OPAQUE: (  # noqa: RUF012 - class-level declaration, never mutated
+        "a stall of the raw bytes: the rest follows intact, so the session survives a timed "
+        "stall; select by size, nth or a cleartext handshake type (a handshake that stalls)"
+    )}
     needs_messages = True
     byte_level = True
     default_direction = "downstream"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..relay.message import Msg
-from .fault import Fault, FaultState
+from .fault import LEGACY, NOISE_OPAQUE, Fault, FaultState
 from .params import Param
 
 
@@ -24,6 +24,10 @@ class Truncate(Fault):
     the connection with 1007. Messages already no longer than `keep_bytes` pass as they are."""
 
     kind = "truncate"
+    modes = {LEGACY: "", NOISE_OPAQUE: (  # noqa: RUF012 - class-level declaration, never mutated
+        "a truncated ciphertext: its authentication tag is cut or no longer matches, so the "
+        "receiver's AEAD check fails at that very message, a guaranteed silent close"
+    )}
     needs_messages = True
     default_direction = "downstream"
     PARAMS = {  # noqa: RUF012 - class-level declaration, never mutated

@@ -9,7 +9,10 @@ proxy's services.
   identity   `session` (flow id: the event log's session), `seq` (1, 2, ... in this
              proxy process), `client_port`, `upstream` (index of the upstream, or None),
              `extensions` (the WebSocket extensions its 101 negotiated, e.g.
-             ("permessage-deflate",): then payloads are the extension's, not plain)
+             ("permessage-deflate",): then payloads are the extension's, not plain),
+             `profile` (legacy, noise, unknown; None until the client's first data message
+             is whole: identify.py) and `mode` (what the proxy can read: legacy or
+             noise-opaque; None until then)
   status     `finished` (both sockets gone), `ending` (finished, or the proxy sent a
              peer an end: FIN, RST or close frame, or stopped forwarding a direction),
              `forwarding` (some direction still forwards), `closing(side)` (the proxy's
@@ -88,6 +91,14 @@ class Connection:
     @property
     def extensions(self) -> tuple[str, ...]:
         return self._relay.extensions
+
+    @property
+    def profile(self) -> str | None:
+        return self._relay.profile
+
+    @property
+    def mode(self) -> str | None:
+        return self._relay.mode
 
     # --- status -------------------------------------------------------------------------
     @property

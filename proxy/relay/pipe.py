@@ -78,6 +78,8 @@ class Pipe:
         # A traffic observer (--view, --web: proxy/observe.py) sees each chunk as read, before any fault.
         # None, the default, costs one attribute check per chunk.
         self.observer: Callable[[bytes | memoryview], None] | None = None
+        # The client's pipe reads its first message before anything else does (identify.py); then None.
+        self.sniffer: Callable[[bytes | memoryview], None] | None = None
 
     # --- properties ---------------------------------------------------------------------
     @cached_property
@@ -250,6 +252,8 @@ class Pipe:
     def feed(self, data: bytes | memoryview) -> None:
         """Bytes read from the source."""
         self.bytes_in += len(data)
+        if self.sniffer is not None:  # before the faults and the observers: they may depend on the profile
+            self.sniffer(data)
         if self.closed_input:
             return
         if self.observer is not None:

@@ -32,6 +32,7 @@ from typing import Any
 from harness.protocol import wsframes as fr
 
 from .connection import Connection
+from .identify import MODE_OF, FirstMessage
 from .pipe import Pipe, other
 
 SIDES = ("client", "server")
@@ -107,6 +108,11 @@ class Relay:
         self.done: asyncio.Future[dict[str, Any]] = self.loop.create_future()
         self.on_finish: list[Callable[[Relay], None]] = []
         self.on_start: list[Callable[[Relay], None]] = []
+        # The Sendspin revision, from the client's first data message (identify.py); None until then.
+        self.profile: str | None = None
+        self.first_type: str | None = None  # that message's JSON type
+        self.on_identify: list[Callable[[Relay], None]] = []  # after `profile` is set (the fault table re-checks)
+        self.pipes["upstream"].sniffer = FirstMessage(self.identify)
 
     # --- lookup -------------------------------------------------------------------------
     def pipe_from(self, side: str) -> Pipe:
@@ -114,6 +120,12 @@ class Relay:
 
     def pipe_to(self, side: str) -> Pipe:
         return self.pipes["downstream" if side == "client" else "upstream"]
+
+    @property
+    def mode(self) -> str | None:
+        """What the proxy can read of this connection (identify.py): `legacy` (plain messages)
+        or `noise-opaque` (ciphertext after the handshake, no keys); None until identified."""
+        return None if self.profile is None else MODE_OF[self.profile]
 
     @cached_property
     def connection(self) -> Connection:
@@ -139,6 +151,18 @@ class Relay:
             data = (leftovers or {}).get(side)
             if data:
                 self.pipe_from(side).feed(data)
+
+    def identify(self, profile: str, first_type: str | None) -> None:
+        """The client's first data message is whole: record the profile, say so in the event
+        log, then let the fault table drop the faults that mean nothing here (before any
+        of them sees that message)."""
+        self.pipes["upstream"].sniffer = None
+        self.profile, self.first_type = profile, first_type
+        if self.events is not None:
+            self.events.emit("identified", session=self.flow_id, profile=profile, mode=self.mode, json_type=first_type,
+                             conn_seq=self.seq, client_port=self.client_port)
+        for cb in self.on_identify:
+            cb(self)
 
     def later(self, delay: float, fn: Callable[..., Any], *args: Any) -> asyncio.TimerHandle:
         h = self.loop.call_later(delay, self._timer, fn, args)
@@ -282,6 +306,7 @@ class Relay:
         return d
 
     def summary(self) -> dict[str, Any]:
-        return {"client": self.side_summary("client"), "server": self.side_summary("server"),
+        return {"profile": self.profile,
+                "client": self.side_summary("client"), "server": self.side_summary("server"),
                 "upstream": self.pipes["upstream"].stats(), "downstream": self.pipes["downstream"].stats(),
                 "seconds": round(self.loop.time() - self.started_at, 3)}
