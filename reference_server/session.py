@@ -340,11 +340,13 @@ class Session:
         return False
 
     async def _noise_client_hello(self) -> m.NoiseClientHello | None:
-        """The first message after server/hello, which must be client/hello."""
+        """The first message after server/hello, which must be client/hello (within one
+        step's timeout, however many refused messages come first)."""
+        deadline_us = now_us() + int(self.config.handshake_step_timeout_s * 1e6)
         while True:
             try:
                 data, t_received, fragments = await self._read_message(
-                    first_timeout=self.config.handshake_step_timeout_s)
+                    first_timeout=max(0.0, (deadline_us - now_us()) / 1e6))
             except TimeoutError:
                 await self._silent_close("client/hello", f"handshake stalled: no client/hello within "
                                                          f"{self.config.handshake_step_timeout_s} s")
@@ -374,7 +376,7 @@ class Session:
             client_id=self.noise.peer_id or "", name=hello.name, supported_roles=hello.supported_roles,
             player_support=m.PlayerSupport(supported_formats=support.supported_formats,
                                            buffer_capacity=support.buffer_capacity,
-                                           supported_commands=["volume", "mute"]) if support else UNSET)
+                                           supported_commands=[]) if support else UNSET)  # from client/state
         self._pacer.capacity = support.buffer_capacity if support else 0
         playback = hello.unpaired_access.enabled and not self.noise.credential_mismatch
         self.active_roles = activate_roles(hello.supported_roles, NOISE_ROLES) if playback else []
@@ -613,6 +615,9 @@ class Session:
             if message.player.muted is not UNSET:
                 self.muted = message.player.muted
             self.audio_open = True  # the player's state object came: its binary data may flow
+            support = self.hello.player_support if self.hello is not None else None
+            if support:  # the revision declares a player's commands in its state object
+                support.supported_commands = [c for c in message.player.supported_commands if c in ("volume", "mute")]
             self.playback.group_changed(self.group)
         if previous is True and not message.available:
             self.playback.external_source(self)

@@ -23,13 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
+from websockets.asyncio.connection import Connection
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from harness.probe import ProbeConfig
 from harness.protocol import closecodes, now_us, watermark
 from harness.protocol import messages as m
-from harness.protocol.noise import SUITES, AudioChunk, NoiseProfile
+from harness.protocol.noise import SUITES, AudioChunk, Identity, NoiseProfile
+from harness.protocol.noise_crypto import b64url_decode
 from harness.protocol.noise_flow import NoiseClientFlow
 from harness.scenario import Scenario
 
@@ -58,19 +61,20 @@ class NoiseClient:
         self.profile = NoiseProfile(suite=self.suite)  # type: ignore[arg-type]
         self.codec = self.profile.session("client")
         self.flow = NoiseClientFlow()
-        self.ws: ClientConnection | None = None
+        self.ws: Connection | None = None
         self.closed = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
 
-    async def open(self) -> None:
-        """Connect and send client/init only."""
-        self.ws = await connect(self.url, open_timeout=WAIT_S, close_timeout=3, compression=None, max_size=None)
+    async def open(self, ws: Connection | None = None) -> None:
+        """Connect (or take the connection the server dialled) and send client/init only."""
+        self.ws = ws or await connect(self.url, open_timeout=WAIT_S, close_timeout=3, compression=None,
+                                      max_size=None)
         for wire in self.codec.handshake(None).send:
             await self.ws.send(wire)
 
-    async def start(self) -> None:
+    async def start(self, ws: Connection | None = None) -> None:
         """The whole handshake, then a reader that answers as a player does."""
-        await self.open()
+        await self.open(ws)
         assert self.ws is not None
         while not self.codec.ready:
             step = self.codec.handshake(await asyncio.wait_for(self.ws.recv(), WAIT_S))
@@ -194,7 +198,8 @@ def test_noise_and_legacy_clients_on_one_server(run, tmp_path: Path) -> None:
 def test_a_cluster_speaks_noise_on_every_worker_with_one_server_id(run, tmp_path: Path) -> None:
     async def body() -> None:
         async with Scenario(tmp_path) as sc:
-            server = await sc.server("--workers", "2")
+            key_file = tmp_path / "server.key"
+            server = await sc.server("--workers", "2", "--identity", str(key_file))
             clients = [NoiseClient(w["url"], suite=suite) for w, suite in zip(server.ready["workers"], SUITES,
                                                                                 strict=True)]
             for c in clients:
@@ -205,8 +210,42 @@ def test_a_cluster_speaks_noise_on_every_worker_with_one_server_id(run, tmp_path
             status = await asyncio.to_thread(_status, server.ready["http"])
             assert status["server_id"] is not None
             assert [c.server_id for c in clients] == [status["server_id"]] * 2
+            # the coordinator made the key in the file, private to its owner, and handed it on
+            assert key_file.stat().st_mode & 0o777 == 0o600
+            assert Identity(b64url_decode(key_file.read_text().strip(), 32)).peer_id == status["server_id"]
             for c in clients:
                 await c.close()
+
+    run(body())
+
+
+# --- server-initiated: the server dials, the client still sends client/init -----------------------------
+
+
+def test_the_server_dials_a_listening_noise_client(run, tmp_path: Path) -> None:
+    async def body() -> None:
+        dialled: list[NoiseClient] = []
+
+        async def handler(ws: ServerConnection) -> None:
+            client = NoiseClient("")
+            dialled.append(client)
+            await client.start(ws)
+            await client.closed.wait()
+
+        async with serve(handler, "127.0.0.1", 0, compression=None) as listening, Scenario(tmp_path) as sc:
+            port = listening.sockets[0].getsockname()[1]
+            await sc.server("--dial", f"ws://127.0.0.1:{port}/sendspin")
+            async with asyncio.timeout(WAIT_S):
+                while not dialled:
+                    await asyncio.sleep(0.02)
+            client = dialled[0]
+            # Its frames are masked (the server is the WebSocket client here): websockets would refuse others.
+            await client.until("30 audio chunks", lambda: len(client.chunks) >= 30)
+            assert not continuous(client.chunks), continuous(client.chunks)
+            await client.send(m.NoiseClientGoodbye(reason="shutdown"))  # and no redial
+            await asyncio.wait_for(client.closed.wait(), WAIT_S)
+            accept = sc.events().select("accept", proc="server")
+            assert [(r["dialled"], r["profile"]) for r in accept] == [(True, "noise")]
 
     run(body())
 
@@ -242,6 +281,18 @@ def test_profiles_refuse_the_other_revision(run, tmp_path: Path) -> None:
             await good.close()
 
     run(body())
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--profiles", "legacy,tls"], "--profiles takes a comma-separated list of legacy, noise, got 'legacy,tls'"),
+    (["--identity", "{bad}"], "not a base64url X25519 private key"),
+])
+def test_cli_names_a_bad_profile_or_identity(tmp_path: Path, args: list[str], message: str) -> None:
+    bad = tmp_path / "bad.key"
+    bad.write_text("not a key\n")
+    result = subprocess.run([sys.executable, "-m", "reference_server", *(a.format(bad=bad) for a in args)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
 # --- failures that end one session silently --------------------------------------------------------
