@@ -204,6 +204,11 @@ class Session:
             await self._reader()
         except ConnectionClosed:
             pass
+        except StalledPayload as exc:  # the reader handles its own; this is a handshake message's
+            self.log.emit("reject", self.session_id, type="?", field="", action="close",
+                          code=closecodes.STALLED_PAYLOAD, fragments=exc.fragments, bytes=exc.received,
+                          rule=f"stalled payload: {exc} for {self.config.payload_timeout_s} s")
+            await self.close(closecodes.STALLED_PAYLOAD, f"stalled payload: {exc}")
         finally:
             self._log_accept()
             for t in tasks:

@@ -49,6 +49,8 @@ class NoiseClient:
 
     url: str
     suite: str = "25519_ChaChaPoly_SHA256"
+    unpaired_access: bool = True
+    available: bool = True  # in its first client/state (a player's clock may not be synchronized yet)
     profile: NoiseProfile = field(init=False)
     chunks: list[AudioChunk] = field(default_factory=list)
     received: list[str] = field(default_factory=list)
@@ -90,6 +92,11 @@ class NoiseClient:
         for wire in self.codec.encode_messages(message):
             await self.ws.send(wire)
 
+    async def send_state(self, available: bool) -> None:
+        await self.send(m.NoiseClientState(available=available, player=m.NoisePlayerState(
+            volume=100, muted=False, output_delay_ms=0, required_lead_time_ms=100, min_buffer_ms=250,
+            supported_commands=["volume", "mute"])))
+
     async def _read(self) -> None:
         assert self.ws is not None
         try:
@@ -107,14 +114,13 @@ class NoiseClient:
                         name="noise test player", supported_roles=["player@v1", "metadata@v1"],
                         player_support=m.NoisePlayerSupport(supported_formats=[m.AudioFormat(
                             codec="pcm", channels=2, sample_rate=RATE, bit_depth=16)], buffer_capacity=2_000_000),
-                        supported_pair_methods={"pairing_psk": {}}, unpaired_access=m.UnpairedAccess(enabled=True)))
+                        supported_pair_methods={"pairing_psk": {}},
+                        unpaired_access=m.UnpairedAccess(enabled=self.unpaired_access)))
                 elif isinstance(message, m.ServerActivate):
                     self.activations.append(message)
                     if len(self.activations) == 1:
                         await self.send(m.ClientTime(client_transmitted=now_us()))
-                        await self.send(m.NoiseClientState(available=True, player=m.NoisePlayerState(
-                            volume=100, muted=False, output_delay_ms=0, required_lead_time_ms=100,
-                            min_buffer_ms=250, supported_commands=["volume", "mute"])))
+                        await self.send_state(self.available)
         except ConnectionClosed:
             pass
         finally:
@@ -168,9 +174,18 @@ def test_noise_and_legacy_clients_on_one_server(run, tmp_path: Path) -> None:
         async with Scenario(tmp_path) as sc:
             server = await sc.server()
             legacy = await sc.probe(server.ready["url"], ProbeConfig(name="legacy"))
-            client = NoiseClient(server.ready["url"])
-            await client.start()
+            client, syncing = NoiseClient(server.ready["url"]), NoiseClient(server.ready["url"], available=False)
+            for c in (client, syncing):
+                await c.start()
             await client.until("40 audio chunks", lambda: len(client.chunks) >= 40)
+            # available: false first (clock not synchronized yet): no audio, and the group plays on
+            await syncing.until("stream/start", lambda: "stream/start" in syncing.received)
+            await asyncio.sleep(0.3)  # audio, were it sent, is due 0.3 s ahead: it would be here
+            assert not syncing.chunks and "stream/end" not in syncing.received
+            await syncing.send_state(True)
+            await syncing.until("10 audio chunks", lambda: len(syncing.chunks) >= 10)
+            assert not continuous(syncing.chunks), continuous(syncing.chunks)
+            await syncing.close()
             assert client.received[:2] == ["server/hello", "server/activate"], client.received
             first = client.activations[0]
             assert first.activities == ["playback"] and first.active_roles == ["player@v1"]
@@ -187,7 +202,7 @@ def test_noise_and_legacy_clients_on_one_server(run, tmp_path: Path) -> None:
             assert client.close_code == closecodes.NORMAL
             assert legacy.audio.samples > 0 and legacy.audio.gaps == 0 and not legacy.errors
             accepts = {r["session"]: r["profile"] for r in sc.events().select("accept", proc="server")}
-            assert sorted(accepts.values()) == ["legacy", "noise"], accepts
+            assert sorted(accepts.values()) == ["legacy", "noise", "noise"], accepts
 
     run(body())
 
@@ -274,11 +289,19 @@ def test_profiles_refuse_the_other_revision(run, tmp_path: Path) -> None:
                 await asyncio.wait_for(client.ws.recv(), WAIT_S)
             assert client.ws.close_code == closecodes.PROTOCOL_ERROR
             assert "does not speak the noise profile" in client.ws.close_reason
-            # A noise client is still served by the noise-only server.
+            # A noise client is served by the noise-only server; one without unpaired access is
+            # activated for nothing (the Sentinel PSK allows playback only with it: messaging.md).
             good = NoiseClient(noise_only.ready["url"])
-            await good.start()
+            idle = NoiseClient(noise_only.ready["url"], unpaired_access=False)
+            for c in (good, idle):
+                await c.start()
             await good.until("audio", lambda: len(good.chunks) >= 5)
-            await good.close()
+            await idle.until("server/activate", lambda: bool(idle.activations))
+            assert (idle.activations[0].activities, idle.activations[0].active_roles) == ([], [])
+            await asyncio.sleep(0.3)
+            assert not idle.chunks and "stream/start" not in idle.received
+            for c in (good, idle):
+                await c.close()
 
     run(body())
 
