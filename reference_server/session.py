@@ -364,7 +364,7 @@ class Session:
             if isinstance(message, m.NoiseClientHello):
                 return message
             if isinstance(message, m.NoiseClientGoodbye):
-                await self._dispatch_noise(message, t_received)
+                await self._dispatch(message, t_received)
                 return None
             await self._reject_and_close(closecodes.PROTOCOL_ERROR, ProtocolError(
                 getattr(message, "TYPE", "binary"), "", "the client's first message after server/hello must be "
@@ -443,7 +443,7 @@ class Session:
                 message = await self._decode_noise(data, t_received, fragments)
                 if message is False:
                     return
-                if message is not None and not await self._dispatch_noise(message, t_received):
+                if message is not None and not await self._dispatch(message, t_received):
                     return
             elif isinstance(data, bytes):
                 self._handle_binary(data, t_received, fragments)
@@ -509,27 +509,33 @@ class Session:
         return await self._dispatch(message, t_received)
 
     async def _dispatch(self, message: Message, t_received: int) -> bool:
+        """Act on one message of either profile (their classes differ where shapes do)."""
         match message:
             case m.ClientTime():
                 self.enqueue(m.ServerTime(client_transmitted=message.client_transmitted,
                                           server_received=t_received, server_transmitted=0))
             case m.ClientState():
                 self._merge_state(message)
+            case m.NoiseClientState():
+                self._merge_noise_state(message)
             case m.ClientCommand(controller=cmd) if cmd is not UNSET:
                 if not self.has_role("controller"):
                     self.reject(ProtocolError(message.TYPE, "payload.controller", "client has no controller role"))
                 else:
                     self.playback.controller_command(self, cmd)
+            case m.ClientLeave():
+                # messaging.md: handled as when the client becomes unavailable (a solo group, stopped)
+                self.playback.external_source(self)
             case m.StreamRequestFormat():
                 self._request_format(message)
-            case m.HarnessUpload():
+            case m.HarnessUpload() if self.noise is None:
                 self._pending_upload = (message, now_us() + int(self.config.payload_timeout_s * 1e6))
-            case m.ClientGoodbye():
+            case m.ClientGoodbye() | m.NoiseClientGoodbye():
                 self.log.emit("goodbye", self.session_id, reason=message.reason)
                 self.goodbye_reason = message.reason
                 await self.close(closecodes.NORMAL, f"goodbye: {message.reason}")
                 return False
-            case m.ClientHello():
+            case m.ClientHello() | m.NoiseClientHello():
                 pass  # refused by the handshake state machine already
             case _:
                 self.reject(ProtocolError(message.TYPE, "", "not a client-to-server message"))
@@ -582,32 +588,6 @@ class Session:
         self.log.emit("recv", self.session_id, t_us=t_received, type=decoded.TYPE, bytes=len(data),
                       fragments=fragments, **fields)
         return decoded
-
-    async def _dispatch_noise(self, message: Message, t_received: int) -> bool:
-        match message:
-            case m.ClientTime():
-                self.enqueue(m.ServerTime(client_transmitted=message.client_transmitted,
-                                          server_received=t_received, server_transmitted=0))
-            case m.NoiseClientState():
-                self._merge_noise_state(message)
-            case m.ClientCommand(controller=cmd) if cmd is not UNSET:
-                if not self.has_role("controller"):
-                    self.reject(ProtocolError(message.TYPE, "payload.controller", "client has no controller role"))
-                else:
-                    self.playback.controller_command(self, cmd)
-            case m.ClientLeave():
-                # messaging.md: handled as when the client becomes unavailable (a solo group, stopped)
-                self.playback.external_source(self)
-            case m.NoiseClientGoodbye():
-                self.log.emit("goodbye", self.session_id, reason=message.reason)
-                self.goodbye_reason = message.reason
-                await self.close(closecodes.NORMAL, f"goodbye: {message.reason}")
-                return False
-            case m.NoiseClientHello():
-                pass  # refused by the flow already
-            case _:
-                self.reject(ProtocolError(message.TYPE, "", "not a client-to-server message"))
-        return True
 
     def _merge_noise_state(self, message: m.NoiseClientState) -> None:
         """A player reports `available: false` until its clock is synchronized
@@ -676,8 +656,8 @@ class Session:
                         for w in self.noise.audio_messages(prepared, transmit_us))
 
     async def _write_frames(self, frames: list[bytes]) -> None:
-        """Write whole frames now; wait, as ws.send() would, while the transport is
-        over its high-water mark."""
+        """Write whole, pre-framed messages (audio; noise's encrypted messages) now;
+        wait, as ws.send() would, while the transport is over its high-water mark."""
         if self.ws.protocol.state is not State.OPEN:
             raise ConnectionClosed(None, None)
         self.ws.transport.writelines(frames)
@@ -883,7 +863,7 @@ class Session:
                 continue
             audio, wait_s = self._next_audio()
             if audio is not None:
-                await self._send_frame(audio)
+                await self._write_frames([audio])
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -916,20 +896,6 @@ class Session:
             self._wake.set()
         if frames:
             self.ws.transport.writelines(frames)
-
-    async def _send_frame(self, frame: bytes) -> None:
-        """Write a pre-framed audio message; wait, as ws.send() would, while the
-        transport is over its high-water mark."""
-        if self.ws.protocol.state is not State.OPEN:
-            raise ConnectionClosed(None, None)
-        self.ws.transport.write(frame)
-        if self.ws.paused:
-            self._sending = True
-            self._progress_us = now_us()
-            try:
-                await self.ws.drain()
-            finally:
-                self._sending = False
 
     def _skipped(self, count: int, total: int) -> None:
         self.log.emit("audio_skip", self.session_id, chunks=count, total=total)
