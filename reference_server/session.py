@@ -547,31 +547,30 @@ class Session:
         """One received transport message: the message, None (a fragment, or one
         refused and ignored), or False when the connection was closed (silently)."""
         assert self.noise is not None and self.flow is not None
+
+        def refuse(kind: str, exc: ProtocolError) -> None:  # logged, ignored; the session stays open
+            self.log.emit("recv", self.session_id, t_us=t_received, type=kind, bytes=len(data), fragments=fragments)
+            self.reject(exc)
+
         try:
             decoded = self.noise.decode(data)
         except ConnectionFatal as exc:
             self.log.emit("recv", self.session_id, t_us=t_received, type="?", bytes=len(data), fragments=fragments)
             await self._silent_close(exc.message_type, exc.rule)
             return False
-        except ProtocolError as exc:  # a whole, authentic message of a shape we refuse: ignored
-            self.log.emit("recv", self.session_id, t_us=t_received, type=exc.message_type, bytes=len(data),
-                          fragments=fragments)
-            self.reject(exc)
+        except ProtocolError as exc:  # a whole, authentic message of a shape we refuse
+            refuse(exc.message_type, exc)
             return None
         if decoded is None:
             return None
         if not isinstance(decoded, Message):
-            self.log.emit("recv", self.session_id, t_us=t_received, type="binary", bytes=len(data),
-                          fragments=fragments)
-            self.reject(ProtocolError("binary", "type", f"binary message type {getattr(decoded, 'type', '?')}: "
-                                                        "no role this session activated receives binary"))
+            refuse("binary", ProtocolError("binary", "type", f"binary message type {getattr(decoded, 'type', '?')}: "
+                                                             "no role this session activated receives binary"))
             return None
         try:
             self.flow.receive(decoded)
         except ProtocolError as exc:
-            self.log.emit("recv", self.session_id, t_us=t_received, type=decoded.TYPE, bytes=len(data),
-                          fragments=fragments)
-            self.reject(exc)
+            refuse(decoded.TYPE, exc)
             return None
         fields: dict[str, object] = {}
         if isinstance(decoded, m.ClientTime):
