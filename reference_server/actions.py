@@ -37,9 +37,15 @@ def _player(s: Session) -> m.PlayerSupport:
     return support
 
 
+_NOISE_FRAMES = ("a noise session: every message goes out as whole Noise transport messages (one WebSocket "
+                 "message each), never split into frames")
+
+
 def _split(s: Session, kind: str, p: dict[str, Any]) -> None:
     """The action's own message goes out as `frames` frames, if asked."""
     if p["frames"] > 1:
+        if s.noise is not None:
+            raise Refused(_NOISE_FRAMES)
         s.split_next(Split(frames=p["frames"], pings=p["pings"], type=kind))
 
 
@@ -111,6 +117,8 @@ def artwork(s: Session, p: dict[str, Any], served: ServedFormats) -> dict[str, A
 
 
 def fragment(s: Session, p: dict[str, Any], served: ServedFormats) -> dict[str, Any]:
+    if s.noise is not None:
+        raise Refused(_NOISE_FRAMES)
     s.split_next(Split(frames=p["frames"], pings=p["pings"], type=p.get("type"), count=p["count"]))
     return {}
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .config import ServerConfig
+from .profiles import parse_profiles
 from .server import ReferenceServer
 
 
@@ -23,15 +24,23 @@ def _positive(kind: type, name: str):
     return parse
 
 
+def _profiles(text: str) -> tuple[str, ...]:
+    try:
+        return parse_profiles(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 # Options only the coordinator takes; everything else is passed on to its workers.
 _COORDINATOR_ONLY = {"--workers": 1, "--respawn": 0, "--ready-file": 1, "--port": 1, "--proc": 1,
-                     "--heartbeat-timeout": 1, "--stall-timeout": 1, "--control-port": 1}
+                     "--heartbeat-timeout": 1, "--stall-timeout": 1, "--control-port": 1,
+                     "--identity": 1}  # a worker gets the key over its IPC socket, not its command line
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = ServerConfig()
     p = argparse.ArgumentParser(prog="sendspin-reference-server",
-                                description="Sendspin reference server (legacy profile).")
+                                description="Sendspin reference server (legacy and noise profiles).")
     p.add_argument("--host", default=d.host, help="address to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=d.port, help="port to bind, 0 = ephemeral (default %(default)s)")
     p.add_argument("--control-port", type=int, default=d.control_port,
@@ -49,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stall-timeout", type=_positive(float, "--stall-timeout"), default=5.0,
                    help="with --workers: a RUNNING worker silent this long (deadlocked, or too busy to beat) "
                         "is killed (default %(default)s)")
+    p.add_argument("--profiles", type=_profiles, default=d.profiles, metavar="legacy,noise",
+                   help="wire revisions served; a connection's first message picks one (client/init: noise, "
+                        "client/hello: legacy) (default: legacy,noise)")
+    p.add_argument("--identity", type=Path, metavar="FILE",
+                   help="the noise static key (base64url private key), created there if absent; with --workers "
+                        "the coordinator hands it to every worker (one server_id); default: a fresh key per run")
+    p.add_argument("--handshake-timeout", type=_positive(float, "--handshake-timeout"),
+                   default=d.handshake_step_timeout_s,
+                   help="noise: seconds for Noise message 2, and for client/hello after server/hello "
+                        "(default %(default)s)")
     p.add_argument("--source", default=d.source, help="'watermark' or a PCM WAV file (default %(default)s)")
     p.add_argument("--chunk-ms", type=_positive(int, "--chunk-ms"), default=d.chunk_ms)
     p.add_argument("--max-lead-ms", type=_positive(int, "--max-lead-ms"), default=d.max_lead_ms)
@@ -76,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 def to_config(a: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         host=a.host, port=a.port, control_port=a.control_port, ready_file=a.ready_file, log_dir=a.log_dir,
-        proc=a.proc, source=a.source,
+        proc=a.proc, source=a.source, profiles=a.profiles, identity_file=a.identity,
+        handshake_step_timeout_s=a.handshake_timeout,
         chunk_ms=a.chunk_ms, max_lead_ms=a.max_lead_ms, autoplay=not a.no_autoplay, artwork_bytes=a.artwork_bytes,
         fragment_bytes=a.fragment_bytes, payload_timeout_s=a.payload_timeout, hello_timeout_s=a.hello_timeout,
         slow_reader_close_s=a.slow_reader_close, max_message_bytes=a.max_message_bytes, dial=tuple(a.dial),

@@ -10,8 +10,21 @@ session whose socket accepted nothing for `slow_reader_close_s` while data was
 waiting, or whose control queue overflows, is closed with 4001 (slow reader).
 
 Hardened reads: every wait for an expected message has a timeout
-(`hello_timeout_s`, `payload_timeout_s`). What a bad message gets is listed in
-README.md ("Reference server: policies").
+(`hello_timeout_s`, `handshake_step_timeout_s`, `payload_timeout_s`). What a bad
+message gets is listed in README.md ("Reference server: policies").
+
+Noise handshake timeouts. connection.md suggests 30 s for each side to receive
+the next expected message of the prologue and handshake; ours are much shorter,
+because each step is one message the peer sends at once, in reply, after a few
+X25519 operations (well under a millisecond on a PC, tens of milliseconds on a
+small microcontroller), and a connection that stalls holds a socket and a
+half-built handshake state. The first message (`client/init`, or legacy's
+`client/hello`) gets `hello_timeout_s` (5 s: a client may connect before it is
+ready to speak, as legacy always allowed); Noise message 2 after message 1, and
+`client/hello` after `server/hello`, get `handshake_step_timeout_s` (3 s: a
+hundred times a slow device's work, and loaded-loopback scheduling delays of a
+second still pass). A stall ends in a silent close (no message, an empty close
+frame) and a `reject` event naming the step.
 """
 
 from __future__ import annotations
@@ -39,6 +52,10 @@ class ServerConfig:
     proc: str = "server"
     control_port: int = 0              # the control endpoint's (scripted actions; control.py), 0 = ephemeral
 
+    # wire revisions served (profiles.py); a connection's first message picks one
+    profiles: tuple[str, ...] = ("legacy", "noise")
+    identity_file: Path | None = None  # the noise static key (made there if absent); None: a fresh one per run
+
     # audio timeline
     source: str = "watermark"          # "watermark" or a path to a WAV file
     sample_rate: int = 48_000
@@ -61,7 +78,8 @@ class ServerConfig:
     slow_reader_close_s: float = 10.0
 
     # hardened reads
-    hello_timeout_s: float = 5.0
+    hello_timeout_s: float = 5.0       # the first message: legacy client/hello, noise client/init
+    handshake_step_timeout_s: float = 3.0  # noise: message 2 after message 1, client/hello after server/hello
     payload_timeout_s: float = 2.0     # a started message (fragment or announced upload) must finish in this
     max_message_bytes: int = 4 * 1024 * 1024
 

@@ -41,6 +41,7 @@ from harness.protocol import EventLog, LoopLagMonitor, now_us
 from . import ipc
 from .config import ServerConfig
 from .control import ControlEndpoint, ControlError, post_json
+from .profiles import load_identity
 from .sources import open_source
 from .timeline import Batch, Producer
 
@@ -102,7 +103,10 @@ class Coordinator:
         log_path = config.log_dir / "coordinator.jsonl" if config.log_dir else None
         self.log = EventLog(log_path, "coordinator")
         source = open_source(config.source, config.sample_rate)
-        self.source_hello = ipc.hello(source.sample_rate, source.kind)
+        # One identity for the cluster: every worker presents the same server_id (profiles.py).
+        identity = load_identity(config.identity_file) if "noise" in config.profiles else None
+        self.server_id = identity.peer_id if identity else None
+        self.source_hello = ipc.hello(source.sample_rate, source.kind, identity.private if identity else b"")
         self.producer = Producer(source, config.chunk_ms, config.max_lead_ms, config.start_delay_ms,
                                  config.batch_ms, self.log, self._fan_out)
         self.stopping = asyncio.Event()
@@ -337,6 +341,7 @@ class Coordinator:
         live = [w for w in self.workers if w.alive]
         return {"listeners": sum(w.heartbeat.listeners for w in live),
                 "sessions": sum(w.heartbeat.sessions for w in live), "playing": self.producer.running,
+                "profiles": list(self.config.profiles), "server_id": self.server_id,
                 "live_workers": len(live), "workers": [self._worker_info(w) for w in self.workers]}
 
     def _broadcast_status(self) -> None:

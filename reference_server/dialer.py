@@ -5,8 +5,9 @@ advertises `_sendspin._tcp` over mDNS and the server dials `ws://host:port/path`
 told the URL instead (`--dial URL`, or `POST /api/dial?url=URL` on the HTTP endpoint).
 
 A `Dialer` opens the WebSocket connection and runs the very same `Session` over it: the
-client still sends client/hello first, and after the handshake nothing depends on who
-dialled. When a session ends the dialer dials again, as the spec's server does: a
+client still sends its first message (legacy client/hello, noise client/init: the server
+is the Noise initiator whoever opened the socket), and after the handshake nothing depends
+on who dialled but the masking of our frames. When a session ends the dialer dials again, as the spec's server does: a
 client that closed without client/goodbye (or said `restart`) is assumed to restart;
 `shutdown`, `user_request` and `another_server` say not to. server/hello's
 `connection_reason` is `playback` on the first dial (the server dials to play to it) and

@@ -17,14 +17,14 @@ from .timeline import Chunk
 
 MAX_MESSAGE = 256 * 1024
 
-HELLO = 1      # coordinator -> worker: rate, source kind
+HELLO = 1      # coordinator -> worker: rate, the noise private key (the cluster's one identity), source kind
 CHUNK = 2      # coordinator -> worker: one timeline chunk + canonical bytes
 READY = 3      # worker -> coordinator: its bound ports (WebSocket, control)
 HEARTBEAT = 4  # worker -> coordinator: every heartbeat interval, with its counts
 STATUS = 5     # coordinator -> worker: the cluster's status (JSON), for the worker's /api/status
 
 _KIND = struct.Struct("B")
-_HELLO = struct.Struct(">I")
+_HELLO = struct.Struct(">IB")  # rate, key length (0: noise not served)
 _CHUNK = struct.Struct(">qqIqq")
 _READY = struct.Struct(">HH")
 _HEARTBEAT = struct.Struct(">IIB")
@@ -34,6 +34,7 @@ _HEARTBEAT = struct.Struct(">IIB")
 class Hello:
     rate: int
     source_kind: str
+    identity: bytes = b""  # X25519 private key; empty when the cluster does not serve noise
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,8 @@ class Heartbeat:
     wants_audio: bool
 
 
-def hello(rate: int, source_kind: str) -> bytes:
-    return _KIND.pack(HELLO) + _HELLO.pack(rate) + source_kind.encode()
+def hello(rate: int, source_kind: str, identity: bytes = b"") -> bytes:
+    return _KIND.pack(HELLO) + _HELLO.pack(rate, len(identity)) + identity + source_kind.encode()
 
 
 def chunk(c: Chunk, canonical: bytes) -> bytes:
@@ -75,8 +76,9 @@ def decode(data: bytes) -> Hello | tuple[Chunk, bytes] | Ready | Heartbeat | str
         raise ValueError("empty IPC message")
     kind, body = data[0], memoryview(data)[1:]
     if kind == HELLO:
-        (rate,) = _HELLO.unpack_from(body)
-        return Hello(rate, bytes(body[_HELLO.size :]).decode())
+        rate, key_len = _HELLO.unpack_from(body)
+        key_end = _HELLO.size + key_len
+        return Hello(rate, bytes(body[key_end:]).decode(), bytes(body[_HELLO.size : key_end]))
     if kind == CHUNK:
         seq, start, frames, ts, end = _CHUNK.unpack_from(body)
         return Chunk(seq, start, frames, ts, end), bytes(body[_CHUNK.size :])

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
+from harness.protocol import Profile
 from harness.protocol import messages as m
 
 from .timeline import Chunk, ChunkStore
@@ -27,16 +28,19 @@ SkipHook = Callable[[int, int], None]  # (chunks skipped now, total skipped)
 
 class AudioPacer:
     def __init__(self, store: ChunkStore, start_delay_us: int, on_skip: SkipHook,
-                 seal: Callable[[bytes], bytes] | None = None) -> None:
+                 seal: Callable[[bytes], bytes] | None = None, profile: Profile | None = None) -> None:
         """`seal`: the session codec's per-listener step from prepared audio to
-        the frame to write; None when the prepared bytes are written as they are."""
+        the frame to write, run when the frame is taken to be written (noise: the
+        AEAD, with `send_ahead` stamped then); None when the prepared bytes are
+        written as they are. `profile`: whose prepared form (default: the store's)."""
         self.store = store
+        self.profile = profile
         self.start_delay_us = start_delay_us
         self.capacity = 0  # the client's buffer_capacity
         self.sent = 0
         self.skipped = 0
         self._on_skip = on_skip
-        self._seal = seal
+        self.seal = seal
         self.cursor: int | None = None  # the next chunk's seq; None: choose as on joining
         self._inflight: deque[tuple[int, int]] = deque()  # (play end µs, bytes) of audio sent, not yet due
         self._inflight_bytes = 0
@@ -88,10 +92,10 @@ class AudioPacer:
     def _admit(self, chunk: Chunk, fmt: m.PlayerStream, now: int) -> bytes | None:
         """The frame of `chunk`, counted as sent, if it may go now: not due yet,
         and within buffer_capacity (with nothing in flight, any chunk goes)."""
-        prepared = self.store.prepared(chunk, fmt.channels, fmt.bit_depth)
+        prepared = self.store.prepared(chunk, fmt.channels, fmt.bit_depth, self.profile)
         if chunk.ts_us < now or (self._inflight and self._inflight_bytes + len(prepared) > self.capacity):
             return None
-        frame = prepared if self._seal is None else self._seal(prepared)
+        frame = prepared if self.seal is None else self.seal(prepared)
         self.cursor = chunk.seq + 1
         self._inflight.append((chunk.end_us, len(frame)))
         self._inflight_bytes += len(frame)

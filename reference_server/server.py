@@ -2,8 +2,9 @@
 
 It wires the parts together and owns none of their rules: `Playback` (groups,
 timeline demand, commands, metadata; playback.py) over a `ChunkStore`, and a
-`Session` (session.py) per connection, which speaks the wire profile through
-its own `SessionCodec`. A connection is either accepted (client-initiated) or
+`Session` (session.py) per connection, which speaks the wire profile its first
+message picks (profiles.py: `--profiles legacy,noise`) through its own
+`SessionCodec`. A connection is either accepted (client-initiated) or
 dialled by a `Dialer` (dialer.py: server-initiated, `--dial URL` or `POST /api/dial`);
 the session is the same.
 
@@ -30,7 +31,7 @@ from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from harness.protocol import EventLog, LoopLagMonitor, closecodes, get_profile
+from harness.protocol import EventLog, LoopLagMonitor, closecodes
 
 from . import actions
 from .artwork import make_image
@@ -38,11 +39,10 @@ from .config import ServerConfig
 from .control import ControlEndpoint
 from .dialer import Dialer
 from .playback import Demand, Playback
+from .profiles import ServedProfiles, load_identity
 from .session import Session
 from .sources import open_source
 from .timeline import ChunkStore, Producer
-
-PROFILE = "legacy"  # the wire revision served
 
 
 class ReferenceServer:
@@ -50,15 +50,18 @@ class ReferenceServer:
     given) runs its own Producer; a worker gets its store fed by the
     coordinator and reports its demand for audio back through `demand`."""
 
-    def __init__(self, config: ServerConfig, store: ChunkStore | None = None, demand: Demand | None = None) -> None:
+    def __init__(self, config: ServerConfig, store: ChunkStore | None = None, demand: Demand | None = None,
+                 profiles: ServedProfiles | None = None) -> None:
         self.config = config
+        # Made before the log: a bad --identity file is a usage error, not a run.
+        self.profiles = profiles or ServedProfiles(
+            config.profiles, load_identity(config.identity_file) if "noise" in config.profiles else None)
         log_path = config.log_dir / f"{config.proc}.jsonl" if config.log_dir else None
         self.log = EventLog(log_path, config.proc)
-        self.profile = get_profile(PROFILE)
         self.producer: Producer | None = None
         if store is None:
             source = open_source(config.source, config.sample_rate)
-            store = ChunkStore(source.sample_rate, source.kind, self.profile)
+            store = ChunkStore(source.sample_rate, source.kind, self.profiles.legacy)
             self.producer = Producer(source, config.chunk_ms, config.max_lead_ms, config.start_delay_ms,
                                      config.batch_ms, self.log, store.add_batch)
         self.timeline = store
@@ -141,10 +144,9 @@ class ReferenceServer:
             # bounds the kernel memory per session and lets backpressure from a
             # slow reader reach the writer within a fraction of a second.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.socket_send_buffer)
-        # having dialled, we are the WebSocket client: our frames are masked (profile.py)
-        codec = self.profile.session("server", masked=dialled)
-        session = Session(ws, f"s{next(self._ids)}", self.playback, codec, self.config, self.log, dialled=dialled,
-                          connection_reason=reason)
+        # the session picks its codec from the first message; having dialled, it masks its frames
+        session = Session(ws, f"s{next(self._ids)}", self.playback, self.profiles, self.config, self.log,
+                          dialled=dialled, connection_reason=reason)
         self.sessions[session.session_id] = session
         try:
             await session.run()
@@ -223,7 +225,8 @@ class ReferenceServer:
                                "POST /api/close"})
 
     def status(self) -> dict[str, Any]:
-        mine = {**self.playback.status(), "dialers": [d.status() for d in self.dialers.values()]}
+        mine = {**self.playback.status(), "dialers": [d.status() for d in self.dialers.values()],
+                "profiles": list(self.profiles.names), "server_id": self.profiles.server_id}
         if self.cluster is None:
             return mine
         # A worker: totals across the cluster (as of the coordinator's last update), then its own figures.

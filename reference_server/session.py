@@ -7,9 +7,20 @@ then audio pulled from the shared timeline; anything larger than
 the peer's inbound traffic are never held behind one big write.
 
 Messages are encoded and decoded by the connection's `SessionCodec` (from the
-wire profile), in wire order; which audio goes when is the `AudioPacer`'s
-call. The session reaches playback only through `PlaybackPort`, and playback
-reaches the session only as a `playback.Listener`.
+wire profile its first message picks: profiles.py), in wire order; which audio
+goes when is the `AudioPacer`'s call. The session reaches playback only through
+`PlaybackPort`, and playback reaches the session only as a `playback.Listener`.
+
+The `noise` profile: the cleartext init and the Noise handshake (each step
+bounded by a config timeout; a stall or a bad message is a silent close), then
+`server/hello` -> `client/hello` -> `server/activate`. Playback stays
+profile-free: it sends legacy messages, which `_to_noise` rewrites into the
+revision's shape when they are queued. Every message is encrypted when it is
+written, never when queued: the Noise nonce is the send order. JSON messages
+are encrypted and written in one synchronous step, all fragments of one message
+together; audio is sealed per listener from the chunk prepared once per format
+(`NoiseProfile.prepare_audio`), with `send_ahead` stamped at that moment, by
+the pacer when it hands the frame over to be written.
 """
 
 from __future__ import annotations
@@ -30,7 +41,9 @@ from websockets.protocol import State
 from harness.protocol import (
     UNSET,
     BinaryMessage,
+    ConnectionFatal,
     EventLog,
+    HandshakeStep,
     Message,
     ProtocolError,
     ServerHandshake,
@@ -45,12 +58,21 @@ from harness.protocol import (
 )
 from harness.protocol import messages as m
 from harness.protocol.handshake import IMPLEMENTED_ROLES, support_objects, unknown_roles
+from harness.protocol.noise import NoiseSession
+from harness.protocol.noise_flow import NoiseServerFlow
 
 from .artwork import make_image
 from .config import ServerConfig
 from .groups import Group
 from .pacing import AudioPacer
+from .profiles import ServedProfiles
 from .timeline import Chunk, ChunkStore
+
+# Roles a noise session activates: the player only. The revision's metadata, controller
+# and artwork objects differ from legacy's, and a role must not be activated before the
+# server can give its complete state (messaging.md, server/state).
+NOISE_ROLES = ("player@v1",)
+SILENT = closecodes.NORMAL  # a silent failure (connection.md): no message, a bare close
 
 
 class PlaybackPort(Protocol):
@@ -93,11 +115,18 @@ class StalledPayload(Exception):
 
 
 class Session:
-    def __init__(self, ws: Connection, session_id: str, playback: PlaybackPort, codec: SessionCodec,
+    def __init__(self, ws: Connection, session_id: str, playback: PlaybackPort, profiles: ServedProfiles,
                  config: ServerConfig, log: EventLog, dialled: bool = False,
                  connection_reason: str = "playback") -> None:
         self.playback = playback
-        self.codec = codec
+        self.profiles = profiles
+        # legacy until the first message says otherwise; having dialled, frames are masked (profile.py)
+        self.codec: SessionCodec = profiles.legacy.session("server", masked=dialled)
+        self.profile: str | None = None  # the profile the client speaks, once its first message is read
+        self.noise: NoiseSession | None = None  # the codec, when the session speaks noise
+        self.flow: NoiseServerFlow | None = None
+        self.audio_open = True  # noise: False until client/state carried the player object (messaging.md)
+        self.available: bool | None = True  # noise: client/state's `available` (None: not reported yet)
         self.config = config
         self.log = log
         self.ws = ws  # accepted (ServerConnection) or dialled by us (ClientConnection): the session is the same
@@ -124,7 +153,9 @@ class Session:
         self._wake = asyncio.Event()
         self.player_format: m.PlayerStream | None = None
         self._pacer = AudioPacer(playback.timeline, config.start_delay_ms * 1000, self._skipped,
-                                 None if codec.shared_audio else codec.audio_frame)
+                                 None if self.codec.shared_audio else self.codec.audio_frame)
+        self._accepted_us = now_us()
+        self._accept_logged = False
         # progress tracking for the slow-reader watchdog
         self._sending = False
         self._unsent = 0  # bytes of the message being sent not yet handed to the transport (shared storage)
@@ -151,9 +182,15 @@ class Session:
 
     # --- lifecycle -------------------------------------------------------------------
 
+    def _log_accept(self) -> None:
+        """The session's open event, stamped when the connection was accepted but
+        written once the first message named the profile (None: none came)."""
+        if not self._accept_logged:
+            self._accept_logged = True
+            self.log.emit("accept", self.session_id, t_us=self._accepted_us, remote=str(self.ws.remote_address),
+                          profile=self.profile, **({"dialled": True} if self.dialled else {}))
+
     async def run(self) -> None:
-        self.log.emit("accept", self.session_id, remote=str(self.ws.remote_address),
-                      **({"dialled": True} if self.dialled else {}))
         tasks: list[asyncio.Task[None]] = []
         try:
             if not await self._handshake():
@@ -167,7 +204,13 @@ class Session:
             await self._reader()
         except ConnectionClosed:
             pass
+        except StalledPayload as exc:  # the reader handles its own; this is a handshake message's
+            self.log.emit("reject", self.session_id, type="?", field="", action="close",
+                          code=closecodes.STALLED_PAYLOAD, fragments=exc.fragments, bytes=exc.received,
+                          rule=f"stalled payload: {exc} for {self.config.payload_timeout_s} s")
+            await self.close(closecodes.STALLED_PAYLOAD, f"stalled payload: {exc}")
         finally:
+            self._log_accept()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -188,12 +231,33 @@ class Session:
             self.ws.transport.abort()
 
     async def _handshake(self) -> bool:
+        """Read the first message, pick the profile by it, run that profile's handshake."""
         try:
             data, t_received, _ = await self._read_message(first_timeout=self.config.hello_timeout_s)
         except TimeoutError:
+            self._log_accept()
+            if "legacy" not in self.profiles.names:
+                await self._silent_close("client/init", f"handshake stalled: no client/init within "
+                                                        f"{self.config.hello_timeout_s} s")
+                return False
             await self._reject_and_close(closecodes.HELLO_TIMEOUT, ProtocolError(
                 "client/hello", "", f"no client/hello within {self.config.hello_timeout_s} s"))
             return False
+        self.profile = self.profiles.spoken(data)
+        self._log_accept()
+        if self.profile in self.profiles.names:
+            if self.profile == "noise":
+                return await self._noise_handshake(data, t_received)
+            return await self._legacy_handshake(data, t_received)
+        if self.profile == "noise":  # legacy has no message for it: a close that says why
+            await self._reject_and_close(closecodes.PROTOCOL_ERROR, ProtocolError(
+                "client/init", "", f"this server does not speak the noise profile (--profiles "
+                                   f"{','.join(self.profiles.names)}): send client/hello"))
+            return False
+        # Not client/init on a noise-only server: the noise codec's init failure (server/error malformed).
+        return await self._noise_handshake(data, t_received)
+
+    async def _legacy_handshake(self, data: str | bytes, t_received: int) -> bool:
         try:
             if isinstance(data, bytes):
                 self.handshake.receive_binary()
@@ -224,6 +288,108 @@ class Session:
         self.log.emit("reject", self.session_id, type=exc.message_type, field=exc.field, rule=exc.rule,
                       action="close", code=code)
         await self.close(code, str(exc)[:120])
+
+    async def _silent_close(self, message_type: str, rule: str) -> None:
+        """A silent failure (connection.md, Failure Handling): no further message, a
+        close frame without a reason; the log says why."""
+        self.log.emit("reject", self.session_id, type=message_type, field="", rule=rule, action="close", code=SILENT)
+        await self.close(SILENT, "")
+
+    # --- the noise profile: handshake ---------------------------------------------------
+
+    async def _noise_handshake(self, first: str | bytes, t_received: int) -> bool:
+        """client/init (already read) -> server/init + message 1 -> message 2, then
+        server/hello -> client/hello -> server/activate. False: the session ended."""
+        assert self.profiles.noise is not None
+        codec = self.noise = self.profiles.noise.session("server")
+        self.codec = codec
+        self.log.emit("recv", self.session_id, t_us=t_received, type=peek_type(first) if isinstance(first, str)
+                      else "binary", bytes=len(first))
+        if not await self._handshake_step(codec.handshake(first), "client/init"):
+            return False
+        while not codec.ready:
+            try:
+                data, t_received, _ = await self._read_message(first_timeout=self.config.handshake_step_timeout_s)
+            except TimeoutError:
+                await self._silent_close("noise/handshake", f"handshake stalled: no Noise message 2 within "
+                                                            f"{self.config.handshake_step_timeout_s} s")
+                return False
+            self.log.emit("recv", self.session_id, t_us=t_received, type="noise/handshake", bytes=len(data))
+            if not await self._handshake_step(codec.handshake(data), "noise/handshake"):
+                return False
+        self.flow = NoiseServerFlow()
+        self.audio_open = False
+        self.available = None
+        self._pacer.seal, self._pacer.profile = self._seal_noise, self.profiles.noise
+        await self._write_noise(m.NoiseServerHello(name=self.config.name))
+        hello = await self._noise_client_hello()
+        if hello is None:
+            return False
+        return await self._activate(hello)
+
+    async def _handshake_step(self, step: HandshakeStep, kind: str) -> bool:
+        """Write what a codec step sends (cleartext text messages); False if it closed."""
+        for wire in step.send:
+            await self.ws.send(wire)
+        if not step.close:
+            return True
+        error = step.error or ProtocolError(kind, "", "handshake failed")
+        if not step.send:
+            await self._silent_close(error.message_type, error.rule)
+        elif self.profile == "legacy":  # a legacy client on a noise-only server
+            await self._reject_and_close(closecodes.PROTOCOL_ERROR, ProtocolError(
+                error.message_type, error.field, f"server/error malformed: this server speaks only the noise "
+                                                 f"profile (--profiles {','.join(self.profiles.names)})"))
+        else:  # an init failure: server/error went out, then the close
+            await self._reject_and_close(closecodes.PROTOCOL_ERROR, error)
+        return False
+
+    async def _noise_client_hello(self) -> m.NoiseClientHello | None:
+        """The first message after server/hello, which must be client/hello (within one
+        step's timeout, however many refused messages come first)."""
+        deadline_us = now_us() + int(self.config.handshake_step_timeout_s * 1e6)
+        while True:
+            try:
+                data, t_received, fragments = await self._read_message(
+                    first_timeout=max(0.0, (deadline_us - now_us()) / 1e6))
+            except TimeoutError:
+                await self._silent_close("client/hello", f"handshake stalled: no client/hello within "
+                                                         f"{self.config.handshake_step_timeout_s} s")
+                return None
+            message = await self._decode_noise(data, t_received, fragments)
+            if message is False:
+                return None
+            if message is None:
+                continue
+            if isinstance(message, m.NoiseClientHello):
+                return message
+            if isinstance(message, m.NoiseClientGoodbye):
+                await self._dispatch(message, t_received)
+                return None
+            await self._reject_and_close(closecodes.PROTOCOL_ERROR, ProtocolError(
+                getattr(message, "TYPE", "binary"), "", "the client's first message after server/hello must be "
+                                                        "client/hello"))
+            return None
+
+    async def _activate(self, hello: m.NoiseClientHello) -> bool:
+        """Activate the roles we serve. With the Sentinel PSK (unpaired: the only PSK this
+        server holds) playback needs the client's unpaired access (messaging.md,
+        server/activate); without it, or on a credential mismatch, the session stays idle."""
+        assert self.noise is not None
+        support = hello.player_support
+        self.hello = m.ClientHello(  # the legacy view playback reads (profile-free)
+            client_id=self.noise.peer_id or "", name=hello.name, supported_roles=hello.supported_roles,
+            player_support=m.PlayerSupport(supported_formats=support.supported_formats,
+                                           buffer_capacity=support.buffer_capacity,
+                                           supported_commands=[]) if support else UNSET)  # from client/state
+        self._pacer.capacity = support.buffer_capacity if support else 0
+        playback = hello.unpaired_access.enabled and not self.noise.credential_mismatch
+        self.active_roles = activate_roles(hello.supported_roles, NOISE_ROLES) if playback else []
+        if self.has_role("player") and not support:
+            self.active_roles = [r for r in self.active_roles if not r.startswith("player@")]
+        await self._write_noise(m.ServerActivate(activities=["playback"] if playback else [],
+                                                 active_roles=list(self.active_roles)))
+        return True
 
     # --- reading -------------------------------------------------------------------------
 
@@ -273,7 +439,13 @@ class Session:
                               rule=f"stalled payload: {exc} for {self.config.payload_timeout_s} s")
                 await self.close(closecodes.STALLED_PAYLOAD, f"stalled payload: {exc}")
                 return
-            if isinstance(data, bytes):
+            if self.noise is not None:
+                message = await self._decode_noise(data, t_received, fragments)
+                if message is False:
+                    return
+                if message is not None and not await self._dispatch(message, t_received):
+                    return
+            elif isinstance(data, bytes):
                 self._handle_binary(data, t_received, fragments)
             else:
                 if not await self._handle_text(data, t_received, fragments):
@@ -337,31 +509,164 @@ class Session:
         return await self._dispatch(message, t_received)
 
     async def _dispatch(self, message: Message, t_received: int) -> bool:
+        """Act on one message of either profile (their classes differ where shapes do)."""
         match message:
             case m.ClientTime():
                 self.enqueue(m.ServerTime(client_transmitted=message.client_transmitted,
                                           server_received=t_received, server_transmitted=0))
             case m.ClientState():
                 self._merge_state(message)
+            case m.NoiseClientState():
+                self._merge_noise_state(message)
             case m.ClientCommand(controller=cmd) if cmd is not UNSET:
                 if not self.has_role("controller"):
                     self.reject(ProtocolError(message.TYPE, "payload.controller", "client has no controller role"))
                 else:
                     self.playback.controller_command(self, cmd)
+            case m.ClientLeave():
+                # messaging.md: handled as when the client becomes unavailable (a solo group, stopped)
+                self.playback.external_source(self)
             case m.StreamRequestFormat():
                 self._request_format(message)
-            case m.HarnessUpload():
+            case m.HarnessUpload() if self.noise is None:
                 self._pending_upload = (message, now_us() + int(self.config.payload_timeout_s * 1e6))
-            case m.ClientGoodbye():
+            case m.ClientGoodbye() | m.NoiseClientGoodbye():
                 self.log.emit("goodbye", self.session_id, reason=message.reason)
                 self.goodbye_reason = message.reason
                 await self.close(closecodes.NORMAL, f"goodbye: {message.reason}")
                 return False
-            case m.ClientHello():
+            case m.ClientHello() | m.NoiseClientHello():
                 pass  # refused by the handshake state machine already
             case _:
                 self.reject(ProtocolError(message.TYPE, "", "not a client-to-server message"))
         return True
+
+    # --- the noise profile: transport ----------------------------------------------------
+
+    async def _decode_noise(self, data: str | bytes, t_received: int, fragments: int) -> Message | bool | None:
+        """One received transport message: the message, None (a fragment, or one
+        refused and ignored), or False when the connection was closed (silently)."""
+        assert self.noise is not None and self.flow is not None
+
+        def refuse(kind: str, exc: ProtocolError) -> None:  # logged, ignored; the session stays open
+            self.log.emit("recv", self.session_id, t_us=t_received, type=kind, bytes=len(data), fragments=fragments)
+            self.reject(exc)
+
+        try:
+            decoded = self.noise.decode(data)
+        except ConnectionFatal as exc:
+            self.log.emit("recv", self.session_id, t_us=t_received, type="?", bytes=len(data), fragments=fragments)
+            await self._silent_close(exc.message_type, exc.rule)
+            return False
+        except ProtocolError as exc:  # a whole, authentic message of a shape we refuse
+            refuse(exc.message_type, exc)
+            return None
+        if decoded is None:
+            return None
+        if not isinstance(decoded, Message):
+            refuse("binary", ProtocolError("binary", "type", f"binary message type {getattr(decoded, 'type', '?')}: "
+                                                             "no role this session activated receives binary"))
+            return None
+        try:
+            self.flow.receive(decoded)
+        except ProtocolError as exc:
+            refuse(decoded.TYPE, exc)
+            return None
+        fields: dict[str, object] = {}
+        if isinstance(decoded, m.ClientTime):
+            fields["client_transmitted"] = decoded.client_transmitted
+        elif isinstance(decoded, m.NoiseClientState) and decoded.player is not UNSET:
+            fields = {k: v for k in ("volume", "muted") if (v := getattr(decoded.player, k)) is not UNSET}
+        elif isinstance(decoded, m.NoiseClientHello):
+            fields = {"client_id": self.noise.peer_id, "roles": decoded.supported_roles}
+            if decoded.player_support is not UNSET:
+                support = decoded.player_support
+                fields["supports"] = ["player@v1_support"]
+                fields["formats"] = [f"{f.codec}/{f.sample_rate}/{f.channels}/{f.bit_depth}"
+                                     for f in support.supported_formats]
+        self.log.emit("recv", self.session_id, t_us=t_received, type=decoded.TYPE, bytes=len(data),
+                      fragments=fragments, **fields)
+        return decoded
+
+    def _merge_noise_state(self, message: m.NoiseClientState) -> None:
+        """A player reports `available: false` until its clock is synchronized
+        (messaging.md), so only a change from true to false is the external-source case."""
+        previous, self.available = self.available, message.available
+        self.state = "synchronized" if message.available else "external_source"
+        if message.player is not UNSET:
+            if message.player.volume is not UNSET:
+                self.volume = message.player.volume
+            if message.player.muted is not UNSET:
+                self.muted = message.player.muted
+            self.audio_open = True  # the player's state object came: its binary data may flow
+            support = self.hello.player_support if self.hello is not None else None
+            if support:  # the revision declares a player's commands in its state object
+                support.supported_commands = [c for c in message.player.supported_commands if c in ("volume", "mute")]
+            self.playback.group_changed(self.group)
+        if previous is True and not message.available:
+            self.playback.external_source(self)
+        self._wake.set()
+
+    def _to_noise(self, message: Message) -> Message | None:
+        """Playback's (legacy) message in the noise revision's shape; None: nothing to
+        send (a role the noise session never activates)."""
+        match message:
+            case m.GroupUpdate():  # the revision always carries all three fields
+                group = self.group
+                state = message.playback_state if isinstance(message.playback_state, str) else None
+                group_id = message.group_id if isinstance(message.group_id, str) else None
+                name = message.group_name if isinstance(message.group_name, str) else None
+                return m.NoiseGroupUpdate(playback_state=state or (group.playback_state if group else "stopped"),
+                                          group_id=group_id or (group.group_id if group else ""),
+                                          group_name=name or (group.name if group else ""))
+            case m.StreamStart():
+                return None if message.player is UNSET else m.NoiseStreamStart(server_transmitted=0,
+                                                                                 player=message.player)
+            case m.StreamClear():
+                return m.NoiseStreamClear(server_transmitted=0, roles=message.roles)
+            case m.ServerCommand():
+                p = message.player
+                return None if p is UNSET else m.NoiseServerCommand(
+                    player=m.NoisePlayerCommand(command=p.command, volume=p.volume, mute=p.mute))
+            case m.ServerState() | m.HarnessError() | m.HarnessUploadResult():
+                return None
+        return message
+
+    async def _write_noise(self, message: Message) -> None:
+        """Encrypt and write one message now, all its fragments in one write: the nonce
+        is the send order, and transmit timestamps are taken here (messaging.md)."""
+        assert self.noise is not None and self.flow is not None
+        if isinstance(message, m.NoiseStreamStart | m.NoiseStreamClear | m.ServerTime):
+            message.server_transmitted = now_us()
+        self.flow.sent(message)
+        wires = self.noise.encode_messages(message)
+        size = sum(len(w) for w in wires)
+        self.log.emit("send_begin", self.session_id, type=message.TYPE, bytes=size, fragments=len(wires))
+        await self._write_frames([wsframes.encode_frame(wsframes.BINARY, w, mask=self.dialled) for w in wires])
+        self.log.emit("send_end", self.session_id, type=message.TYPE, bytes=size)
+
+    def _seal_noise(self, prepared: bytes) -> bytes:
+        """The pacer's per-listener step: this chunk's AEAD, `send_ahead` stamped now."""
+        assert self.noise is not None
+        transmit_us = now_us()
+        if not self.dialled:
+            return self.noise.audio_frame(prepared, transmit_us)
+        return b"".join(wsframes.encode_frame(wsframes.BINARY, w, mask=True)
+                        for w in self.noise.audio_messages(prepared, transmit_us))
+
+    async def _write_frames(self, frames: list[bytes]) -> None:
+        """Write whole, pre-framed messages (audio; noise's encrypted messages) now;
+        wait, as ws.send() would, while the transport is over its high-water mark."""
+        if self.ws.protocol.state is not State.OPEN:
+            raise ConnectionClosed(None, None)
+        self.ws.transport.writelines(frames)
+        if self.ws.paused:
+            self._sending = True
+            self._progress_us = now_us()
+            try:
+                await self.ws.drain()
+            finally:
+                self._sending = False
 
     def _merge_state(self, message: m.ClientState) -> None:
         state = message.state or (message.player.state if message.player else UNSET)
@@ -402,6 +707,11 @@ class Session:
     # --- outbound API used by playback -----------------------------------------------------
 
     def enqueue(self, message: Message) -> None:
+        if self.noise is not None:
+            translated = self._to_noise(message)
+            if translated is None:
+                return
+            message = translated
         size = self.codec.encoded_size(message)
         self._control.append((message, size))
         self._control_bytes += size
@@ -429,6 +739,8 @@ class Session:
                      split: Split | None = None) -> None:
         """stream/start for the channel, then its image (of `size` bytes: a scripted
         one, made beforehand off the event loop; else --artwork-bytes)."""
+        if self.noise is not None:  # the revision's artwork (announce + parts) is not served
+            return
         image = make_image(image_format, size or self.config.artwork_bytes)
         self.enqueue(m.StreamStart(artwork=m.ArtworkStream(channels=[m.ArtworkStreamChannel(
             source="album", format=image.format, width=image.width, height=image.height)])))  # type: ignore[arg-type]
@@ -456,6 +768,9 @@ class Session:
         return None
 
     async def _send_now(self, message: Message) -> None:
+        if self.noise is not None:
+            await self._write_noise(message)
+            return
         split = self._take_split(message.TYPE) if self._splits else None
         if split is None:
             await self._send(self.codec.encode(message), message.TYPE)
@@ -547,7 +862,7 @@ class Session:
                 continue
             audio, wait_s = self._next_audio()
             if audio is not None:
-                await self._send_frame(audio)
+                await self._write_frames([audio])
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -556,7 +871,8 @@ class Session:
     def _next_audio(self) -> tuple[bytes | None, float | None]:
         """The audio frame due now, else (None, how long to wait; None = until woken)."""
         fmt = self.player_format
-        if fmt is None or self.group is None or self.group.playback_state != "playing":
+        if (fmt is None or self.group is None or self.group.playback_state != "playing" or not self.audio_open
+                or not self.available):
             return None, None
         return self._pacer.next_due(fmt, now_us())
 
@@ -569,6 +885,7 @@ class Session:
         fmt = self.player_format
         if (fmt is None or self._pacer.cursor != chunks[0].seq or self._sending or self._control
                 or self._artwork or self.group is None or self.group.playback_state != "playing"
+                or not self.audio_open or not self.available
                 or self.ws.protocol.state is not State.OPEN
                 or self.ws.transport.get_write_buffer_size() > self.config.write_limit_bytes):
             self._wake.set()
@@ -578,20 +895,6 @@ class Session:
             self._wake.set()
         if frames:
             self.ws.transport.writelines(frames)
-
-    async def _send_frame(self, frame: bytes) -> None:
-        """Write a pre-framed audio message; wait, as ws.send() would, while the
-        transport is over its high-water mark."""
-        if self.ws.protocol.state is not State.OPEN:
-            raise ConnectionClosed(None, None)
-        self.ws.transport.write(frame)
-        if self.ws.paused:
-            self._sending = True
-            self._progress_us = now_us()
-            try:
-                await self.ws.drain()
-            finally:
-                self._sending = False
 
     def _skipped(self, count: int, total: int) -> None:
         self.log.emit("audio_skip", self.session_id, chunks=count, total=total)

@@ -111,7 +111,7 @@ class ChunkStore:
         self.chunks: deque[Chunk] = deque()   # in timeline order; seqs may skip (IPC drops)
         self._by_seq: dict[int, Chunk] = {}
         self._canonical: dict[int, bytes] = {}
-        self._prepared: dict[int, dict[tuple[int, int], bytes]] = {}
+        self._prepared: dict[int, dict[tuple[int, int, str], bytes]] = {}
         self._listeners: set[Callable[[list[Chunk]], None]] = set()
         self.running = False
 
@@ -171,16 +171,19 @@ class ChunkStore:
                 return c.seq
         return self.chunks[-1].seq + 1 if self.chunks else 0
 
-    def prepared(self, chunk: Chunk, channels: int, bit_depth: int) -> bytes:
-        """`chunk` in one format as the wire profile prepares audio for every
-        session (legacy: the complete WebSocket binary frame; servers do not
-        mask, so every listener gets these bytes). Made once per format."""
+    def prepared(self, chunk: Chunk, channels: int, bit_depth: int, profile: Profile | None = None) -> bytes:
+        """`chunk` in one format as a wire profile (default: the store's) prepares
+        audio for every session of that profile (legacy: the complete WebSocket
+        binary frame, the same bytes for every listener; noise: the plaintext
+        message, which each session seals). Made once per format and profile."""
         formats = self._prepared.setdefault(chunk.seq, {}) if chunk.seq in self._canonical else {}
-        data = formats.get((channels, bit_depth))
+        key = (channels, bit_depth, profile.name if profile is not None else "")
+        data = formats.get(key)
         if data is None:
             pcm = render(self.source_kind, self._canonical.get(chunk.seq, b""), chunk.start_frame, chunk.frames,
                          channels, bit_depth)
-            data = formats[(channels, bit_depth)] = self._prepare(chunk.ts_us, pcm)
+            prepare = profile.prepare_audio if profile is not None else self._prepare
+            data = formats[key] = prepare(chunk.ts_us, pcm)
         return data
 
     def position_us(self) -> int:

@@ -13,10 +13,12 @@ import signal
 import socket
 
 from harness.protocol import get_profile, now_us
+from harness.protocol.noise import Identity
 
 from . import ipc
 from .config import ServerConfig
-from .server import PROFILE, ReferenceServer
+from .profiles import ServedProfiles
+from .server import ReferenceServer
 from .timeline import Chunk, ChunkStore
 
 HELLO_TIMEOUT_S = 10.0
@@ -33,7 +35,10 @@ async def run_worker(config: ServerConfig, ipc_fd: int, heartbeat_s: float) -> i
     hello = ipc.decode(first)
     if not isinstance(hello, ipc.Hello):
         raise RuntimeError(f"worker: first IPC message must be HELLO, got {hello!r}")
-    store = ChunkStore(hello.rate, hello.source_kind, get_profile(PROFILE))
+    store = ChunkStore(hello.rate, hello.source_kind, get_profile("legacy"))
+    if "noise" in config.profiles and not hello.identity:
+        raise RuntimeError("worker: --profiles has noise but the coordinator sent no identity")
+    profiles = ServedProfiles(config.profiles, Identity(hello.identity) if hello.identity else None)
 
     def send(message: bytes) -> None:
         with contextlib.suppress(BlockingIOError, OSError):  # coordinator busy or gone: EOF will tell
@@ -44,7 +49,7 @@ async def run_worker(config: ServerConfig, ipc_fd: int, heartbeat_s: float) -> i
         listeners = sum(1 for s in sessions.values() if s.player_format is not None)
         send(ipc.heartbeat(listeners, len(sessions), store.running))
 
-    server = ReferenceServer(config, store=store, demand=report)
+    server = ReferenceServer(config, store=store, demand=report, profiles=profiles)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.stopping.set)
 

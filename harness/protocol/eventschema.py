@@ -64,7 +64,9 @@ EVENTS: dict[str, EventType] = {e.name: e for e in [
        sessions="server: live sessions", live_workers="coordinator: live workers"),
     _e("accept", "server proxy", "a TCP connection accepted (server: or dialled, then `dialled`)",
        remote="server: peer address", client="proxy: peer host:port", conn_seq="proxy: connection number",
-       dialled="server: true when the server dialled the client (server-initiated)"),
+       dialled="server: true when the server dialled the client (server-initiated)",
+       profile="server: the wire profile the client speaks, `legacy` or `noise`, from its first message "
+               "(written once that message is read, stamped with the accept time; None: no message came)"),
     _e("close", "server proxy probe", "a connection ended",
        code="close code received (None: no close frame)", reason="close reason", sent_code="server: code it sent",
        audio_sent="server: chunks sent", audio_skipped="server: chunks skipped as stale",
