@@ -421,3 +421,49 @@ def test_aiosendspin_10_2_1_client_streams_from_the_reference_server(run, tmp_pa
                   f"send_ahead {min(c[1] for c in chunks)}..{max(c[1] for c in chunks)} µs", file=sys.stderr)
 
     run(body())
+
+
+# --- the whole stack: the probe, the fault proxy (opaque) and a cluster ------------------------------------
+
+
+def test_the_noise_probe_streams_through_the_proxy_and_survives_its_worker_killed(run, tmp_path: Path) -> None:
+    """The noise session end to end through our own parts: the proxy relays it opaquely
+    (a network fault acts, a message fault is refused for it), and after its worker is
+    SIGKILLed the probe reconnects through the balancer with a new handshake to the same
+    cluster identity and streams again."""
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server, proxy = await sc.cluster_behind_proxy(2)
+            probe = await sc.probe(proxy.url, ProbeConfig(name="noisy", profile="noise", reconnect=True))
+            await until("2 s of audio", lambda: probe.audio.samples >= 2 * RATE)
+            latency = await proxy.add({"type": "latency", "name": "lat", "latency_ms": 20})
+            assert "not_applied" not in latency, latency
+            dropped = await proxy.add({"type": "drop", "name": "drop-time", "json_type": "server/time"})
+            (refused,) = dropped["not_applied"]
+            assert (refused["profile"], refused["mode"]) == ("noise", "noise-opaque"), refused
+            await proxy.applied("lat")
+            before = probe.audio.samples
+            await until("audio through the latency", lambda: probe.audio.samples >= before + RATE)
+            assert probe.audio.gaps == 0 and not probe.errors
+            await proxy.reset()
+
+            (conn,) = await proxy.connections()
+            first_port = probe.local_port
+            await proxy.add({"type": "worker_crash", "action": "kill", "upstream": conn["upstream_index"]})
+            await until("a new connection", lambda: probe.in_session and probe.local_port != first_port)
+            after = probe.audio.samples
+            await until("audio again", lambda: probe.audio.samples >= after + RATE)
+            handshakes = sc.events().select("noise_handshake", proc="noisy")
+            assert len(handshakes) == 2 and {h["server_id"] for h in handshakes} == {
+                (await asyncio.to_thread(_status, server.ready["http"]))["server_id"]}, handshakes
+            await sc.close_probes()
+
+    run(body(), 90)
+
+
+async def until(what: str, condition: Callable[[], bool]) -> None:
+    deadline = asyncio.get_running_loop().time() + WAIT_S
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"no {what} within {WAIT_S} s")
+        await asyncio.sleep(0.02)
