@@ -511,7 +511,8 @@ class Adapter:
             await self._serve(ws)
             if ws.close_code is not None:
                 self.seen.close_code = int(ws.close_code)
-            if not args.reconnect:
+            # 10.2.1 lets a second dial displace the session (goodbye another_server): the run goes on with it
+            if not args.reconnect and not self.client.connected:
                 self.stop.set()
 
         self.listener = ClientListener(client_id=self.pinned.client_id, on_connection=on_connection,

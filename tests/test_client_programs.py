@@ -505,6 +505,39 @@ def test_aiosendspin10_client_listens_as_a_conformance_adapter_and_the_server_di
     check_audio_against_the_watermark(summary)
 
 
+@pytest.mark.timeout(120)
+def test_aiosendspin10_client_lets_a_second_dialling_server_displace_the_first(
+        run: Callable[..., Any], tmp_path: Path) -> None:
+    """A finding about 10.2.1 (6.1.1 refuses a second dial: its attach_websocket raises):
+    a server dialling in while another holds the session is admitted (equal rank) and the
+    first one gets client/goodbye `another_server`. The run goes on with the newcomer."""
+    python = aiosendspin10()
+    ready, port = tmp_path / "ready.json", free_port()
+
+    async def body() -> int | None:
+        async with Scenario(tmp_path) as sc:
+            client = spawn10(python, "aio10", ["--initiator-role", "server", "--port", str(port),
+                                               "--ready", str(ready)], tmp_path)
+            try:
+                info = await await_ready_file(client, ready, 30)
+                for name in ("server", "server-1"):
+                    await sc.server("--profiles", "noise", "--dial", info["url"])
+                    await audio_flowing(tmp_path / f"{name}.jsonl", await session_of(tmp_path / f"{name}.jsonl",
+                                                                                    info["client_id"]))
+                await wait_record(tmp_path / "server.jsonl", lambda r: r["event"] == "goodbye", 10,
+                                  "the first server's goodbye")
+                return await sigterm(client)
+            finally:
+                await client.astop()
+
+    code = run(body(), 110)
+    assert code == 0, (tmp_path / "aio10.out").read_text()
+    first, second = records(tmp_path / "server.jsonl"), records(tmp_path / "server-1.jsonl")
+    assert [r["reason"] for r in first if r["event"] == "goodbye"] == ["another_server"]
+    assert [r["reason"] for r in second if r["event"] == "goodbye"] == ["shutdown"]
+    assert json_lines(tmp_path / "aio10.out")[-1]["sessions"] == 2
+
+
 @pytest.mark.timeout(90)
 def test_aiosendspin10_client_does_not_reconnect_when_the_server_dies(run: Callable[..., Any], tmp_path: Path) -> None:
     """Like 6.1.1, 10.2.1 stays disconnected after a lost connection: exit 1, saying so."""
