@@ -453,6 +453,7 @@ def test_aiosendspin10_client_plays_answers_commands_and_says_goodbye_on_sigterm
     assert (summary["profile"], summary["suite"], summary["client_id"]) == ("noise", CHACHA, client_id)
     assert summary["client_id_requested"] == "aio10-1" and "--client-id 'aio10-1' ignored" in summary["notes"][0]
     assert summary["sessions"] == 1 and summary["server_commands"] == 2 and summary["time_synchronized"]
+    assert summary["close_code"] is None, summary   # the client ended the session: no close code of the server's
     assert summary["server"]["server_id"] == summary["peer_hello"]["payload"]["server_id"]
     check_audio_against_the_watermark(summary)
     server = records(server_log)
