@@ -288,6 +288,8 @@ class Seen:
         """10.2.1 has no server/hello listener: its `server_info` once admitted (the server_id
         comes from the handshake, not the hello), as conformance's adapter reports it."""
         self.sessions += 1
+        if info is None:   # closed again before we looked: a session, with nothing to report of it
+            return
         codecs = None if info.source_codecs is None else sorted(c.value for c in info.source_codecs)
         self.server = {"server_id": info.server_id, "name": info.name, "languages": list(info.languages),
                        "source_codecs": codecs}

@@ -313,6 +313,7 @@ def test_aiosendspin_client_finds_the_server_plays_answers_commands_and_exits_0_
     (["--url", "ws://127.0.0.1/sendspin", "--duration", "-1"], "must be > 0"),
     (["--initiator-role", "server", "--path", "sendspin"], "--path must start with '/'"),
     (["--url", "ws://127.0.0.1/sendspin", "--initiator-role", "both"], "invalid choice"),
+    (["--url", "ws://127.0.0.1/sendspin", "--suite", "aes"], "expected one of chacha, aesgcm"),
 ])
 def test_aiosendspin_client_bad_arguments_exit_2(argv: list[str], message: str,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
