@@ -5,7 +5,11 @@ outside as the client gate will: the server's event log, exit status, stdout, st
   and listening while aiosendspin 6.1.1's server dials in (server-initiated);
 - `clients/aiosendspin_client.py` (aiosendspin 6.1.1's SendspinClient) against a
   spawned reference server, found through a conformance registry file, and what it
-  does when the server dies (it does not reconnect).
+  does when the server dies (it does not reconnect);
+- the same script under aiosendspin 10.2.1 (the `noise` profile) against the reference
+  server in noise, both ways (it dials; the server dials its listener), checked sample
+  by sample against the server's watermark (skipped unless SENDSPIN_AIOSENDSPIN10_PYTHON
+  names a Python with aiosendspin[server]==10.2.1; the project's venv keeps 6.1.1).
 
 Real processes, real sockets on 127.0.0.1; every wait is bounded.
 """
@@ -13,9 +17,12 @@ Real processes, real sockets on 127.0.0.1; every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -25,12 +32,17 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
 
 from harness import probe_cli
 from harness.probe import ProbeConfig
 from harness.protocol import messages as m
+from harness.protocol import watermark
+from harness.protocol.noise import Identity
+from harness.protocol.noise_crypto import b64url_decode
 from harness.scenario import Scenario
+from harness.server_control import ServerControl
 from harness.topology import Child, await_ready_file, reference_server, spawn_child
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -294,35 +306,6 @@ def test_aiosendspin_client_finds_the_server_plays_answers_commands_and_exits_0_
     assert len(close) == 1 and close[0]["audio_sent"] > 0, close
 
 
-@needs_aiosendspin
-@pytest.mark.timeout(90)
-def test_aiosendspin_client_does_not_reconnect_when_the_server_dies(run: Callable[..., Any], tmp_path: Path) -> None:
-    """A finding about the library: after a lost connection SendspinClient stays
-    disconnected. Without --reconnect the adapter's run ends with it: exit 1."""
-    ready = tmp_path / "ready.json"
-
-    async def body() -> tuple[bool, int | None]:
-        server = reference_server(tmp_path)
-        client = spawn("aio", [str(ADAPTER), "--url", server.ready["url"], "--client-id", "aio-2",
-                               "--ready", str(ready)], tmp_path)
-        try:
-            await await_ready_file(client, ready, 20)   # written once connected
-            server.kill_group(signal.SIGKILL)
-            server.reap(5)
-            exited = await client.wait_exited(15)
-            return exited, client.reap() if exited else None
-        finally:
-            await client.astop()
-            server.stop()
-
-    exited, code = run(body(), 80)
-    out = (tmp_path / "aio.out").read_text()
-    assert exited and code == 1, out
-    assert out.splitlines()[-1].startswith("aiosendspin_client: session ended before the run did (close code 1006)")
-    assert "does not reconnect" in out.splitlines()[-1]
-    assert json_lines(tmp_path / "aio.out")[-1]["sessions"] == 1
-
-
 @pytest.mark.parametrize(("argv", "message"), [
     ([], "where is the server?"),
     (["--url", "http://127.0.0.1/sendspin"], "expected a ws:// URL"),
@@ -330,6 +313,7 @@ def test_aiosendspin_client_does_not_reconnect_when_the_server_dies(run: Callabl
     (["--url", "ws://127.0.0.1/sendspin", "--duration", "-1"], "must be > 0"),
     (["--initiator-role", "server", "--path", "sendspin"], "--path must start with '/'"),
     (["--url", "ws://127.0.0.1/sendspin", "--initiator-role", "both"], "invalid choice"),
+    (["--url", "ws://127.0.0.1/sendspin", "--suite", "aes"], "expected one of chacha, aesgcm"),
 ])
 def test_aiosendspin_client_bad_arguments_exit_2(argv: list[str], message: str,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
@@ -350,3 +334,240 @@ def test_aiosendspin_client_refuses_an_unsupported_scenario_with_an_error_summar
     assert report["status"] == "error" and "server-initiated-flac" in report["reason"]
     assert (tmp_path / "ready.json").exists()
     assert capsys.readouterr().err.splitlines()[-1].startswith("aiosendspin_client: scenario 'server-initiated-flac'")
+
+
+# --- the same script under aiosendspin 10.2.1 (noise) --------------------------------------------------
+
+AIOSENDSPIN10_ENV = "SENDSPIN_AIOSENDSPIN10_PYTHON"
+CHACHA, AESGCM = "25519_ChaChaPoly_SHA256", "25519_AESGCM_SHA256"
+
+
+@functools.cache
+def _aiosendspin10_python() -> tuple[str | None, str]:
+    """(the interpreter, or None and why not)."""
+    python = os.environ.get(AIOSENDSPIN10_ENV)
+    if not python:
+        return None, (f"{AIOSENDSPIN10_ENV} is not set: it names a Python with aiosendspin[server]==10.2.1 "
+                      "(the project's venv keeps 6.1.1)")
+    version = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('aiosendspin'))"],
+                             capture_output=True, text=True, timeout=60).stdout.strip()
+    if version != "10.2.1":
+        return None, f"{AIOSENDSPIN10_ENV}={python} has aiosendspin {version or 'missing'}, not 10.2.1"
+    return python, ""
+
+
+def aiosendspin10() -> str:
+    python, why = _aiosendspin10_python()
+    if python is None:
+        pytest.skip(why)
+    return python
+
+
+def spawn10(python: str, name: str, argv: list[str], tmp_path: Path) -> Child:
+    return spawn_child(name, [python, str(ADAPTER), *argv], tmp_path / f"{name}.out", cwd=ROOT)
+
+
+def check_audio_against_the_watermark(summary: dict[str, Any]) -> int:
+    """The reference server's source carries each frame's index (harness/protocol/watermark.py):
+    the summary's counts and both hashes must be those of consecutive frames from the first
+    one received, so one lost, repeated or altered sample fails. Returns the frames."""
+    audio, stream = summary["audio"], summary["stream"]
+    assert (stream["codec"], stream["sample_rate"], stream["channels"], stream["bit_depth"]) == ("pcm", 48_000, 2, 16)
+    first = watermark.decode(bytes.fromhex(audio["first_frame_hex"]), 2, 16)[0]
+    frames = audio["received_sample_count"] // 2
+    assert frames > 0 and audio["audio_bytes"] == frames * 4 and audio["audio_chunk_count"] > 0, audio
+    pcm = watermark.encode(int(first), frames, 2, 16)
+    assert audio["received_encoded_sha256"] == hashlib.sha256(pcm).hexdigest()
+    canonical = (np.frombuffer(pcm, "<i2").astype(np.float32) / 32768).astype("<f4").tobytes()
+    assert audio["received_pcm_sha256"] == hashlib.sha256(canonical).hexdigest()
+    low, high = audio["send_ahead_us"]
+    assert 0 < low <= high < 5_000_000, audio["send_ahead_us"]
+    return frames
+
+
+@pytest.mark.timeout(120)
+def test_aiosendspin10_client_plays_answers_commands_and_says_goodbye_on_sigterm(
+        run: Callable[..., Any], tmp_path: Path) -> None:
+    """Client-initiated, in noise, ChaCha: the client_id is the key kept in --identity
+    (and --client-id is ignored, with a note); volume and mute from the server's control
+    endpoint come back in client/state; SIGTERM: goodbye (shutdown), exit 0."""
+    python = aiosendspin10()
+    key, ready, summary_path = tmp_path / "client.key", tmp_path / "ready.json", tmp_path / "summary.json"
+    server_log = tmp_path / "server.jsonl"
+
+    async def body() -> tuple[int | None, str, str]:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server("--profiles", "noise")
+            client = spawn10(python, "aio10", ["--url", server.ready["url"], "--client-id", "aio10-1",
+                                               "--client-name", "Aio ten", "--identity", str(key),
+                                               "--ready", str(ready), "--summary", str(summary_path)], tmp_path)
+            try:
+                client_id = (await await_ready_file(client, ready, 30))["client_id"]
+                session = await session_of(server_log, client_id)
+                await audio_flowing(server_log, session)
+                control = ServerControl(server.ready["control"])
+                for change, field in (({"volume": 40}, "volume"), ({"mute": True}, "muted")):
+                    await control.act("server/command", client_id=client_id, **change)
+                    value = next(iter(change.values()))
+                    await wait_record(server_log, lambda r, f=field, v=value: r["event"] == "recv"
+                                      and r["session"] == session and r.get("type") == "client/state"
+                                      and r.get(f) == v, 10, f"client/state with {field} {value}")
+                return await sigterm(client), session, client_id
+            finally:
+                await client.astop()
+
+    code, session, client_id = run(body(), 110)
+    assert code == 0, (tmp_path / "aio10.out").read_text()
+    assert client_id == Identity(b64url_decode(key.read_text().strip(), 32)).peer_id
+    assert key.stat().st_mode & 0o777 == 0o600
+    summary = json.loads(summary_path.read_text())
+    assert summary["status"] == "ok" and summary["implementation_version"] == "10.2.1", summary
+    assert (summary["profile"], summary["suite"], summary["client_id"]) == ("noise", CHACHA, client_id)
+    assert summary["client_id_requested"] == "aio10-1" and "--client-id 'aio10-1' ignored" in summary["notes"][0]
+    assert summary["sessions"] == 1 and summary["server_commands"] == 2 and summary["time_synchronized"]
+    assert summary["close_code"] is None, summary   # the client ended the session: no close code of the server's
+    assert summary["server"]["server_id"] == summary["peer_hello"]["payload"]["server_id"]
+    check_audio_against_the_watermark(summary)
+    server = records(server_log)
+    hello = next(r for r in server if r["event"] == "recv" and r.get("type") == "client/hello")
+    assert hello["client_id"] == client_id and hello["session"] == session
+    assert [r["reason"] for r in server if r["event"] == "goodbye" and r["session"] == session] == ["shutdown"]
+    close = [r for r in server if r["event"] == "close" and r["session"] == session]
+    assert len(close) == 1 and close[0]["code"] == 1000 and close[0]["audio_sent"] >= summary["audio"][
+        "audio_chunk_count"], close
+
+
+@pytest.mark.timeout(120)
+def test_aiosendspin10_client_listens_as_a_conformance_adapter_and_the_server_dials_it(
+        run: Callable[..., Any], tmp_path: Path) -> None:
+    """Server-initiated, AES-GCM, with exactly the conformance runner's flags: the listener
+    is registered, the reference server dials it, and the server ending the session
+    ends the run with exit 0 and an ok summary."""
+    python = aiosendspin10()
+    registry, ready, summary_path = tmp_path / "registry.json", tmp_path / "ready.json", tmp_path / "summary.json"
+    port = free_port()
+
+    async def body() -> tuple[int | None, int, str]:
+        async with Scenario(tmp_path) as sc:
+            client = spawn10(python, "aio10", [
+                "--summary", str(summary_path), "--ready", str(ready), "--registry", str(registry),
+                "--scenario-id", "server-initiated-pcm", "--initiator-role", "server", "--preferred-codec", "pcm",
+                "--timeout-seconds", "60", "--client-name", "aiosendspin-client", "--client-id",
+                "aiosendspin-client-id", "--server-id", "reference-server", "--server-name", "reference server",
+                "--port", str(port), "--path", "/sendspin", "--suite", "aesgcm"], tmp_path)
+            try:
+                info = await await_ready_file(client, ready, 30)
+                assert info["url"] == f"ws://127.0.0.1:{port}/sendspin" and info["profile"] == "noise"
+                assert json.loads(registry.read_text()) == {"aiosendspin-client": {"url": info["url"]}}
+                server = await sc.server("--profiles", "noise", "--dial", info["url"])
+                session = await session_of(tmp_path / "server.jsonl", info["client_id"])
+                await audio_flowing(tmp_path / "server.jsonl", session)
+                server_code = await asyncio.to_thread(server.stop)   # the server ends the session
+                assert await client.wait_exited(15), client.tail()
+                return client.reap(), server_code, info["client_id"]
+            finally:
+                await client.astop()
+
+    code, server_code, client_id = run(body(), 110)
+    assert server_code == 0
+    assert code == 0, (tmp_path / "aio10.out").read_text()
+    summary = json.loads(summary_path.read_text())
+    assert summary["status"] == "ok" and summary["initiator_role"] == "server", summary
+    assert (summary["suite"], summary["client_id"], summary["sessions"]) == (AESGCM, client_id, 1)
+    assert summary["close_code"] in (1000, 1001), summary
+    check_audio_against_the_watermark(summary)
+
+
+@pytest.mark.timeout(120)
+def test_aiosendspin10_client_lets_a_second_dialling_server_displace_the_first(
+        run: Callable[..., Any], tmp_path: Path) -> None:
+    """A finding about 10.2.1 (6.1.1 refuses a second dial: its attach_websocket raises):
+    a server dialling in while another holds the session is admitted (equal rank) and the
+    first one gets client/goodbye `another_server`. The run goes on with the newcomer."""
+    python = aiosendspin10()
+    ready, port = tmp_path / "ready.json", free_port()
+
+    async def body() -> int | None:
+        async with Scenario(tmp_path) as sc:
+            client = spawn10(python, "aio10", ["--initiator-role", "server", "--port", str(port),
+                                               "--ready", str(ready)], tmp_path)
+            try:
+                info = await await_ready_file(client, ready, 30)
+                for name in ("server", "server-1"):
+                    await sc.server("--profiles", "noise", "--dial", info["url"])
+                    await audio_flowing(tmp_path / f"{name}.jsonl", await session_of(tmp_path / f"{name}.jsonl",
+                                                                                    info["client_id"]))
+                await wait_record(tmp_path / "server.jsonl", lambda r: r["event"] == "goodbye", 10,
+                                  "the first server's goodbye")
+                return await sigterm(client)
+            finally:
+                await client.astop()
+
+    code = run(body(), 110)
+    assert code == 0, (tmp_path / "aio10.out").read_text()
+    first, second = records(tmp_path / "server.jsonl"), records(tmp_path / "server-1.jsonl")
+    assert [r["reason"] for r in first if r["event"] == "goodbye"] == ["another_server"]
+    assert [r["reason"] for r in second if r["event"] == "goodbye"] == ["shutdown"]
+    assert json_lines(tmp_path / "aio10.out")[-1]["sessions"] == 2
+
+
+def adapter_cmd(version: str) -> list[str]:
+    """The script under an interpreter that has aiosendspin `version` (skipped if there is none)."""
+    if version == "6.1.1":
+        if (why := _aiosendspin_missing()) is not None:
+            pytest.skip(why)
+        return [sys.executable, str(ADAPTER)]
+    return [aiosendspin10(), str(ADAPTER)]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(("version", "profile"), [("6.1.1", "legacy"), ("10.2.1", "noise")])
+def test_aiosendspin_client_does_not_reconnect_when_the_server_dies(run: Callable[..., Any], tmp_path: Path,
+                                                                    version: str, profile: str) -> None:
+    """A finding about the library, both versions: after a lost connection SendspinClient
+    stays disconnected. Without --reconnect the adapter's run ends with it: exit 1."""
+    cmd = adapter_cmd(version)
+    ready = tmp_path / "ready.json"
+
+    async def body() -> tuple[bool, int | None]:
+        server = reference_server(tmp_path, "--profiles", profile)
+        client = spawn_child("aio", [*cmd, "--url", server.ready["url"], "--ready", str(ready)], tmp_path / "aio.out",
+                             cwd=ROOT)
+        try:
+            await await_ready_file(client, ready, 30)   # written once connected
+            server.kill_group(signal.SIGKILL)
+            server.reap(5)
+            exited = await client.wait_exited(15)
+            return exited, client.reap() if exited else None
+        finally:
+            await client.astop()
+            server.stop()
+
+    exited, code = run(body(), 80)
+    out = (tmp_path / "aio.out").read_text()
+    assert exited and code == 1, out
+    assert out.splitlines()[-1].startswith("aiosendspin_client: session ended before the run did (close code 1006); "
+                                           f"aiosendspin {version} does not reconnect"), out
+    summary = json_lines(tmp_path / "aio.out")[-1]
+    assert (summary["sessions"], summary["profile"], summary["notes"]) == (1, profile, [])
+
+
+def test_aiosendspin10_client_refuses_a_bad_identity_file_with_exit_2(tmp_path: Path) -> None:
+    python = aiosendspin10()
+    key = tmp_path / "bad.key"
+    key.write_text("not a key\n")
+    bad = subprocess.run([python, str(ADAPTER), "--url", "ws://127.0.0.1:9/sendspin", "--identity", str(key)],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == BAD_ARGUMENT, bad.stderr
+    assert f"--identity {key}: not a base64url X25519 private key" in bad.stderr.splitlines()[-1]
+
+
+@needs_aiosendspin
+@pytest.mark.parametrize("option", [["--identity", "k.key"], ["--suite", "aesgcm"]])
+def test_aiosendspin_client_refuses_noise_options_under_6_1_1(option: list[str],
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        adapter_module().main(["--url", "ws://127.0.0.1:9/sendspin", *option])
+    assert exc.value.code == BAD_ARGUMENT
+    assert f"{option[0]} is for the noise profile (aiosendspin 10.2.1); aiosendspin 6.1.1 is installed" \
+        in capsys.readouterr().err
