@@ -111,7 +111,7 @@ async def measure_level(args: argparse.Namespace, srv: Any, n: int, work: Path, 
     }
     if row["min_send_ahead_ms"] is not None:
         row["min_send_ahead_ms"] = round(row["min_send_ahead_ms"] / 1000, 1)
-    row["problems"] = problems(row)
+    row["problems"], row["caveats"] = problems(row), caveats(row)
     return row
 
 
@@ -139,10 +139,19 @@ def problems(row: dict[str, Any]) -> list[str]:
         out.append(f"{', '.join(row['workers_lost'])} exited")
     if row["load_max_proc_cores"] >= LOAD_SATURATED:
         out.append(f"load generator saturated (a process at {row['load_max_proc_cores']:.2f} cores)")
-    if row["machine_busy"] >= MACHINE_SATURATED:
-        out.append(f"machine saturated ({row['machine_busy']:.0%} of {NCPU} cores: server {row['server_cores']:.2f}, "
-                   f"load {row['load_cores']:.2f}, other {row['other_cores']:.2f})")
+    if out:
+        out.append(f"server at {row['server_cores']:.2f} cores {row['cpu_split_s']} (CPU-s in the window), "
+                   f"{row['chunks_per_listener_s']} chunks per listener-second")
     return out
+
+
+def caveats(row: dict[str, Any]) -> list[str]:
+    """What weakens a figure that stands: a machine with no CPU to spare (CPU per operation
+    grows under contention; other work on the machine is named)."""
+    if row["machine_busy"] < MACHINE_SATURATED:
+        return []
+    return [f"machine saturated ({row['machine_busy']:.0%} of {NCPU} cores: server {row['server_cores']:.2f}, "
+            f"load generator {row['load_cores']:.2f}, other processes {row['other_cores']:.2f})"]
 
 
 async def run_one(args: argparse.Namespace, work: Path, key: str, make: Any, n: int) -> dict[str, Any]:
@@ -154,11 +163,11 @@ async def run_one(args: argparse.Namespace, work: Path, key: str, make: Any, n: 
         row = await measure_level(args, srv, n, work, key)
         row["cmd"] = srv.cmd
     except Exception as exc:
-        row = {"listeners": n, "problems": [f"failed: {exc!r}"[:300]], "cpu_s_per_listener_s": None}
+        row = {"listeners": n, "problems": [f"failed: {exc!r}"[:300]], "caveats": [], "cpu_s_per_listener_s": None}
     finally:
         stopped = await srv.stop()
     row["stop"] = stopped
     log(f"{key} n={n}: {row.get('cpu_s_per_listener_s')} CPU-s/listener-s, server {row.get('server_cores')} "
         f"cores, load {row.get('load_cores')}, machine {row.get('machine_busy', 0):.0%}, "
-        f"problems: {'; '.join(row['problems']) or 'none'}")
+        f"problems: {'; '.join(row['problems'] + row['caveats']) or 'none'}")
     return row
