@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from _noise_load import REQUIRED_LEAD_MS
 from mw_common import GROUPS, LOAD_SATURATED, MACHINE_SATURATED, NCPU, ROOT, log
-from mw_fanout import LoadProc
-
-from harness.topology import CLK_TCK, cmdline, cpu_ticks, group_pids, machine_ticks
+from mw_fanout import LoadProc, spread, window
 
 NOISE_LOAD = ROOT / "bench" / "_noise_load.py"
 
@@ -44,53 +40,17 @@ def _sum(rows: list[dict[str, Any]], key: str) -> int:
 
 async def measure_level(args: argparse.Namespace, srv: Any, n: int, work: Path, tag: str) -> dict[str, Any]:
     """One level on a started server: connect, settle, measure `args.seconds`, check."""
-    urls = srv.urls
-    nproc = max(1, math.ceil(n / args.per_proc))
-    counts = [n // nproc + (1 if i < n % nproc else 0) for i in range(nproc)]
-    procs, offset = [], 0
     budget = args.ready_timeout + args.settle + args.seconds + 60
-    for i, c in enumerate(counts):
-        rot = offset % len(urls)
-        procs.append(NoiseLoadProc(urls[rot:] + urls[:rot], c, f"{tag}-{n}-{i}", work / f"load-{tag}.stderr",
-                                   budget, args))
-        offset += c
-    try:
-        for p in procs:
-            await p.start()
-        ready = await asyncio.gather(*(p.read(args.ready_timeout + 30) for p in procs))
-        await asyncio.sleep(args.settle)
-        await asyncio.gather(*(p.command("mark") for p in procs))
-        workers_before = srv.worker_names()
-        load_pids = [p.proc.pid for p in procs if p.proc is not None]
-        s0 = {pid: cpu_ticks(pid) for pid in group_pids(srv.pid)}
-        l0 = {pid: cpu_ticks(pid) for pid in load_pids}
-        m0, t0 = machine_ticks(), time.monotonic()
-        await asyncio.sleep(args.seconds)
-        s1 = {pid: cpu_ticks(pid) for pid in group_pids(srv.pid)}
-        l1 = {pid: cpu_ticks(pid) for pid in load_pids}
-        m1, t1 = machine_ticks(), time.monotonic()
-        reports = await asyncio.gather(*(p.command("report", 20.0) for p in procs))
-        workers_lost = sorted(name for pid, name in workers_before.items() if cpu_ticks(pid) is None)
-    finally:
-        await asyncio.gather(*(p.stop() for p in procs), return_exceptions=True)
-    dur = t1 - t0
-    split: dict[str, float] = {}
-    names = srv.worker_names()
-    for pid, t in s1.items():
-        if t is None:
-            continue
-        role = names.get(pid) or ("coordinator" if pid == srv.pid else "resource_tracker"
-                                  if "resource_tracker" in cmdline(pid) else f"other:{pid}")
-        split[role] = round(split.get(role, 0.0) + (t - (s0.get(pid) or 0)) / CLK_TCK, 2)
-    server_s = sum(split.values())
-    load = [((l1[p] or 0) - (l0[p] or 0)) / CLK_TCK / dur for p in load_pids]
-    busy = (m1[0] - m0[0]) / (m1[2] - m0[2]) if m1[2] > m0[2] else 0.0
+    procs = spread(srv.urls, n, args.per_proc, lambda urls, c, i: NoiseLoadProc(
+        urls, c, f"{tag}-{n}-{i}", work / f"load-{tag}.stderr", budget, args))
+    w = await window(srv, procs, args.settle, args.seconds, ready_timeout=args.ready_timeout + 30 + n / 50,
+                     report_timeout=20.0)  # + connecting; a report waits for the second anchors
+    ready, reports, dur = w["ready"], w["reports"], w["dur"]
     streaming = _sum(reports, "with_audio")
     row: dict[str, Any] = {
         "listeners": n, "connected": _sum(ready, "connected"), "handshaken": _sum(ready, "handshaken"),
-        "streaming": streaming, "ready_s": max(r["ready_s"] for r in ready), "load_procs": nproc,
-        "window_s": round(dur, 2), "server_cpu_s": round(server_s, 2), "server_cores": round(server_s / dur, 3),
-        "cpu_s_per_listener_s": round(server_s / (streaming * dur), 6) if streaming else None,
+        "streaming": streaming, "ready_s": max(r["ready_s"] for r in ready),
+        "cpu_s_per_listener_s": round(w["server_s"] / (streaming * dur), 6) if streaming else None,
         # the load processes count from the mark to the second anchor: their own span, not the CPU window
         "chunks_per_listener_s": round(_sum(reports, "audio") / sum(r["with_audio"] * r["seconds"] for r in reports), 1)
         if streaming else 0.0,
@@ -104,10 +64,7 @@ async def measure_level(args: argparse.Namespace, srv: Any, n: int, work: Path, 
                                  default=None),
         "lost": _sum(reports, "lost"), "errors": _sum(ready, "errors") + _sum(reports, "errors"),
         "first_error": next((r["first_error"] for r in [*ready, *reports] if r["first_error"]), ""),
-        "workers_lost": workers_lost,
-        "load_cores": round(sum(load), 3), "load_max_proc_cores": round(max(load), 3) if load else 0.0,
-        "machine_busy": round(busy, 3), "cpu_split_s": split,
-        "other_cores": round(max(0.0, busy * NCPU - server_s / dur - sum(load)), 2),
+        "workers_lost": w["workers_lost"], **w["figures"],
     }
     if row["min_send_ahead_ms"] is not None:
         row["min_send_ahead_ms"] = round(row["min_send_ahead_ms"] / 1000, 1)

@@ -56,9 +56,9 @@ from typing import Any
 
 from _noise_measure import run_one
 from _noise_servers import AiosendspinServer, aiosendspin_python, ours
-from mw_common import GOAL_CPU_PER_LS, GROUPS, NCPU, T0, log
+from mw_common import GOAL_CPU_PER_LS, GROUPS, NCPU, end_run, log
 
-from harness.topology import cmdline, kill_group
+from harness.topology import kill_group
 
 CONFIGS = {"ours-w1": "ours, 1 worker", "ours-w2": "ours, 2 workers", "aiosendspin": "aiosendspin 10.2.1"}
 
@@ -204,14 +204,7 @@ def main() -> int:
     try:
         asyncio.run(run_all(args, work, results))
     finally:
-        for pgid in GROUPS.pgids:
-            kill_group(pgid)
-        for child in GROUPS.items:
-            child.reap(5.0)
-        time.sleep(0.3)
-        left = [f"{p} {cmdline(p)[:60]}" for p in GROUPS.leftovers()]
-        results["leftovers"] = left or "none"
-        results["runtime_s"] = round(time.monotonic() - T0, 1)
+        end_run(results)
         if own_dir:
             shutil.rmtree(work, ignore_errors=True)
     print(report(args, results), flush=True)

@@ -30,16 +30,17 @@ import argparse
 import asyncio
 import importlib.metadata
 import json
+import socket
 import sys
 
-import av  # noqa: F401  # PyAV imported up front: aiosendspin would import it lazily on the loop
-import numpy as np
 from aiohttp import web
 from aiosendspin.noise.keys import Identity
 from aiosendspin.noise.trust_store import InMemoryServerPairingStore, TrustedUnpairedClient
 from aiosendspin.server import AudioFormat, ClientAddedEvent, SendspinServer
 
-RATE, CHANNELS, BITS = 48_000, 2, 16
+# the interop peer's watermark (this script's directory is on sys.path); it imports PyAV up front too
+from aiosendspin10_server import BITS, CHANNELS, RATE, watermark
+
 BLOCK = RATE // 40  # 25 ms
 
 
@@ -50,49 +51,31 @@ class ApproveEveryone(InMemoryServerPairingStore):
         return await super().trusted_unpaired(client_id) or TrustedUnpairedClient(client_id=client_id)
 
 
-def watermark(first: int, frames: int) -> bytes:
-    index = np.arange(first, first + frames, dtype=np.int64)
-    pcm = np.empty((frames, 2), dtype="<u2")
-    pcm[:, 0] = index & 0xFFFF
-    pcm[:, 1] = (index >> 16) & 0xFFFF
-    return pcm.tobytes()
+class FanOut:
+    """One group for every listener: the first client added founds it and starts the stream."""
 
+    def __init__(self, server: SendspinServer, lead_ms: int) -> None:
+        self.server, self.lead_us = server, lead_ms * 1000
+        self.group = None
+        self.tasks: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
 
-async def main(lead_ms: int, max_seconds: float) -> None:
-    loop = asyncio.get_running_loop()
-    identity = Identity.generate()
-    server = SendspinServer(loop, identity, "aiosendspin 10.2.1 fan-out bench", pairing_store=ApproveEveryone(),
-                            allow_unencrypted=False)
-    added: asyncio.Queue[str] = asyncio.Queue()
-    server.add_event_listener(lambda _s, e: added.put_nowait(e.client_id) if isinstance(e, ClientAddedEvent) else None)
-    app = web.Application()
-    app.router.add_get(SendspinServer.API_PATH, server.on_client_connect)
-    runner = web.AppRunner(app, shutdown_timeout=2.0)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0, backlog=4096).start()
-    port = runner.addresses[0][1]
-    print(json.dumps({"url": f"ws://127.0.0.1:{port}{SendspinServer.API_PATH}", "server_id": identity.peer_id,
-                      "aiosendspin": importlib.metadata.version("aiosendspin")}), flush=True)
-    stdin_closed = asyncio.Event()
-    loop.add_reader(sys.stdin.fileno(), lambda: sys.stdin.buffer.read1(4096) or stdin_closed.set())
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
-    async def join_group() -> None:
-        group = None
-        pending: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
-        while True:
-            client = server.get_client(await added.get())
-            if client is None:
-                continue
-            if group is None:
-                group = client.group
-                pending.add(asyncio.create_task(push(group)))  # runs until the process leaves
-            elif client.group is not group:
-                task = asyncio.create_task(group.add_client(client))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
+    def on_event(self, _server: SendspinServer, event: object) -> None:
+        client = self.server.get_client(event.client_id) if isinstance(event, ClientAddedEvent) else None
+        if client is None:
+            return
+        if self.group is None:
+            self.group = client.group
+            self._spawn(self.push())
+        elif client.group is not self.group:
+            self._spawn(self.group.add_client(client))
 
-    async def push(group) -> None:
-        stream = group.start_stream()
+    async def push(self) -> None:
+        stream = self.group.start_stream()
         fmt = AudioFormat(sample_rate=RATE, bit_depth=BITS, channels=CHANNELS)
         print(json.dumps({"streaming": True}), flush=True)
         frame = 0
@@ -100,16 +83,35 @@ async def main(lead_ms: int, max_seconds: float) -> None:
             stream.prepare_audio(watermark(frame, BLOCK), fmt)
             await stream.commit_audio()
             frame += BLOCK
-            await stream.sleep_to_limit_buffer(lead_ms * 1000)
+            await stream.sleep_to_limit_buffer(self.lead_us)
 
-    joiner = asyncio.create_task(join_group())
+
+async def main(lead_ms: int, max_seconds: float) -> None:
+    loop = asyncio.get_running_loop()
+    identity = Identity.generate()
+    server = SendspinServer(loop, identity, "aiosendspin 10.2.1 fan-out bench", pairing_store=ApproveEveryone(),
+                            allow_unencrypted=False)
+    fan_out = FanOut(server, lead_ms)
+    server.add_event_listener(fan_out.on_event)
+    app = web.Application()
+    app.router.add_get(SendspinServer.API_PATH, server.on_client_connect)
+    runner = web.AppRunner(app, shutdown_timeout=2.0)
+    await runner.setup()
+    sock = socket.create_server(("127.0.0.1", 0), backlog=4096)  # bound here: a deep accept queue for a burst
+    await web.SockSite(runner, sock).start()
+    print(json.dumps({"url": f"ws://127.0.0.1:{sock.getsockname()[1]}{SendspinServer.API_PATH}",
+                      "server_id": identity.peer_id, "aiosendspin": importlib.metadata.version("aiosendspin")}),
+          flush=True)
+    stdin_closed = asyncio.Event()
+    loop.add_reader(sys.stdin.fileno(), lambda: sys.stdin.buffer.read1(4096) or stdin_closed.set())
     try:
         async with asyncio.timeout(max_seconds):
             await stdin_closed.wait()
     except TimeoutError:
         pass
     finally:
-        joiner.cancel()
+        for task in list(fan_out.tasks):
+            task.cancel()
         loop.remove_reader(sys.stdin.fileno())
         await asyncio.wait_for(runner.cleanup(), 5)
 
