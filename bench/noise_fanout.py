@@ -30,8 +30,15 @@ generator not saturated (a process at >= 0.9 cores); otherwise the cell says
 "not reached" and the notes say why. A figure from a saturated machine
 (>= 95 % busy, CPU per operation grows under contention) is marked †.
 
-    ./run bench noise_fanout [--levels 100 400 1600] [--seconds 10] [--configs ours-w1,ours-w2,aiosendspin]
-    ./run bench noise_fanout --levels 10 --seconds 3      # smoke run (figures mean nothing)
+    SENDSPIN_AIOSENDSPIN10_PYTHON=/tmp/aios1021/bin/python ./run bench noise_fanout [--levels 100 400 1600]
+        [--seconds 10] [--configs ours-w1,ours-w2,aiosendspin] [--suite 25519_AESGCM_SHA256] [--out FILE]
+    ./run bench noise_fanout --levels 10 --seconds 3      # smoke run, 30 s (figures mean nothing)
+
+The default run takes about 5 minutes on a 2-core machine (a level: a fresh
+server, the handshakes, 3 s settle, 10 s window); a configuration that never
+gets every listener streaming waits out --ready-timeout (60 s) once more. On 2
+cores 1600 listeners need server and load generator together close to the
+whole machine: expect † there, or "not reached" with the reason.
 
 Not a test: it judges nothing but prints the goal (<= 0.0005 CPU-s per
 listener-second, and ahead of aiosendspin) next to the figures. Every wait has
