@@ -177,11 +177,15 @@ class Listener(asyncio.Protocol):
             self.upgraded_cb(self)
 
 
-async def run(urls: list[str], count: int, prefix: str, ready_timeout: float, max_seconds: float) -> None:
+async def connect_all(urls: list[str], count: int, make, ready_timeout: float,
+                      deadline: float) -> tuple[list, dict]:
+    """Open `count` listeners round-robin over `urls` (`make(i, parts, upgraded_cb)` builds
+    listener i), at most MAX_PENDING_UPGRADES upgrading at once, then wait until every
+    one got audio or was lost (at most `ready_timeout` s). Returns them and the
+    `ready` event's common fields (also bench/_noise_load.py's)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + max_seconds
     pending = asyncio.Semaphore(MAX_PENDING_UPGRADES)
-    listeners: list[Listener] = []
+    listeners: list = []
     failed = 0
 
     def upgraded(_: Listener) -> None:
@@ -193,8 +197,7 @@ async def run(urls: list[str], count: int, prefix: str, ready_timeout: float, ma
         await asyncio.wait_for(pending.acquire(), 30)
         try:
             _, proto = await asyncio.wait_for(loop.create_connection(
-                lambda i=i, parts=parts: Listener(f"{prefix}-{i}", parts.netloc, parts.path, upgraded),
-                parts.hostname, parts.port), 10)
+                lambda i=i, parts=parts: make(i, parts, upgraded), parts.hostname, parts.port), 10)
         except (OSError, TimeoutError):
             failed += 1
             pending.release()
@@ -204,14 +207,18 @@ async def run(urls: list[str], count: int, prefix: str, ready_timeout: float, ma
     end = min(loop.time() + ready_timeout, deadline)
     while loop.time() < end and not all(x.chunks or x.lost for x in listeners):
         await asyncio.sleep(0.05)
-    emit({"event": "ready", "count": count, "connected": len(listeners), "failed": failed,
-          "refused": sum(1 for x in listeners if x.status not in (0, 101)),
-          "streaming": sum(1 for x in listeners if x.chunks), "lost": sum(x.lost for x in listeners),
-          "connect_s": round(t_connected - t0, 2), "ready_s": round(time.monotonic() - t0, 2)})
+    return listeners, {"event": "ready", "count": count, "connected": len(listeners), "failed": failed,
+                       "refused": sum(1 for x in listeners if x.status not in (0, 101)),
+                       "streaming": sum(1 for x in listeners if x.chunks), "lost": sum(x.lost for x in listeners),
+                       "connect_s": round(t_connected - t0, 2), "ready_s": round(time.monotonic() - t0, 2)}
 
+
+async def serve_commands(deadline: float, on_mark, on_report) -> None:
+    """The caller's commands on stdin until `quit`, EOF or `deadline`: `mark` runs
+    on_mark() and answers {"event": "marked"}; `report` prints what on_report() returns."""
+    loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    mark_t, mark_cpu = time.monotonic(), time.process_time()
     while True:
         try:
             line = await asyncio.wait_for(reader.readline(), max(0.1, deadline - loop.time()))
@@ -221,21 +228,38 @@ async def run(urls: list[str], count: int, prefix: str, ready_timeout: float, ma
         if cmd in ("", "quit"):
             break
         if cmd == "mark":
-            for x in listeners:
-                x.mark = x.counters()
-                x.lost_mark = x.lost
-            mark_t, mark_cpu = time.monotonic(), time.process_time()
+            on_mark()
             emit({"event": "marked"})
         elif cmd == "report":
-            deltas = [tuple(a - b for a, b in zip(x.counters(), x.mark, strict=True)) for x in listeners]
-            emit({"event": "report", "seconds": round(time.monotonic() - mark_t, 3),
-                  "cpu_s": round(time.process_time() - mark_cpu, 3),
-                  "listeners": len(listeners), "with_chunks": sum(1 for d in deltas if d[0]),
-                  "chunks": sum(d[0] for d in deltas), "missing": sum(d[1] for d in deltas),
-                  "dup": sum(d[2] for d in deltas), "back": sum(d[3] for d in deltas),
-                  "ts_gaps": sum(d[4] for d in deltas), "gap_us": sum(d[5] for d in deltas),
-                  "with_missing": sum(1 for d in deltas if d[1]),
-                  "lost": sum(x.lost - x.lost_mark for x in listeners), "lost_total": sum(x.lost for x in listeners)})
+            emit(await on_report())
+
+
+async def run(urls: list[str], count: int, prefix: str, ready_timeout: float, max_seconds: float) -> None:
+    deadline = asyncio.get_running_loop().time() + max_seconds
+    listeners, ready = await connect_all(
+        urls, count, lambda i, parts, cb: Listener(f"{prefix}-{i}", parts.netloc, parts.path, cb),
+        ready_timeout, deadline)
+    emit(ready)
+    mark = [time.monotonic(), time.process_time()]
+
+    def on_mark() -> None:
+        for x in listeners:
+            x.mark = x.counters()
+            x.lost_mark = x.lost
+        mark[:] = time.monotonic(), time.process_time()
+
+    async def on_report() -> dict:
+        deltas = [tuple(a - b for a, b in zip(x.counters(), x.mark, strict=True)) for x in listeners]
+        return {"event": "report", "seconds": round(time.monotonic() - mark[0], 3),
+                "cpu_s": round(time.process_time() - mark[1], 3),
+                "listeners": len(listeners), "with_chunks": sum(1 for d in deltas if d[0]),
+                "chunks": sum(d[0] for d in deltas), "missing": sum(d[1] for d in deltas),
+                "dup": sum(d[2] for d in deltas), "back": sum(d[3] for d in deltas),
+                "ts_gaps": sum(d[4] for d in deltas), "gap_us": sum(d[5] for d in deltas),
+                "with_missing": sum(1 for d in deltas if d[1]),
+                "lost": sum(x.lost - x.lost_mark for x in listeners), "lost_total": sum(x.lost for x in listeners)}
+
+    await serve_commands(deadline, on_mark, on_report)
     for x in listeners:
         x.transport.abort()
 

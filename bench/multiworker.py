@@ -72,14 +72,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mw_common import GROUPS, NCPU, T0, log, venv_python
+from mw_common import GROUPS, NCPU, T0, end_run, log, venv_python
 from mw_crash import crash_ours, crash_sendspin
 from mw_fanout import fanout_config
 from mw_report import report
 from mw_servers import OursServer, SendspinServer
 from mw_setup import run_outer
 
-from harness.topology import cmdline, kill_group
+from harness.topology import kill_group
 
 
 async def inner_async(args: argparse.Namespace, work: Path, results: dict[str, Any]) -> None:
@@ -140,14 +140,7 @@ def run_inner(args: argparse.Namespace) -> int:
     try:
         asyncio.run(inner_async(args, work, results))
     finally:
-        for pgid in GROUPS.pgids:
-            kill_group(pgid)
-        for child in GROUPS.items:
-            child.reap(5.0)
-        time.sleep(0.3)
-        left = [f"{p} {cmdline(p)[:60]}" for p in GROUPS.leftovers()]
-        results["leftovers"] = left or "none"
-        results["runtime_s"] = round(time.monotonic() - T0, 1)
+        end_run(results)
         (work / "clean").write_text("")
     text = report(results)
     print(text, flush=True)

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.topology import ChildSet
+from harness.topology import ChildSet, cmdline, kill_group
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -51,3 +51,16 @@ def _record_pgid(pgid: int) -> None:
 
 # every child of the inner run (servers, load generators); kill_all / pgids at the end whatever happens
 GROUPS = ChildSet(on_spawn=_record_pgid)
+
+
+def end_run(results: dict) -> None:
+    """Every process group of the run killed and reaped; what is left of them and the run
+    time go into `results` (also bench/noise_fanout.py's)."""
+    for pgid in GROUPS.pgids:
+        kill_group(pgid)
+    for child in GROUPS.items:
+        child.reap(5.0)
+    time.sleep(0.3)
+    left = [f"{p} {cmdline(p)[:60]}" for p in GROUPS.leftovers()]
+    results["leftovers"] = left or "none"
+    results["runtime_s"] = round(time.monotonic() - T0, 1)

@@ -59,40 +59,9 @@ class LoadProc:
         kill_group(self.proc.pid)
 
 
-async def measure_level(args: argparse.Namespace, srv: OursServer | SendspinServer, n: int, work: Path,
-                        tag: str) -> dict[str, Any]:
-    urls = srv.urls
-    nproc = max(1, math.ceil(n / PER_LOAD_PROC))
-    counts = [n // nproc + (1 if i < n % nproc else 0) for i in range(nproc)]
-    procs, offset = [], 0
-    for i, c in enumerate(counts):
-        rot = offset % len(urls)
-        procs.append(LoadProc(urls[rot:] + urls[:rot], c, f"{tag}-{n}-{i}", work / f"load-{tag}.stderr",
-                              args.settle + args.window + 90))
-        offset += c
-    try:
-        for p in procs:
-            await p.start()
-        ready = await asyncio.gather(*(p.read(75) for p in procs))
-        await asyncio.sleep(args.settle)
-        await asyncio.gather(*(p.command("mark") for p in procs))
-        workers_before = srv.worker_names()
-        server_pids = group_pids(srv.pid)
-        load_pids = [p.proc.pid for p in procs if p.proc is not None]
-        s0 = {pid: cpu_ticks(pid) for pid in server_pids}
-        l0 = {pid: cpu_ticks(pid) for pid in load_pids}
-        m0, t0 = machine_ticks(), time.monotonic()
-        await asyncio.sleep(args.window)
-        s1 = {pid: cpu_ticks(pid) for pid in group_pids(srv.pid)}
-        l1 = {pid: cpu_ticks(pid) for pid in load_pids}
-        m1, t1 = machine_ticks(), time.monotonic()
-        reports = await asyncio.gather(*(p.command("report") for p in procs))
-        workers_lost = sorted(name for pid, name in workers_before.items() if cpu_ticks(pid) is None)
-        workers_lost += [f"worker-{i}" for i in range(srv.workers)
-                         if f"worker-{i}" not in workers_before.values() and srv.workers > 1]
-    finally:
-        await asyncio.gather(*(p.stop() for p in procs), return_exceptions=True)
-    dur = t1 - t0
+def server_split(srv: Any, s0: dict[int, int | None], s1: dict[int, int | None]) -> dict[str, float]:
+    """CPU-seconds of each of the server's processes between two cpu_ticks samples, by role
+    (also bench/noise_fanout.py's)."""
     split: dict[str, float] = {}
     names = srv.worker_names()
     for pid, t in s1.items():
@@ -101,15 +70,74 @@ async def measure_level(args: argparse.Namespace, srv: OursServer | SendspinServ
         role = names.get(pid) or ("coordinator" if pid == srv.pid else "resource_tracker"
                                   if "resource_tracker" in cmdline(pid) else f"other:{pid}")
         split[role] = round(split.get(role, 0.0) + (t - (s0.get(pid) or 0)) / CLK_TCK, 2)
+    return split
+
+
+def spread(urls: list[str], n: int, per_proc: int, make: Any) -> list[Any]:
+    """`n` listeners over load processes of at most `per_proc`, each process's URL list
+    rotated so the listeners go round-robin over all of them: make(urls, count, index)."""
+    nproc = max(1, math.ceil(n / per_proc))
+    counts = [n // nproc + (1 if i < n % nproc else 0) for i in range(nproc)]
+    procs, offset = [], 0
+    for i, c in enumerate(counts):
+        rot = offset % len(urls)
+        procs.append(make(urls[rot:] + urls[:rot], c, i))
+        offset += c
+    return procs
+
+
+async def window(srv: Any, procs: list[LoadProc], settle: float, seconds: float, ready_timeout: float = 75,
+                 report_timeout: float = 10.0) -> dict[str, Any]:
+    """Start the load processes, wait for their `ready`, settle, then `mark`, sample the
+    server's, the load processes' and the machine's CPU over `seconds`, and `report`.
+    Returns their events and the figures every fan-out row has (also
+    bench/noise_fanout.py's); the load processes are stopped whatever happens."""
+    try:
+        for p in procs:
+            await p.start()
+        ready = await asyncio.gather(*(p.read(ready_timeout) for p in procs))
+        await asyncio.sleep(settle)
+        await asyncio.gather(*(p.command("mark") for p in procs))
+        workers_before = srv.worker_names()
+        server_pids = group_pids(srv.pid)
+        load_pids = [p.proc.pid for p in procs if p.proc is not None]
+        s0 = {pid: cpu_ticks(pid) for pid in server_pids}
+        l0 = {pid: cpu_ticks(pid) for pid in load_pids}
+        m0, t0 = machine_ticks(), time.monotonic()
+        await asyncio.sleep(seconds)
+        s1 = {pid: cpu_ticks(pid) for pid in group_pids(srv.pid)}
+        l1 = {pid: cpu_ticks(pid) for pid in load_pids}
+        m1, t1 = machine_ticks(), time.monotonic()
+        reports = await asyncio.gather(*(p.command("report", report_timeout) for p in procs))
+        workers_lost = sorted(name for pid, name in workers_before.items() if cpu_ticks(pid) is None)
+    finally:
+        await asyncio.gather(*(p.stop() for p in procs), return_exceptions=True)
+    dur = t1 - t0
+    split = server_split(srv, s0, s1)
     server_s = sum(split.values())
     load = [((l1[p] or 0) - (l0[p] or 0)) / CLK_TCK / dur for p in load_pids]
     busy = (m1[0] - m0[0]) / (m1[2] - m0[2]) if m1[2] > m0[2] else 0.0  # (busy, irq, total)
+    return {"ready": ready, "reports": reports, "workers_before": workers_before, "workers_lost": workers_lost,
+            "dur": dur, "server_s": server_s, "figures": {
+                "load_procs": len(procs), "window_s": round(dur, 2), "server_cpu_s": round(server_s, 2),
+                "server_cores": round(server_s / dur, 3),
+                "load_cores": round(sum(load), 3), "load_max_proc_cores": round(max(load), 3) if load else 0.0,
+                "machine_busy": round(busy, 3), "cpu_split_s": split,
+                "other_cores": round(max(0.0, busy * NCPU - server_s / dur - sum(load)), 2)}}
+
+
+async def measure_level(args: argparse.Namespace, srv: OursServer | SendspinServer, n: int, work: Path,
+                        tag: str) -> dict[str, Any]:
+    procs = spread(srv.urls, n, PER_LOAD_PROC, lambda urls, c, i: LoadProc(
+        urls, c, f"{tag}-{n}-{i}", work / f"load-{tag}.stderr", args.settle + args.window + 90))
+    w = await window(srv, procs, args.settle, args.window)
+    ready, reports, dur, server_s = w["ready"], w["reports"], w["dur"], w["server_s"]
+    workers_lost = w["workers_lost"] + [f"worker-{i}" for i in range(srv.workers)
+                                        if f"worker-{i}" not in w["workers_before"].values() and srv.workers > 1]
     streaming = sum(r["with_chunks"] for r in reports)
     chunks = sum(r["chunks"] for r in reports)
     row = {
         "listeners": n, "connected": sum(r["connected"] for r in ready), "streaming": streaming,
-        "load_procs": nproc, "window_s": round(dur, 2), "server_cpu_s": round(server_s, 2),
-        "server_cores": round(server_s / dur, 3),
         "cpu_s_per_listener_s": round(server_s / (streaming * dur), 6) if streaming else None,
         "chunks_per_listener_s": round(chunks / (streaming * dur), 1) if streaming else 0.0,
         "missing": sum(r["missing"] for r in reports), "dup": sum(r["dup"] for r in reports),
@@ -120,13 +148,11 @@ async def measure_level(args: argparse.Namespace, srv: OursServer | SendspinServ
         "workers_lost": sorted(workers_lost),
         "missing_pct": round(100 * sum(r["missing"] for r in reports)
                              / max(1, chunks * 1200 + sum(r["missing"] for r in reports)), 2),
-        "load_cores": round(sum(load), 3), "load_max_proc_cores": round(max(load), 3) if load else 0.0,
-        "machine_busy": round(busy, 3), "cpu_split_s": split,
-        "other_cores": round(max(0.0, busy * NCPU - server_s / dur - sum(load)), 2),
+        **w["figures"],
     }
     row["gaps"] = bool(row["missing"] or row["ts_gaps"] or row["lost"] or streaming < n or workers_lost)
     row["load_saturated"] = row["load_max_proc_cores"] >= LOAD_SATURATED
-    row["machine_saturated"] = busy >= MACHINE_SATURATED
+    row["machine_saturated"] = row["machine_busy"] >= MACHINE_SATURATED
     return row
 
 
