@@ -263,7 +263,7 @@ async def scripted_handshake(s: Session, step: str) -> None:
     raise ConnectionClosed(None, None)
 
 
-Session.handshake_script = staticmethod(scripted_handshake)  # type: ignore[assignment]  # not a method
+Session.handshake_script = staticmethod(scripted_handshake)  # called as a plain function
 
 FRAGMENT_VARIANTS = ("next-without-first", "reserved-flags", "first-then-other")
 INIT_ERRORS = ("unsupported_version", "unsupported_suite", "malformed")
@@ -299,7 +299,9 @@ async def apply(name: str, p: dict[str, Any], sessions: list[Session], served: S
         armed = _arm(name, p)
         ARMED.append(armed)
         log.emit("action", action=name, params=p, result={"armed": armed.step, "count": armed.count})
-        return {"action": name, "proc": proc, "armed": armed.step, "count": armed.count}
+        # shaped like a session's answer, so a coordinator forwarding it counts each worker armed
+        return {"action": name, "sessions": [{"proc": proc, "session": None, "armed": armed.step,
+                                              "count": armed.count}], "refused": []}
     targets = [s for s in sessions if s.hello is not None
                and ("client_id" not in p or s.hello.client_id == p["client_id"])]
     await prepare(name, p, targets)
