@@ -10,6 +10,7 @@ quoted applies to either side of a Sendspin connection.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ...events import Events, Record
@@ -20,6 +21,7 @@ from ..verdict import Judgement
 from .common import (
     NOISE_ONLY,
     RUNS_IN_NOISE,
+    Run,
     act,
     action_at,
     client_case,
@@ -50,6 +52,17 @@ SILENT_GRACE_US = 100_000  # what the client sent before it read the bad message
 RETRY_WINDOW_S = 10.0  # how long a case counts the client's connection attempts after a failed handshake
 
 
+def noise_case(case_id: str, title: str, **fields: Any) -> Callable[[Run], Run]:
+    """client_case for this group: it runs in the noise profile only."""
+    return client_case(case_id, title, noise=RUNS_IN_NOISE, legacy=NOISE_ONLY, **fields)
+
+
+def messages_after(ev: Events, flow: str, t_us: int) -> list[Record]:
+    """The Sendspin messages (not control frames) the client sent on connection `flow` after `t_us`."""
+    return [r for r in ev.select("wire", session=flow, direction="upstream")
+            if r["kind"] in ("text", "binary") and r["t_us"] > t_us]
+
+
 def _close_expectation(what: str, silent: bool) -> str:
     return (f"The client closes the connection within the bound after {what}"
             + (" without sending any further Sendspin message" if silent else "")
@@ -78,42 +91,47 @@ async def _closes_after(w: ClientWorld, b: Bounds, j: Judgement, action: str, pa
         passed = next((r for r in ev.select("wire", session=flow, direction="downstream", kind="binary")
                        if r["t_us"] >= at and r["size"] == answer["bytes"]), None)
         since = (passed["t_us"] if passed else at) + SILENT_GRACE_US
-        later = [r for r in ev.select("wire", session=flow, direction="upstream")
-                 if r["kind"] in ("text", "binary") and r["t_us"] > since]
-        j.check("Sendspin messages from the client on that connection after it", len(later), "==", 0)
+        j.check("Sendspin messages from the client on that connection after it", len(messages_after(ev, flow, since)),
+                "==", 0)
     closes = [r for r in ev.select("wire", session=flow, direction="upstream", kind="close") if r["t_us"] >= at]
     if closes:
         j.note(f"the client's close frame: {closes[0].get('code')}")
 
 
-def _malformed(case_id: str, variant: str, what: str) -> None:
-    @client_case(case_id, f"Closes on a malformed fragment sequence: {what}", noise=RUNS_IN_NOISE, legacy=NOISE_ONLY,
-                 description=f"Once audio flows, the server sends {what} (each message well encrypted: only the "
-                             "Sendspin fragment rules are broken).",
-                 expectation=_close_expectation("the malformed sequence", silent=False), source=SPEC_MALFORMED,
-                 roles=("player",))
+def _closes_case(case_id: str, title: str, action: str, params: dict[str, Any], did: str, what: str,
+                 source: str, silent: bool) -> None:
+    """A case: once audio flows, the server does `action` (`did`, in words); the client
+    closes the connection over `what`."""
+    @noise_case(case_id, title, roles=("player",), description=f"Once audio flows, the server sends {did}.",
+                expectation=_close_expectation(what, silent), source=source)
     async def run(w: ClientWorld, b: Bounds, j: Judgement) -> None:
-        await _closes_after(w, b, j, "noise/fragments", {"variant": variant}, silent=False)
+        await _closes_after(w, b, j, action, params, silent)
 
 
-_malformed("10.1", "next-without-first", "a last fragment with no fragmented message in flight")
-_malformed("10.2", "first-then-other", "a first fragment, then a whole JSON message before its last fragment")
+WELL_ENCRYPTED = " (each message well encrypted: only the Sendspin fragment rules are broken)"
+_closes_case("10.1", "Closes on a malformed fragment sequence: a last fragment with none in flight",
+             "noise/fragments", {"variant": "next-without-first"},
+             "a last fragment with no fragmented message in flight" + WELL_ENCRYPTED, "the malformed sequence",
+             SPEC_MALFORMED, silent=False)
+_closes_case("10.2", "Closes on a malformed fragment sequence: another message inside a fragmented one",
+             "noise/fragments", {"variant": "first-then-other"},
+             "a first fragment, then a whole JSON message before its last fragment" + WELL_ENCRYPTED,
+             "the malformed sequence", SPEC_MALFORMED, silent=False)
 
 LARGE_BYTES = 1024 * 1024 + 1
 
 
-@client_case("10.3", "Reassembles a 1 MiB fragmented message; clock sync goes on", noise=RUNS_IN_NOISE,
-             legacy=NOISE_ONLY,
-             description=f"Once audio flows, the server sends one well-formed JSON message of {LARGE_BYTES} bytes (an "
-                         "application-specific type) in Sendspin fragments of at most 65518 bytes, nothing between "
-                         "them; the session is then watched until the client/time pause bound can tell a client "
-                         "that stopped syncing.",
-             expectation="The client keeps the session (one connection, no close), goes on sending client/time and "
-                         "reading; it ignores the reassembled message (its type is unknown to it).",
-             source="messaging.md, Fragmentation: \"Larger messages must be split across multiple WebSocket binary "
-                    "messages using the fragment message type\", \"When bit 0 is set, dispatch the buffer as a "
-                    "single message of type orig_type\"; messaging.md: receivers \"MUST ignore JSON messages with an "
-                    "unrecognized type\"", roles=("player",))
+@noise_case("10.3", "Reassembles a 1 MiB fragmented message; clock sync goes on",
+            description=f"Once audio flows, the server sends one well-formed JSON message of {LARGE_BYTES} bytes (an "
+                        "application-specific type) in Sendspin fragments of at most 65518 bytes, nothing between "
+                        "them; the session is then watched until the client/time pause bound can tell a client "
+                        "that stopped syncing.",
+            expectation="The client keeps the session (one connection, no close), goes on sending client/time and "
+                        "reading; it ignores the reassembled message (its type is unknown to it).",
+            source="messaging.md, Fragmentation: \"Larger messages must be split across multiple WebSocket binary "
+                   "messages using the fragment message type\", \"When bit 0 is set, dispatch the buffer as a "
+                   "single message of type orig_type\"; messaging.md: receivers \"MUST ignore JSON messages with an "
+                   "unrecognized type\"", roles=("player",))
 async def large_fragmented(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     await w.start_client()
     if await streaming(w, j) is None:
@@ -126,23 +144,12 @@ async def large_fragmented(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     j.report("fragments", answer["fragments"])
 
 
-@client_case("10.4", "Closes silently on a tampered ciphertext", noise=RUNS_IN_NOISE, legacy=NOISE_ONLY,
-             description="Once audio flows, the server sends a transport message with one bit of its AEAD tag "
-                         "flipped (the nonce is the right one: only authentication fails).",
-             expectation=_close_expectation("the tampered message", silent=True), source=SPEC_SILENT,
-             roles=("player",))
-async def tampered(w: ClientWorld, b: Bounds, j: Judgement) -> None:
-    await _closes_after(w, b, j, "noise/tamper", {}, silent=True)
-
-
-@client_case("10.5", "Closes silently on cleartext after the switch to transport mode", noise=RUNS_IN_NOISE,
-             legacy=NOISE_ONLY,
-             description="Once audio flows, the server sends a cleartext WebSocket text message (a server/time) "
-                         "where only encrypted binary messages may come.",
-             expectation=_close_expectation("the cleartext message", silent=True), source=SPEC_SILENT,
-             roles=("player",))
-async def cleartext(w: ClientWorld, b: Bounds, j: Judgement) -> None:
-    await _closes_after(w, b, j, "noise/cleartext", {}, silent=True)
+_closes_case("10.4", "Closes silently on a tampered ciphertext", "noise/tamper", {},
+             "a transport message with one bit of its AEAD tag flipped (the nonce is the right one: only "
+             "authentication fails)", "the tampered message", SPEC_SILENT, silent=True)
+_closes_case("10.5", "Closes silently on cleartext after the switch to transport mode", "noise/cleartext", {},
+             "a cleartext WebSocket text message (a server/time) where only encrypted binary messages may come",
+             "the cleartext message", SPEC_SILENT, silent=True)
 
 
 def attempts_after(ev: Events, t_us: int, window_s: float) -> list[Record]:
@@ -165,14 +172,14 @@ STALL_HOLD_MS = DEFAULT_BOUNDS.client_handshake_wait_us // 1000 + 5000  # longer
 
 
 def _stall(case_id: str, step: str, where: str) -> None:
-    @client_case(case_id, f"A handshake stalled {where}: a bounded wait, no storm", noise=RUNS_IN_NOISE,
-                 legacy=NOISE_ONLY, severity=Severity.SHOULD, timeout_s=90.0,
-                 description=f"Every handshake of the case stalls {where}: the server sends nothing more (and holds "
-                             f"the connection open for {STALL_HOLD_MS / 1000:.0f} s or until the client closes it). "
-                             f"Connection attempts are counted for {RETRY_WINDOW_S:.0f} s after the first one ended.",
-                 expectation="The client gives the stalled connection up within the bound (a handshake timeout), "
-                             "and retries, if at all, with a backoff.",
-                 source=SPEC_TIMEOUT)
+    @noise_case(case_id, f"A handshake stalled {where}: a bounded wait, no storm", severity=Severity.SHOULD,
+                timeout_s=90.0,
+                description=f"Every handshake of the case stalls {where}: the server sends nothing more (and holds "
+                            f"the connection open for {STALL_HOLD_MS / 1000:.0f} s or until the client closes it). "
+                            f"Connection attempts are counted for {RETRY_WINDOW_S:.0f} s after the first one ended.",
+                expectation="The client gives the stalled connection up within the bound (a handshake timeout), "
+                            "and retries, if at all, with a backoff.",
+                source=SPEC_TIMEOUT)
     async def run(w: ClientWorld, b: Bounds, j: Judgement) -> None:
         await server_control(w).act("noise/handshake-stall", step=step, count=1000, hold_ms=STALL_HOLD_MS)
         await w.start_client()
@@ -194,15 +201,17 @@ _stall("10.7", "noise/handshake", "after server/init, before Noise message 1")
 _stall("10.8", "server/hello", "after Noise message 2, before server/hello")
 
 
+INIT_ERROR_EXPECTATION = ("The client sends nothing more on that connection and retries, if at all, with a "
+                          "backoff (the same client/init will be refused again).")
+
+
 def _init_error(case_id: str, reason: str) -> None:
-    @client_case(case_id, f"server/error {reason}: the handshake aborted, no storm", noise=RUNS_IN_NOISE,
-                 legacy=NOISE_ONLY, severity=Severity.SHOULD,
-                 description=f"Every client/init of the case is answered with server/error {{\"reason\": "
-                             f"\"{reason}\"}} in place of server/init, then the server closes. Connection attempts "
-                             f"are counted for {RETRY_WINDOW_S:.0f} s after the first server/error.",
-                 expectation="The client sends nothing more on that connection and retries, if at all, with a "
-                             "backoff (the same client/init will be refused again).",
-                 source=SPEC_ERROR)
+    what = (f"Every client/init of the case is answered with server/error {{\"reason\": \"{reason}\"}} in place of "
+            f"server/init, then the server closes. Connection attempts are counted for {RETRY_WINDOW_S:.0f} s after "
+            "the first server/error.")
+
+    @noise_case(case_id, f"server/error {reason}: the handshake aborted, no storm", severity=Severity.SHOULD,
+                description=what, expectation=INIT_ERROR_EXPECTATION, source=SPEC_ERROR)
     async def run(w: ClientWorld, b: Bounds, j: Judgement) -> None:
         await server_control(w).act("noise/init-error", reason=reason, count=1000)
         await w.start_client()
@@ -213,9 +222,7 @@ def _init_error(case_id: str, reason: str) -> None:
             return
         flow, at = error["session"], error["t_us"]
         await w.until("the connection ends", lambda ev: flow_ended(ev, flow, at), 3)
-        later = [r for r in w.events().select("wire", session=flow, direction="upstream")
-                 if r["kind"] in ("text", "binary") and r["t_us"] > at]
-        j.check("messages from the client after server/error", len(later), "==", 0)
+        j.check("messages from the client after server/error", len(messages_after(w.events(), flow, at)), "==", 0)
         await judge_retries(w, b, j, at)
 
 
