@@ -159,7 +159,11 @@ def attempts_after(ev: Events, t_us: int, window_s: float) -> list[Record]:
 
 async def judge_retries(w: ClientWorld, b: Bounds, j: Judgement, t_us: int) -> None:
     """After a failed handshake at `t_us`: a bounded number of attempts in the next window
-    (every handshake in the case fails the same way)."""
+    (every handshake in the case fails the same way). Server-initiated, the attempts are the
+    server's dials, not the client's: nothing to count."""
+    if w.initiator == "server":
+        j.note("server-initiated: every new connection is the server's dial, so attempts are not counted")
+        return
     await w.observe(RETRY_WINDOW_S - max(0.0, (w.events().records[-1]["t_us"] - t_us) / 1e6))
     tries = attempts_after(w.events(), t_us, RETRY_WINDOW_S)
     j.check(f"connection attempts in the {RETRY_WINDOW_S:.0f} s after", len(tries), "<=", b.client_refused_attempts,
@@ -168,7 +172,12 @@ async def judge_retries(w: ClientWorld, b: Bounds, j: Judgement, t_us: int) -> N
         j.note("the client gave up (its process ended): no storm")
 
 
-STALL_HOLD_MS = DEFAULT_BOUNDS.client_handshake_wait_us // 1000 + 5000  # longer than the bound: the client decides
+def stall_hold_ms(b: Bounds) -> int:
+    """How long the server holds a stalled handshake: past the bound, so the client decides."""
+    return b.client_handshake_wait_us // 1000 + 5000
+
+
+STALL_HOLD_MS = stall_hold_ms(DEFAULT_BOUNDS)
 
 
 def _stall(case_id: str, step: str, where: str) -> None:
@@ -181,7 +190,7 @@ def _stall(case_id: str, step: str, where: str) -> None:
                             "and retries, if at all, with a backoff.",
                 source=SPEC_TIMEOUT)
     async def run(w: ClientWorld, b: Bounds, j: Judgement) -> None:
-        await server_control(w).act("noise/handshake-stall", step=step, count=1000, hold_ms=STALL_HOLD_MS)
+        await server_control(w).act("noise/handshake-stall", step=step, count=1000, hold_ms=stall_hold_ms(b))
         await w.start_client()
         stalled = await w.until("the stall", lambda ev: next((r for r in ev.select("action", action="noise/"
                                 "handshake-stall") if r["session"] is not None), None), 15)
