@@ -4,18 +4,22 @@ The probe speaking noise passes the Noise group (10.x) and the existing cases th
 in noise; a case the gate cannot run there is SKIPPED with its reason, never a verdict on
 the client; a small noise client with one bug (tests/bad_clients/noise_client.py) fails
 exactly the case of its bug. Each run is the gate as an implementer runs it, in a
-subprocess, judged by its exit status, results.json and JUnit XML. Subsets with -n 3:
-the whole group takes about a minute.
+subprocess, judged by its exit status, results.json and JUnit XML. The module's gate runs
+start together (a fixture) and overlap: each mostly waits on its cases' timers.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from test_the_client_gate import ROOT, gate
+from test_the_client_gate import GATE_TIMEOUT_S, ROOT
 
 from harness.gate.case import Case, Severity
 from harness.gate.client import ClientCommandError, ClientUnderTest
@@ -36,15 +40,65 @@ def cases_args(*ids: str) -> list[str]:
     return [arg for case in ids for arg in ("--case", case)]
 
 
-# The Noise group's transport cases and one stalled handshake, an existing case that runs in
-# noise (2.1), and one that cannot (9.1: an injected message; SKIPPED at once).
-PROBE_SUBSET = ("10.1", "10.3", "10.4", "10.5", "10.7", "2.1", "9.1")
+class GateRun:
+    """One gate run (`pytest scenarios/test_client_gate.py --client-cmd CLIENT ...`) in the
+    background; `result()` waits for it: exit status, results.json by case id, output."""
+
+    def __init__(self, directory: Path, client: str, *args: str) -> None:
+        self.report = directory / "report"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "scenarios/test_client_gate.py", "-q", "-p", "no:cacheprovider",
+             f"--basetemp={directory / 'cases'}", "--client-cmd", client, "--report-dir", str(self.report), *args],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def result(self) -> tuple[int, dict[str, Any], str]:
+        out, _ = self.process.communicate(timeout=GATE_TIMEOUT_S)
+        path = self.report / "results.json"
+        results = json.loads(path.read_text()) if path.exists() else {}
+        return self.process.returncode, {c["id"]: c for c in results.get("cases", [])}, out
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.communicate()
 
 
-def test_the_probe_in_noise_passes_the_noise_cases_and_skips_what_cannot_run(tmp_path: Path) -> None:
-    junit = tmp_path / "junit.xml"
-    code, cases, out = gate(tmp_path, PROBE_NOISE, *NOISE, *cases_args(*PROBE_SUBSET), "-n", "3", "-rs",
-                            f"--junitxml={junit}")
+# Kept small (each case starts its own server, proxy and client: CPU-seconds each): the 1 MiB
+# fragmented message, the tampered and the cleartext message, and a case that cannot run in
+# noise (9.1: an injected message; SKIPPED at once). The rest of group 10 and the existing
+# cases that run in noise were run by hand (README, docs/ci-gate.md).
+PROBE_SUBSET = ("10.3", "10.4", "10.5", "9.1")
+
+
+NEGATIVE = [  # (bug, the case it must fail, a case it must pass, if any)
+    ("ignore-aead", "10.4", None),  # keeps reading after a failed authentication
+    ("accept-cleartext", "10.5", "10.4"),  # takes cleartext after the switch; closes on a tampered message
+]
+LEGACY_PROBE = f"{sys.executable} -m harness.probe --url {{url}} --client-id {{client_id}} --name {{name}}"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, GateRun]]:
+    """Every gate run of this module, started at once."""
+    def directory(name: str) -> Path:
+        return tmp_path_factory.mktemp(name)
+
+    probe = directory("probe")
+    started = {"probe": GateRun(probe, PROBE_NOISE, *NOISE, *cases_args(*PROBE_SUBSET), "-n", "2", "-rs",
+                                f"--junitxml={probe / 'junit.xml'}"),
+               "legacy": GateRun(directory("legacy"), LEGACY_PROBE, "--case", "10.4")}
+    for bug, fails, passes in NEGATIVE:
+        started[bug] = GateRun(directory(bug), noise_client(bug), *NOISE, *cases_args(fails, *filter(None, [passes])))
+    try:
+        yield started
+    finally:
+        for run in started.values():
+            run.stop()
+
+
+def test_the_probe_in_noise_passes_the_noise_cases_and_skips_what_cannot_run(runs: dict[str, GateRun]) -> None:
+    code, cases, out = runs["probe"].result()
+    junit = runs["probe"].report.parent / "junit.xml"
     assert code == 0, out
     assert {c: cases[c]["verdict"] for c in PROBE_SUBSET} == {**dict.fromkeys(PROBE_SUBSET, "OK"), "9.1": "SKIPPED"}, \
         {c: cases[c]["reason"] for c in PROBE_SUBSET}
@@ -57,21 +111,15 @@ def test_the_probe_in_noise_passes_the_noise_cases_and_skips_what_cannot_run(tmp
     close = next(f for f in cases["10.4"]["figures"] if f["name"].startswith("connection given up"))
     assert close["bound_name"] == "client_noise_close_us" and close["holds"]
     assert next(f["value"] for f in cases["10.3"]["figures"] if f["name"] == "fragments") == 17  # 1 MiB + 1
-    stall = next(f for f in cases["10.7"]["figures"] if f["name"].startswith("stalled connection"))
-    assert stall["bound_name"] == "client_handshake_wait_us" and stall["holds"]
-
-
-NEGATIVE = [  # (bug, the case it must fail, a case it must pass)
-    ("ignore-aead", "10.4", "10.3"),  # keeps reading after a failed authentication; a big message is fine
-    ("accept-cleartext", "10.5", "10.4"),  # takes cleartext after the switch; closes on a tampered message
-]
 
 
 @pytest.mark.parametrize(("bug", "fails", "passes"), NEGATIVE, ids=[b for b, _, _ in NEGATIVE])
-def test_a_broken_noise_client_fails_the_case_of_its_bug(tmp_path: Path, bug: str, fails: str, passes: str) -> None:
-    code, cases, out = gate(tmp_path, noise_client(bug), *NOISE, *cases_args(fails, passes), "-n", "2")
+def test_a_broken_noise_client_fails_the_case_of_its_bug(runs: dict[str, GateRun], bug: str, fails: str,
+                                                         passes: str | None) -> None:
+    code, cases, out = runs[bug].result()
     assert code == 1, out
-    assert {c: cases[c]["verdict"] for c in (fails, passes)} == {fails: "FAILED", passes: "OK"}, out
+    expected = {fails: "FAILED", **({passes: "OK"} if passes else {})}
+    assert {c: v["verdict"] for c, v in cases.items()} == expected, out
     assert f"case {fails} [MUST]" in out
     replay = shlex.split(cases[fails]["replay"])
     assert replay[replay.index("--case") + 1] == fails and replay[replay.index("--client-profile") + 1] == "noise"
@@ -79,9 +127,8 @@ def test_a_broken_noise_client_fails_the_case_of_its_bug(tmp_path: Path, bug: st
     assert given_up["value"] is None, given_up  # it never closed
 
 
-def test_a_legacy_run_skips_the_noise_group(tmp_path: Path) -> None:
-    legacy = f"{sys.executable} -m harness.probe --url {{url}} --client-id {{client_id}} --name {{name}}"
-    code, cases, out = gate(tmp_path, legacy, "--case", "10.4")
+def test_a_legacy_run_skips_the_noise_group(runs: dict[str, GateRun]) -> None:
+    code, cases, out = runs["legacy"].result()
     assert code == 0, out
     assert cases["10.4"]["verdict"] == "SKIPPED" and cases["10.4"]["profile"] == "legacy"
     assert cases["10.4"]["reason"] == f"not run in the legacy profile: {NOISE_ONLY}"
