@@ -24,6 +24,7 @@ from _pytest.runner import runtestprotocol
 from hypothesis import HealthCheck, Phase, settings
 
 from .checkers import InconclusiveViolation
+from .gate.case import WIRE_PROFILES
 from .gate.client import INITIATORS, ClientCommandError, ClientUnderTest
 from .gate.client_cases import CLIENT
 from .gate.gate_session import GATE, GATE_PROG, PROFILES, GateSession
@@ -61,6 +62,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     gate.addoption("--client-initiator", choices=(*INITIATORS, "both"), default="client",
                    help="who opens the connection: the client dials (default), the server dials the listening "
                         "client, or both (every case twice)")
+    gate.addoption("--client-profile", choices=WIRE_PROFILES, default="legacy",
+                   help="the wire revision the client speaks (one per run): legacy (default) or noise; the "
+                        "reference server speaks only that one. In noise the test ids read test_client[2.1-noise] "
+                        "and a case the gate cannot run there is SKIPPED with its reason")
     gate.addoption("--client-roles", default="player@v1", metavar="ROLE,...",
                    help="roles the client supports (default %(default)s); a case that needs another is UNIMPLEMENTED")
     gate.addoption("--client-codecs", default="pcm", metavar="CODEC,...",
@@ -97,7 +102,7 @@ def _gate_session(config: pytest.Config) -> GateSession:
         client = None if template is None and adapter is None else ClientUnderTest(
             template or adapter, words("client_roles"), words("client_codecs"),
             listen_template=config.getoption("client_listen_cmd"), adapter=adapter is not None,
-            initiators=initiators)
+            initiators=initiators, profile=config.getoption("client_profile"))
     except ClientCommandError as exc:
         raise pytest.UsageError(str(exc)) from None
     for case_id in config.getoption("case"):
@@ -131,6 +136,14 @@ def initiator(pytestconfig: pytest.Config) -> str:
     return gate.client.initiators[0] if gate is not None and gate.client is not None else "client"
 
 
+@pytest.fixture
+def wire_profile(pytestconfig: pytest.Config) -> str:
+    """The wire revision the client under test speaks (--client-profile); legacy ids stay
+    `test_client[2.3]`, other profiles parametrize it instead (pytest_generate_tests)."""
+    gate = pytestconfig.stash.get(GATE, None)
+    return gate.client.profile if gate is not None and gate.client is not None else "legacy"
+
+
 @pytest.hookimpl(trylast=True)  # after the case_id marks: ids read `2.3-server`
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """--client-initiator both: every gate case once per initiator, `test_client[2.3-server]`."""
@@ -138,6 +151,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "initiator" in metafunc.fixturenames and gate is not None and gate.client is not None \
             and len(gate.client.initiators) > 1:
         metafunc.parametrize("initiator", gate.client.initiators)
+    if "wire_profile" in metafunc.fixturenames and gate is not None and gate.client is not None \
+            and gate.client.profile != "legacy":  # the ids carry it: `test_client[2.1-noise]`
+        metafunc.parametrize("wire_profile", [gate.client.profile])
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

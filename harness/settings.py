@@ -71,6 +71,17 @@ class Bounds:
     # of a few seconds. Meanwhile its player plays nothing; a 30 s heartbeat (aiohttp's
     # ping at 30 s, closed 15 s later) is too slow for a player.
     client_dead_session_us: int = 10_000_000
+    # 10.x (noise): after a malformed fragment sequence, a tampered ciphertext or cleartext after
+    # the switch to transport mode, the client closes its connection within this ("MUST close":
+    # nothing to wait for; a generous margin for a busy machine).
+    client_noise_close_us: int = 2_000_000
+    # 10.x (noise): a handshake the server stalls: the client gives that connection up within
+    # this (connection.md: "SHOULD apply a timeout (e.g., 30 seconds)"; 30 s plus a margin).
+    client_handshake_wait_us: int = 35_000_000
+    # 10.x (noise): connection attempts in the 10 s after a failed handshake (every handshake
+    # failing the same way): a backoff from 100 ms doubling to 3.2 s makes 7, a retry every
+    # second 10; a client retrying every 100 ms makes 100.
+    client_refused_attempts: int = 10
 
     def with_overrides(self, pairs: list[str]) -> Bounds:
         fields = {f.name: f.type for f in dataclasses.fields(self)}

@@ -119,6 +119,28 @@ ACTIONS: dict[str, Action] = {a.name: a for a in [
                            "pings": Param(bool, False, help="a ping between each two frames"),
                            "count": Param(int, 1, 1, 1000, "how many messages"),
                            "type": Param(str, None, help="only messages of this type (e.g. server/time)")}),
+    # the noise profile (a noise session in transport mode; 409 on any other)
+    Action("noise/fragments", "a malformed Sendspin fragment sequence (messaging.md: the receiver MUST close): "
+           "`next-without-first` a last fragment with none in flight, `reserved-flags` a fragment with a reserved "
+           "flag bit set, `first-then-other` a first fragment then a whole message",
+           {**_TARGET, "variant": Param(str, "next-without-first", help="which malformed sequence")}),
+    Action("noise/large", "a well-formed JSON message of `bytes` bytes (an application type a client ignores) in "
+           "Sendspin fragments", {**_TARGET, "bytes": Param(int, MiB + 1, 1, 64 * MiB, "the message's size")}),
+    Action("noise/tamper", "a transport message with one bit of its ciphertext flipped (its AEAD tag by default)",
+           {**_TARGET, "at": Param(int, -1, -65535, 65535, "the byte to flip (negative: from the end)")}),
+    Action("noise/cleartext", "a cleartext WebSocket text message (a server/time) after the switch to transport "
+           "mode", {**_TARGET}),
+    # the noise profile: the next handshakes of this process (armed now, no session needed)
+    Action("noise/handshake-stall", "the next `count` noise handshakes stall before the server sends `step` "
+           "(server/init, noise/handshake: message 1, server/hello, server/activate), for `hold_ms` or until the "
+           "client closes; then a silent close",
+           {"step": Param(str, REQUIRED, help="the message the server holds back"),
+            "count": Param(int, 1, 1, 1000, "how many handshakes"),
+            "hold_ms": Param(int, 60_000, 0, 600_000, "how long the server holds the session")}),
+    Action("noise/init-error", "the next `count` noise handshakes get server/error `reason` in place of "
+           "server/init, then a close (as if the client's client/init were refused)",
+           {"reason": Param(str, REQUIRED, help="unsupported_version, unsupported_suite or malformed"),
+            "count": Param(int, 1, 1, 1000, "how many handshakes")}),
 ]}
 
 

@@ -30,9 +30,9 @@ import contextlib
 import hashlib
 import itertools
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
@@ -115,6 +115,10 @@ class StalledPayload(Exception):
 
 
 class Session:
+    # The control endpoint's hook into a noise handshake (actions.scripted_handshake): awaited
+    # before each handshake-phase message the server sends, with its type; None: nothing scripted.
+    handshake_script: ClassVar[Callable[[Session, str], Awaitable[None]] | None] = None
+
     def __init__(self, ws: Connection, session_id: str, playback: PlaybackPort, profiles: ServedProfiles,
                  config: ServerConfig, log: EventLog, dialled: bool = False,
                  connection_reason: str = "playback") -> None:
@@ -330,6 +334,8 @@ class Session:
     async def _handshake_step(self, step: HandshakeStep, kind: str) -> bool:
         """Write what a codec step sends (cleartext text messages); False if it closed."""
         for wire in step.send:
+            if self.handshake_script is not None and isinstance(wire, str):
+                await self.handshake_script(self, peek_type(wire) or "?")
             await self.ws.send(wire)
         if not step.close:
             return True
@@ -636,6 +642,8 @@ class Session:
         """Encrypt and write one message now, all its fragments in one write: the nonce
         is the send order, and transmit timestamps are taken here (messaging.md)."""
         assert self.noise is not None and self.flow is not None
+        if self.handshake_script is not None and isinstance(message, m.NoiseServerHello | m.ServerActivate):
+            await self.handshake_script(self, message.TYPE)
         if isinstance(message, m.NoiseStreamStart | m.NoiseStreamClear | m.ServerTime):
             message.server_transmitted = now_us()
         self.flow.sent(message)

@@ -66,7 +66,9 @@ def test_the_probe_client_passes_every_case(tmp_path: Path) -> None:
     code, cases, out = gate(tmp_path, PROBE, *PROBE_ROLES, "-n", "3")
     assert code == 0, out
     assert sorted(cases) == sorted(c.id for c in CLIENT if not c.thorough)
-    assert {c["verdict"] for c in cases.values()} == {"OK"}, {i: c["reason"] for i, c in cases.items()}
+    # the Noise group runs only with --client-profile noise (tests/test_client_gate_noise.py)
+    assert {i: c["verdict"] for i, c in cases.items() if c["verdict"] != "OK"} == \
+        {c.id: "SKIPPED" for c in CLIENT if c.skipped_in("legacy")}, {i: c["reason"] for i, c in cases.items()}
 
 
 # Server-initiated, a representative subset (the whole catalogue twice takes twice the

@@ -5,7 +5,9 @@ where the rule comes from (`source`: a spec section or a bug seen in the field) 
 much a failure weighs (`severity`: a MUST failure is FAILED, a SHOULD failure NON-STRICT,
 an INFO case only reports). `side` is whose behaviour it judges; `roles` and `codecs`
 say what the peer must support for the case to apply: a case that does not apply is
-UNIMPLEMENTED with the reason, never a pass.
+UNIMPLEMENTED with the reason, never a pass. `skip_in` names the wire profiles (the
+protocol revision the peer speaks: `legacy`, `noise`) the gate cannot run the case in,
+each with its reason: such a case is SKIPPED there, which says nothing about the peer.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class Severity(Enum):
 
 
 SIDES = ("client", "server")
+WIRE_PROFILES = ("legacy", "noise")  # the protocol revisions a peer may speak (one per run)
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class Case:
     roles: tuple[str, ...] = ()  # the peer must declare one of these roles (empty: any peer)
     codecs: tuple[str, ...] = ()  # ... and one of these codecs
     thorough: bool = False  # only in the thorough profile
+    # (wire profile, why the gate cannot run the case there): SKIPPED there, never judged
+    skip_in: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         group, dot, number = self.id.partition(".")
@@ -43,6 +48,14 @@ class Case:
             raise ValueError(f"case id {self.id!r}: expected GROUP.CASE with two numbers")
         if self.side not in SIDES:
             raise ValueError(f"case {self.id}: side {self.side!r} is not one of {SIDES}")
+        for profile, reason in self.skip_in:
+            if profile not in WIRE_PROFILES or not reason:
+                raise ValueError(f"case {self.id}: skip_in needs a wire profile of {WIRE_PROFILES} and a reason, "
+                                 f"got {profile!r} {reason!r}")
+
+    def skipped_in(self, profile: str) -> str | None:
+        """Why the gate cannot run this case in wire profile `profile`, or None (it runs)."""
+        return dict(self.skip_in).get(profile)
 
     @property
     def group(self) -> int:

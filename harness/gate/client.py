@@ -46,6 +46,7 @@ from ..fault_proxy import FaultProxy, fault_proxy
 from ..protocol import now_us
 from ..scenario import Scenario
 from ..topology import Child, ManagedProcess, listening_pid, reference_server, spawn_child
+from .case import WIRE_PROFILES
 
 QUEUE_SAMPLE_S = 0.1
 PLACEHOLDERS = ("url", "host", "port", "path", "client_id", "name")
@@ -76,12 +77,22 @@ class ClientUnderTest:
     listen_template: str | None = None  # server-initiated runs (--client-listen-cmd); None: `template`
     adapter: bool = False  # `template` is a conformance client adapter (--client-adapter): no placeholders
     initiators: tuple[str, ...] = ("client",)  # --client-initiator: client, server, or both
+    profile: str = "legacy"  # --client-profile: the wire revision the client speaks (one per run)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.initiators) - set(INITIATORS))
         if not self.initiators or unknown:
             raise ClientCommandError(f"--client-initiator: {', '.join(unknown) or 'none'}; the initiators are "
                                      f"{', '.join(INITIATORS)} (or both)")
+        if self.profile not in WIRE_PROFILES:
+            raise ClientCommandError(f"--client-profile {self.profile!r}: the profiles are {', '.join(WIRE_PROFILES)}")
+        if self.profile == "noise" and not self.adapter:
+            for option, template in (("--client-cmd", self.template), ("--client-listen-cmd", self.listen_template)):
+                if template is not None and "client_id" in _fields(template, option):
+                    raise ClientCommandError(f"{option}: {{client_id}} in the noise profile: there a client's "
+                                             "client_id is its X25519 public key, which the client makes (and keeps) "
+                                             "itself, so the gate cannot choose it; it learns it from the handshake. "
+                                             "Label the client with {name} instead")
         if self.adapter:
             if _fields(self.template, "--client-adapter"):
                 raise ClientCommandError("--client-adapter takes no placeholders: the gate passes the conformance "
@@ -202,13 +213,15 @@ class Topology:
 
     @classmethod
     def start(cls, directory: Path, workers: int = 0, server_args: tuple[str, ...] = (),
-              initiator: str = "client") -> Topology:
-        """Starts it (blocking: a few seconds); stops what it started if a part fails."""
+              initiator: str = "client", profile: str = "legacy") -> Topology:
+        """Starts it (blocking: a few seconds); stops what it started if a part fails. The
+        server speaks only `profile`, the client's: a client that speaks another is refused."""
         if initiator == "server" and workers:
             raise ValueError("server-initiated: one reference server process dials; it has no workers")
         topology = cls(directory, workers, initiator)
         try:
             extra = ("--workers", str(workers)) if workers else ()
+            extra += ("--profiles", profile)
             server = reference_server(directory, *extra, *server_args)
             topology.servers.append(server)
             topology.server_http = server.ready["http"]
@@ -300,8 +313,19 @@ class ClientWorld:
         return self.topology.proxy
 
     @property
+    def profile(self) -> str:
+        return self.client.profile
+
+    @property
     def client_id(self) -> str:
+        """Legacy: the client_id the gate gives the client ({client_id}). Noise: the client's
+        public key, which only the handshake shows (`peer_id`)."""
         return f"gate-{self.case_id.replace('.', '-')}"
+
+    def peer_id(self) -> str | None:
+        """The client_id the server saw in the client's last client/hello (noise: its key)."""
+        hellos = self.events().select("recv", type="client/hello")
+        return hellos[-1].get("client_id") if hellos else None
 
     @property
     def client_name(self) -> str:

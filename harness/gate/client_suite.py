@@ -43,8 +43,8 @@ def _session(config: pytest.Config) -> GateSession:
 
 
 @pytest.mark.parametrize("case_id", CLIENT.ids())
-def test_client(case_id: str, initiator: str, request: pytest.FixtureRequest, bounds: Bounds, tmp_path: Path,
-                run: Any) -> None:
+def test_client(case_id: str, initiator: str, wire_profile: str, request: pytest.FixtureRequest, bounds: Bounds,
+                tmp_path: Path, run: Any) -> None:
     gate = _session(request.config)
     assert gate.client is not None
     case, spec = CLIENT[case_id], RUNS[case_id]
@@ -52,6 +52,13 @@ def test_client(case_id: str, initiator: str, request: pytest.FixtureRequest, bo
         pytest.skip("in the thorough profile only (--gate-profile thorough)")
     result = CaseResult(case, Verdict.OK, "", replay=gate.replay(request.node),
                         peer={**gate.peer(), "initiator": initiator})
+    profile = wire_profile
+    request.node.user_properties.append(("profile", profile))  # JUnit XML: each case's wire profile
+    cannot = case.skipped_in(profile)
+    if cannot is not None:  # the gate's limit, not the client's: SKIPPED, never a verdict on it
+        result.verdict, result.reason = Verdict.SKIPPED, f"not run in the {profile} profile: {cannot}"
+        gate.record(result)
+        pytest.skip(f"SKIPPED ({profile}): {cannot}")
     missing = case.not_applicable(gate.client.roles, gate.client.codecs) or spec.inapplicable.get(initiator)
     if missing is not None:
         result.verdict, result.reason = Verdict.UNIMPLEMENTED, missing
@@ -62,7 +69,7 @@ def test_client(case_id: str, initiator: str, request: pytest.FixtureRequest, bo
     started = time.monotonic()
     # a fresh server and proxy per case: a case may leave the server's state changed (a
     # stream ended, a format switched), and the next client must not inherit it
-    topology = Topology.start(tmp_path / "topology", spec.workers, initiator=initiator)
+    topology = Topology.start(tmp_path / "topology", spec.workers, initiator=initiator, profile=profile)
 
     async def body() -> ClientWorld:
         async with ClientWorld(tmp_path, gate.client, case_id, topology, spec.timeout_s) as world:

@@ -38,7 +38,8 @@ class GateSession:
         assert self.client is not None
         c = self.client
         peer = {"side": "client", "command": c.template, "roles": list(c.roles), "codecs": list(c.codecs),
-                "initiator": c.initiators[0] if len(c.initiators) == 1 else "both", "adapter": c.adapter}
+                "initiator": c.initiators[0] if len(c.initiators) == 1 else "both", "adapter": c.adapter,
+                "profile": c.profile}
         if c.listen_template is not None:
             peer["listen_command"] = c.listen_template
         return peer
@@ -58,6 +59,8 @@ class GateSession:
             words += ["--client-listen-cmd", c.listen_template]
         if initiator != "client":
             words += ["--client-initiator", initiator]
+        if c.profile != "legacy":
+            words += ["--client-profile", c.profile]
         words += ["--client-roles", ",".join(c.roles), "--client-codecs", ",".join(c.codecs)]
         if self.strict:
             words.append("--strict")

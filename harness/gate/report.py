@@ -22,7 +22,7 @@ from typing import Any
 from ..events import Events
 
 COLOURS = {"OK": "#2e7d32", "NON-STRICT": "#f9a825", "FAILED": "#c62828", "UNIMPLEMENTED": "#757575",
-           "INFORMATIONAL": "#1565c0", "INCONCLUSIVE": "#6a1b9a"}
+           "INFORMATIONAL": "#1565c0", "INCONCLUSIVE": "#6a1b9a", "SKIPPED": "#9e9e9e"}
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em}
@@ -173,7 +173,8 @@ def _index(document: dict[str, Any], groups: dict[int, str]) -> str:
             f"<p><b>Under test{kind}:</b> <code>{html.escape(peer['command'])}</code>{listen}<br>"
             f"<b>Declared:</b> roles {html.escape(', '.join(peer['roles']))}; codecs "
             f"{html.escape(', '.join(peer['codecs']))}; connection opened by {opened}<br>"
-            f"<b>Profile:</b> {document['profile']}{' (strict)' if document['strict'] else ''}</p>"
+            f"<b>Profile:</b> {document['profile']}{' (strict)' if document['strict'] else ''}; "
+            f"<b>wire profile:</b> {html.escape(document['peer'].get('profile', 'legacy'))}</p>"
             f"<p>{summary}</p><h2>Matrix</h2><table class=\"matrix\">{''.join(rows)}</table>"
             f"<h2>Cases</h2><table><tr><th>case</th><th>verdict</th><th>title</th><th>severity</th>"
             f"<th>close</th><th>reason</th></tr>{listing}</table>")

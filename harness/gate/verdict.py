@@ -24,6 +24,7 @@ class Verdict(Enum):
     UNIMPLEMENTED = "UNIMPLEMENTED"  # the peer does not support what the case needs (with the reason)
     INFORMATIONAL = "INFORMATIONAL"  # figures reported, nothing judged
     INCONCLUSIVE = "INCONCLUSIVE"  # our own instrument stalled while the peer seemed to fail
+    SKIPPED = "SKIPPED"  # the gate cannot run the case in this wire profile (with the reason): nothing judged
 
     @property
     def passes(self) -> bool:
@@ -158,4 +159,5 @@ class CaseResult:
             "figures": [{**asdict(f), "holds": f.holds, "text": str(f)} for f in self.figures],
             "timeline": self.timeline, "replay": self.replay, "peer": self.peer, "seconds": round(self.seconds, 3),
             "known_failure": self.known_failure, "notes": self.notes, "plot": self.plot,
+            "profile": self.peer.get("profile", "legacy"),
         }

@@ -488,6 +488,12 @@ class NoiseSession:
         """`[type][data]` exactly, fragmented if it must be."""
         return self._encrypt_plaintext(bytes([message_type]) + data, None)
 
+    def encrypt_plaintext(self, plaintext: bytes) -> bytes:
+        """One transport message of exactly `plaintext`, unchecked (a test's malformed
+        fragment sequence: what encode_raw refuses to make)."""
+        self._check_may_send(None)
+        return self._encrypt(plaintext)
+
     def _encrypt_plaintext(self, plaintext: bytes | bytearray, max_messages: int | None) -> list[bytes]:
         if max_messages is not None and fragment_count(len(plaintext) - 1) > max_messages:
             raise ProtocolError("binary", "", f"{len(plaintext)} bytes need fragments: use encode_binary_messages")

@@ -26,6 +26,7 @@ from . import (  # noqa: F401  (they register)
     g7_slow_network,
     g8_connection_loss,
     g9_bad_input,
+    g10_noise,
 )
 from .common import CLIENT, GROUPS, RUNS, ClientCase
 

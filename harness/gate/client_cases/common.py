@@ -19,7 +19,7 @@ from ..wire import close_verdict, flows
 
 GROUPS = {1: "Handshake", 2: "Clock sync", 3: "Streaming", 4: "Chunked and large messages",
           5: "Orphan headers downstream", 6: "Stalled payloads", 7: "Slow network", 8: "Connection loss",
-          9: "Bad input"}
+          9: "Bad input", 10: "Noise"}
 CLIENT = Catalogue("client", GROUPS)
 
 Run = Callable[[ClientWorld, Bounds, Judgement], Awaitable[None]]
@@ -38,17 +38,43 @@ class ClientCase:
 
 RUNS: dict[str, ClientCase] = {}
 
+# Why a case does not run in the noise profile (`noise=` of client_case; "" = it runs there).
+# The proxy runs noise sessions in opaque mode (proxy/faults/fault.py): after the cleartext
+# handshake every message is AEAD ciphertext it holds no keys for.
+RUNS_IN_NOISE = ""
+NOISE_MESSAGE_FAULTS = ("needs message-aware faults: the proxy does not terminate Noise yet (a noise session is "
+                        "AEAD ciphertext after its cleartext handshake; the proxy refuses such a fault there)")
+NOISE_WIRE_TYPES = ("judged from the message types and audio timestamps the proxy reads on the wire, which a noise "
+                    "session encrypts: the proxy does not terminate Noise yet")
+LEGACY_FRAMES = ("legacy-only: it checks WebSocket fragmentation (RFC 6455 frames), which a noise session does not "
+                 "use (one Noise transport message per WebSocket message, never split into frames by the server); "
+                 "its noise form is Sendspin fragments, group 10")
+NOISE_HELLO = ("legacy-only: it checks the legacy client/hello (client_id, version, support objects); the noise "
+               "revision's client/hello is another message (messaging.md: no client_id or version, unpaired_access, "
+               "supported_pair_methods), checked by the reference server's flow (noise_flow.py)")
+NOISE_ARTWORK = ("the reference server serves no artwork in the noise profile: the revision's artwork is an announce "
+                 "plus paced parts (roles/artwork/v1.md), not built yet")
+NOISE_ONLY = "a noise-only case: the legacy revision has no Noise layer (--client-profile noise)"
+# Noise: a downstream transport message this large is audio (the reference server's JSON
+# messages are a few hundred bytes, it sends no artwork in noise, and a 48 kHz PCM chunk
+# is kilobytes): the proxy cannot read the type byte, which is encrypted.
+NOISE_AUDIO_MIN_BYTES = 1024
+
 SPEC_HELLO = "spec: server/hello — \"Only after receiving this message should the client send any other messages\""
 SPEC_TIME = "spec: Clock Synchronization — \"Clients continuously send client/time messages\""
 
 
-def client_case(case_id: str, title: str, *, description: str, expectation: str, source: str,
+def client_case(case_id: str, title: str, *, description: str, expectation: str, source: str, noise: str,
                 severity: Severity = Severity.MUST, roles: tuple[str, ...] = (), workers: int = 0,
-                thorough: bool = False, timeout_s: float = 60.0,
+                thorough: bool = False, timeout_s: float = 60.0, legacy: str = RUNS_IN_NOISE,
                 inapplicable: Mapping[str, str] | None = None) -> Callable[[Run], Run]:
+    """`noise`: why the case cannot run in the noise profile, or RUNS_IN_NOISE (every case
+    says which); `legacy`: likewise for the legacy profile (the Noise group: NOISE_ONLY)."""
+    skip_in = tuple((p, why) for p, why in (("legacy", legacy), ("noise", noise)) if why)
+
     def register(run: Run) -> Run:
         case = CLIENT.add(Case(case_id, "client", title, description, expectation, source, severity, roles,
-                               thorough=thorough))
+                               thorough=thorough, skip_in=skip_in))
         RUNS[case_id] = ClientCase(case, run, workers, timeout_s, dict(inapplicable or {}))
         return run
     return register
@@ -75,10 +101,26 @@ def check_gap(j: Judgement, b: Bounds, gap: tuple[int, int]) -> None:
             "client_time_gap_us", gap)
 
 
+def first_hello(ev: Events, profile: str = "legacy") -> Record | None:
+    """The proxy's record of the first server/hello down to the client. Noise: the first
+    binary message down (server/hello is the first message after the cleartext handshake)."""
+    if profile == "noise":
+        return next(iter(ev.select("wire", direction="downstream", kind="binary")), None)
+    return next(iter(ev.select("wire", type="server/hello")), None)
+
+
+def downstream_audio(ev: Events, profile: str = "legacy", **match: Any) -> list[Record]:
+    """The proxy's records of audio going down to the client. Noise: the transport messages
+    of audio's size (NOISE_AUDIO_MIN_BYTES): the type byte is encrypted."""
+    records = ev.select("wire", direction="downstream", kind="binary", **match)
+    if profile == "noise":
+        return [r for r in records if r.get("size", 0) >= NOISE_AUDIO_MIN_BYTES]
+    return records
+
+
 async def hello_passed(w: ClientWorld, j: Judgement, timeout: float = 15.0) -> Record | None:
     """The first server/hello that went down to the client (None: the handshake never got there)."""
-    hello = await w.until("server/hello", lambda ev: next(iter(ev.select("wire", type="server/hello")), None),
-                          timeout)
+    hello = await w.until("server/hello", lambda ev: first_hello(ev, w.profile), timeout)
     j.require(hello is not None, w.start_problem or f"no server/hello reached the proxy within {timeout:.0f} s: "
               "the client never sent a client/hello the server accepted")
     return hello
@@ -92,19 +134,17 @@ def fault_acted(ev: Events, name: str, j: Judgement) -> bool:
 
 # --- connection loss and recovery ----------------------------------------------------------------
 
-def audio_since(ev: Events, t_us: int, besides: str | None = None) -> Record | None:
+def audio_since(ev: Events, t_us: int, besides: str | None = None, profile: str = "legacy") -> Record | None:
     """The first audio chunk that went down to the client after `t_us` (on a connection other
     than `besides`: the proxy logs what a server sends before a fault swallows it)."""
-    return next((r for r in ev.select("wire", direction="downstream", kind="binary")
-                 if r["t_us"] > t_us and r["session"] != besides), None)
+    return next((r for r in downstream_audio(ev, profile) if r["t_us"] > t_us and r["session"] != besides), None)
 
 
 async def streaming(w: ClientWorld, j: Judgement) -> Record | None:
     """Waits until audio flows to the client; returns the proxy's `upstream` record of its connection."""
     if await hello_passed(w, j) is None:
         return None
-    flowing = await w.until("audio", lambda ev: len(ev.select("wire", direction="downstream", kind="binary")) >= 10,
-                            10)
+    flowing = await w.until("audio", lambda ev: len(downstream_audio(ev, w.profile)) >= 10, 10)
     if not j.require(bool(flowing), "no audio reached the client within 10 s: nothing to lose"):
         return None
     return w.events().select("upstream")[0]
@@ -121,7 +161,8 @@ def exited(w: ClientWorld, j: Judgement) -> bool:
 
 async def judge_recovery(w: ClientWorld, b: Bounds, j: Judgement, lost_us: int, besides: str | None = None,
                          what: str = "the loss") -> None:
-    back = await w.until("audio again", lambda ev: audio_since(ev, lost_us, besides), b.client_recovery_us / 1e6 + 1)
+    back = await w.until("audio again", lambda ev: audio_since(ev, lost_us, besides, w.profile),
+                         b.client_recovery_us / 1e6 + 1)
     if back is None:
         exited(w, j)
     j.check(f"streaming again after {what}", None if back is None else ms(back["t_us"] - lost_us), "<=",
@@ -191,7 +232,7 @@ def judge_kept_session(w: ClientWorld, b: Bounds, j: Judgement, flow: str, start
         return
     _, gap = time_gaps(ev, start_us, end)
     check_gap(j, b, gap)
-    audio = [r for r in ev.select("wire", session=flow, direction="downstream", kind="binary") if r["t_us"] > start_us]
+    audio = [r for r in downstream_audio(ev, w.profile, session=flow) if r["t_us"] > start_us]
     j.require(bool(audio), "no audio passed to the client after the fault: nothing shows it kept playing")
     j.check("most bytes the client left unread after the fault", unread_during(ev, flow_port(ev, flow),
             start_us + settle_us, end), "<=", b.client_unread_bytes, "bytes", "client_unread_bytes")
@@ -216,9 +257,7 @@ async def judge_survived(w: ClientWorld, b: Bounds, j: Judgement, flow: str, sta
         exited(w, j)
         return
     back = await w.until("audio on a new connection",
-                         lambda ev: next((r for r in ev.select("wire", direction="downstream", kind="binary")
-                                          if r["t_us"] > ended["t_us"] and r["session"] != flow), None),
-                         b.client_recovery_us / 1e6 + 1)
+                         lambda ev: audio_since(ev, ended["t_us"], flow, w.profile), b.client_recovery_us / 1e6 + 1)
     if back is None and exited(w, j):
         j.require(False, f"the client closed the connection ({verdict.code}) and its process ended instead of "
                   "connecting again")
@@ -247,8 +286,11 @@ def server_control(w: ClientWorld) -> ServerControl:
 async def act(w: ClientWorld, action: str, **params: Any) -> dict[str, Any]:
     """Has the server do `action` to the client's session; a 409 (no session could take it,
     e.g. the client did not declare what it needs) makes the case not applicable."""
+    client_id = w.peer_id() if w.profile == "noise" else w.client_id  # noise: the key it chose
+    if client_id is None:
+        raise RuntimeError(f"{action}: the server has read no client/hello, so no session of the client to act on")
     try:
-        return await server_control(w).act(action, client_id=w.client_id, **params)
+        return await server_control(w).act(action, client_id=client_id, **params)
     except ActionRefused as exc:
         if exc.status == 409:
             raise NotApplicable(exc.error) from None
@@ -263,6 +305,14 @@ def action_at(ev: Events, action: str) -> int:
 def first_after(ev: Events, t_us: int, **match: Any) -> Record | None:
     """The first `wire` record after `t_us` with these fields."""
     return next((r for r in ev.select("wire", **match) if r["t_us"] > t_us), None)
+
+
+def sent_after(ev: Events, profile: str, t_us: int, message_type: str) -> Record | None:
+    """When the first `message_type` after `t_us` went to the client: the proxy's record
+    (legacy), or the server's own `send_end` (noise: the proxy cannot read the type)."""
+    if profile == "noise":
+        return next((r for r in ev.select("send_end", type=message_type) if r["t_us"] > t_us), None)
+    return first_after(ev, t_us, direction="downstream", type=message_type)
 
 
 def time_window_s(b: Bounds) -> float:
@@ -311,8 +361,8 @@ async def judge_reply(w: ClientWorld, b: Bounds, j: Judgement, command: dict[str
     from when the command passed the proxy to when the server read the answer."""
     field = "volume" if command["command"] == "volume" else "muted"
     value = command["value"]
-    sent = await w.until("server/command", lambda ev: first_after(
-        ev, action_at(ev, "server/command"), direction="downstream", type="server/command"), 5)
+    sent = await w.until("server/command", lambda ev: sent_after(ev, w.profile, action_at(ev, "server/command"),
+                                                                 "server/command"), 5)
     if not j.require(sent is not None, "the server/command never passed the proxy"):
         return
     assert sent is not None

@@ -6,12 +6,22 @@ from ...settings import Bounds
 from ..client import ClientWorld
 from ..verdict import Judgement
 from ..wire import data_messages, describe, first_wire
-from .common import SPEC_HELLO, client_case, fault_acted, hello_passed, ms, server_sessions
+from .common import (
+    NOISE_HELLO,
+    NOISE_MESSAGE_FAULTS,
+    NOISE_WIRE_TYPES,
+    SPEC_HELLO,
+    client_case,
+    fault_acted,
+    hello_passed,
+    ms,
+    server_sessions,
+)
 
 HELLO_DELAY_MS = 1000
 
 
-@client_case("1.1", "client/hello first, and nothing else before server/hello",
+@client_case("1.1", noise=NOISE_MESSAGE_FAULTS, title="client/hello first, and nothing else before server/hello",
              description=f"The proxy holds server/hello back for {HELLO_DELAY_MS} ms; it records every message "
                          "the client sends meanwhile.",
              expectation="The client's first message is client/hello, and it sends nothing else until "
@@ -41,7 +51,7 @@ async def hello_first(w: ClientWorld, b: Bounds, j: Judgement) -> None:
                                           for r in early[:5]))
 
 
-@client_case("1.2", "Initial client/state follows server/hello",
+@client_case("1.2", noise=NOISE_WIRE_TYPES, title="Initial client/state follows server/hello",
              description="A normal handshake; the proxy records when client/state passes.",
              expectation="A client with a player role sends its initial client/state promptly after "
                          "server/hello.",
@@ -63,7 +73,7 @@ async def initial_state(w: ClientWorld, b: Bounds, j: Judgement) -> None:
 ROLES_WITH_SUPPORT = {"player@v1", "artwork@v1", "visualizer@v1"}
 
 
-@client_case("1.3", "The hello is well formed, its roles and formats consistent",
+@client_case("1.3", noise=NOISE_HELLO, title="The hello is well formed, its roles and formats consistent",
              description="A normal handshake; the reference server validates client/hello field by field "
                          "(types, role versions, a player's formats and buffer) and logs which support "
                          "objects it carried.",

@@ -7,12 +7,22 @@ from typing import Any
 from ...settings import Bounds
 from ..client import ClientWorld
 from ..verdict import Judgement
-from .common import SPEC_TIME, check_gap, client_case, fault_acted, hello_passed, ms, time_gaps
+from .common import (
+    NOISE_MESSAGE_FAULTS,
+    RUNS_IN_NOISE,
+    SPEC_TIME,
+    check_gap,
+    client_case,
+    fault_acted,
+    hello_passed,
+    ms,
+    time_gaps,
+)
 
 TIME_OBSERVE_S = 8.0
 
 
-@client_case("2.1", "client/time starts promptly and keeps a cadence",
+@client_case("2.1", noise=RUNS_IN_NOISE, title="client/time starts promptly and keeps a cadence",
              description=f"A normal session, watched for {TIME_OBSERVE_S:.0f} s.",
              expectation="The first client/time follows server/hello promptly, and client/time never pauses "
                          "for long.",
@@ -34,7 +44,7 @@ async def time_cadence(w: ClientWorld, b: Bounds, j: Judgement) -> None:
 
 
 def _time_fault_case(case_id: str, title: str, spec: dict[str, Any], what: str, after_s: float) -> None:
-    @client_case(case_id, title,
+    @client_case(case_id, title, noise=NOISE_MESSAGE_FAULTS,
                  description=f"Once clock sync runs, the proxy {what}; the session is then watched for "
                              f"{after_s:.0f} s more.",
                  expectation="The client goes on sending client/time during and after it (on this connection or "

@@ -8,11 +8,13 @@ from ...settings import Bounds
 from ..client import ClientWorld
 from ..verdict import Judgement
 from .common import (
+    NOISE_WIRE_TYPES,
+    RUNS_IN_NOISE,
     NotApplicable,
     act,
     action_at,
     client_case,
-    first_after,
+    downstream_audio,
     hello_passed,
     judge_kept,
     judge_reading,
@@ -20,6 +22,7 @@ from .common import (
     judge_time,
     ms,
     new_command_values,
+    sent_after,
     streaming,
     time_window_s,
 )
@@ -28,7 +31,7 @@ STREAM_OBSERVE_S = 10.0
 LEAD_SETTLE_US = 2_000_000  # the first chunks go out in a burst ahead of real time
 
 
-@client_case("3.1", "The client reads audio at the rate it is sent",
+@client_case("3.1", noise=NOISE_WIRE_TYPES, title="The client reads audio at the rate it is sent",
              description=f"A player session streams PCM for {STREAM_OBSERVE_S:.0f} s; the server logs what it "
                          "holds for the session every half second.",
              expectation="The server's buffers for the session stay small, no chunk goes stale unsent, and "
@@ -76,20 +79,20 @@ SPEC_STREAM = "spec: stream/start — \"If sent for a role that already has an a
 CLEAR_S, ENDED_S = 0.5, 1.0  # how long the session runs after stream/clear, and without a stream
 
 
-def player_audio_after(ev: Events, t_us: int) -> list[dict]:
-    return [r for r in ev.select("wire", direction="downstream", kind="binary", type=str(PLAYER_AUDIO))
-            if r["t_us"] > t_us]
+def player_audio_after(ev: Events, t_us: int, profile: str = "legacy") -> list[dict]:
+    match = {} if profile == "noise" else {"type": str(PLAYER_AUDIO)}  # noise: the type byte is encrypted
+    return [r for r in downstream_audio(ev, profile, **match) if r["t_us"] > t_us]
 
 
 def judge_stream_again(w: ClientWorld, b: Bounds, j: Judgement, since_us: int, what: str) -> None:
     """After the stream/start the server sent at `since_us` (its action), audio went to the
     client again and it read it, on the same connection, with clock sync going on."""
     ev = w.events()
-    start = first_after(ev, since_us, direction="downstream", type="stream/start")
+    start = sent_after(ev, w.profile, since_us, "stream/start")
     if not j.require(start is not None, f"the {what} stream/start never passed the proxy"):
         return
     assert start is not None
-    audio = player_audio_after(ev, start["t_us"])
+    audio = player_audio_after(ev, start["t_us"], w.profile)
     j.require(bool(audio), f"no audio went to the client after the {what} stream/start: nothing was read")
     judge_reading(j, b, ev, start["t_us"])
     j.report(f"audio chunks after the {what} stream/start", len(audio))
@@ -97,7 +100,7 @@ def judge_stream_again(w: ClientWorld, b: Bounds, j: Judgement, since_us: int, w
         j.report("their size", audio[-1]["size"], "bytes")
 
 
-@client_case("3.2", "Plays again after stream/clear, stream/end and a new stream/start",
+@client_case("3.2", noise=RUNS_IN_NOISE, title="Plays again after stream/clear, stream/end and a new stream/start",
              description=f"Once audio flows, the server sends stream/clear, {CLEAR_S:g} s later stream/end (no audio "
                          f"for {ENDED_S:g} s), then a new stream/start and audio again; the session is watched until "
                          "the client/time pause bound can tell a client that stopped syncing.",
@@ -122,7 +125,7 @@ async def stream_cycle(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     judge_time(j, b, w.events(), began)
 
 
-@client_case("3.3", "Follows a format change mid-stream",
+@client_case("3.3", noise=RUNS_IN_NOISE, title="Follows a format change mid-stream",
              description="Once audio flows, the server sends a new stream/start with another format the client "
                          "declared (the first other one it serves: 16/24-bit, mono/stereo PCM at 48 kHz) and streams "
                          "in it. UNIMPLEMENTED if the client declared no second such format.",
@@ -143,7 +146,7 @@ async def format_change(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     judge_time(j, b, w.events(), began)
 
 
-@client_case("3.4", "Answers server/command volume and mute with client/state",
+@client_case("3.4", noise=RUNS_IN_NOISE, title="Answers server/command volume and mute with client/state",
              description="The server sends server/command volume (a value other than the client's), then "
                          "server/command mute (the opposite of its state), each only if the client declared it in "
                          "supported_commands; the server logs each client/state's volume and muted. UNIMPLEMENTED "

@@ -8,6 +8,9 @@ from ...settings import Bounds
 from ..client import ClientWorld
 from ..verdict import Judgement
 from .common import (
+    LEGACY_FRAMES,
+    NOISE_ARTWORK,
+    NOISE_MESSAGE_FAULTS,
     NotApplicable,
     act,
     action_at,
@@ -56,7 +59,7 @@ def _passed(j: Judgement, ev: Events, since_us: int, what: str, frames: int, **m
     return seen
 
 
-@client_case("4.1", "Reassembles JSON messages sent in several frames",
+@client_case("4.1", noise=LEGACY_FRAMES, title="Reassembles JSON messages sent in several frames",
              description=f"Once audio flows, the server sends a stream/start (the current format again) in "
                          f"{JSON_FRAMES} frames, then a server/command volume (or mute) in {JSON_FRAMES} frames if the "
                          "client declared one.",
@@ -85,7 +88,7 @@ async def fragmented_json(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     _passed(j, w.events(), began, "stream/start", JSON_FRAMES, type="stream/start")
 
 
-@client_case("4.2", "Reassembles audio chunks sent in several frames",
+@client_case("4.2", noise=NOISE_MESSAGE_FAULTS, title="Reassembles audio chunks sent in several frames",
              description=f"Once audio flows, the proxy re-sends every audio chunk as frames of {AUDIO_FRAME_BYTES} "
                          "bytes (the slicer fault) for the rest of the case.",
              expectation="The client keeps the session (no 1002), reads the audio as it comes and goes on sending "
@@ -110,7 +113,7 @@ async def fragmented_audio(w: ClientWorld, b: Bounds, j: Judgement) -> None:
 def _artwork_case(case_id: str, size: int, thorough: bool) -> None:
     label = f"{size // MiB} MiB"
 
-    @client_case(case_id, f"Takes a {label} artwork in {ARTWORK_FRAGMENT // KiB} KiB fragments",
+    @client_case(case_id, f"Takes a {label} artwork in {ARTWORK_FRAGMENT // KiB} KiB fragments", noise=NOISE_ARTWORK,
                  description=f"The server sends artwork channel 0 a {label} image (stream/start, then one binary "
                              f"message in {ARTWORK_FRAGMENT // KiB} KiB fragments) and watches the session on.",
                  expectation="The client reads the whole image, keeps the session (no 1002, no 1009), goes on sending "
@@ -150,7 +153,7 @@ _artwork_case("4.3", 2 * MiB, thorough=False)
 PING_FRAMES = 8
 
 
-@client_case("4.4", "Answers pings that come between the fragments of a message",
+@client_case("4.4", noise=LEGACY_FRAMES, title="Answers pings that come between the fragments of a message",
              description=f"Once audio flows, the server sends a stream/start (the current format again) in "
                          f"{PING_FRAMES} frames with a ping between each two.",
              expectation="The client answers the pings with pongs (at least the last one, RFC 6455 §5.5.3), keeps the "

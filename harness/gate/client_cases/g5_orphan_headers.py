@@ -11,7 +11,15 @@ from ...protocol import PLAYER_AUDIO
 from ...settings import DEFAULT_BOUNDS, Bounds
 from ..client import ClientWorld
 from ..verdict import Judgement
-from .common import client_case, faults_acted, hello_passed, judge_kept_session, observe_s, streaming
+from .common import (
+    NOISE_MESSAGE_FAULTS,
+    client_case,
+    faults_acted,
+    hello_passed,
+    judge_kept_session,
+    observe_s,
+    streaming,
+)
 
 EXPECTATION = ("The client rejects or ignores the orphan and goes on on the same connection: it keeps running, "
                "keeps sending client/time (no pause over the bound) and keeps reading the audio that follows "
@@ -22,7 +30,8 @@ WATCH = f"the session is then watched for {observe_s(DEFAULT_BOUNDS):.0f} s"
 
 
 def _orphan_case(case_id: str, title: str, spec: dict[str, Any], what: str, source: str) -> None:
-    @client_case(case_id, title, description=f"Once audio flows, the proxy {what}; {WATCH}.",
+    @client_case(case_id, title, noise=NOISE_MESSAGE_FAULTS,
+                 description=f"Once audio flows, the proxy {what}; {WATCH}.",
                  expectation=EXPECTATION, source=source, roles=("player",))
     async def run(w: ClientWorld, b: Bounds, j: Judgement) -> None:
         await w.start_client()
@@ -59,7 +68,7 @@ def json_after_stream_start(ev: Events) -> Record | None:
                  if r["t_us"] > start["t_us"]), None)
 
 
-@client_case("5.4", "stream/start followed by JSON instead of audio",
+@client_case("5.4", noise=NOISE_MESSAGE_FAULTS, title="stream/start followed by JSON instead of audio",
              description="From the start, the proxy drops the audio chunks that follow stream/start until the next "
                          "JSON message, so the client gets stream/start, then JSON where audio was due; then the "
                          f"stream flows as before, and {WATCH}.",

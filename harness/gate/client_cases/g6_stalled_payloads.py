@@ -10,6 +10,7 @@ from ..case import Severity
 from ..client import ClientWorld
 from ..verdict import Judgement
 from .common import (
+    NOISE_MESSAGE_FAULTS,
     SPEC_TIME,
     check_gap,
     client_case,
@@ -35,7 +36,8 @@ def _stall(**params: Any) -> dict[str, Any]:
             "mode": "frame", **params}
 
 
-@client_case("6.1", f"An audio message stalled for {STALL_S:.0f} s mid-message, then completed",
+@client_case("6.1", noise=NOISE_MESSAGE_FAULTS,
+             title=f"An audio message stalled for {STALL_S:.0f} s mid-message, then completed",
              description=f"Once audio flows, the proxy sends the first fragment (FIN=0) of an audio chunk and "
                          f"withholds the rest, and everything after it, for {STALL_S:.0f} s; then all follows "
                          f"intact. The session is watched for {AFTER_STALL_S:.0f} s more.",
@@ -64,7 +66,7 @@ async def stall_then_resume(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     j.report("client/time messages from the stall on", len(times))
 
 
-@client_case("6.2", "An audio message stalled for good mid-message",
+@client_case("6.2", noise=NOISE_MESSAGE_FAULTS, title="An audio message stalled for good mid-message",
              description="Once audio flows, the proxy sends the first fragment (FIN=0) of an audio chunk and "
                          "nothing more on that connection: no continuation, no server/time, no pong. The TCP "
                          "connection stays open.",
@@ -89,7 +91,7 @@ async def stall_for_good(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     j.report("client/time messages from the stall on", len(times))
 
 
-@client_case("6.3", "The server stops sending but still answers pings",
+@client_case("6.3", noise=NOISE_MESSAGE_FAULTS, title="The server stops sending but still answers pings",
              description="Once audio flows, the proxy swallows every data message the server sends on the "
                          "client's connection (audio, server/time, everything); control frames (ping, pong, "
                          "close) still pass, so a WebSocket keepalive sees a healthy peer.",

@@ -10,7 +10,18 @@ from ...settings import Bounds
 from ..client import ClientWorld
 from ..verdict import Judgement
 from ..wire import flows
-from .common import SPEC_TIME, check_gap, client_case, exited, fault_acted, hello_passed, streaming, time_gaps
+from .common import (
+    NOISE_MESSAGE_FAULTS,
+    NOISE_WIRE_TYPES,
+    SPEC_TIME,
+    check_gap,
+    client_case,
+    exited,
+    fault_acted,
+    hello_passed,
+    streaming,
+    time_gaps,
+)
 
 OBSERVE_S = 6.0
 SETTLE_US = 2_000_000  # the first audio goes out in a burst ahead of real time: judged after it
@@ -63,10 +74,10 @@ def judge_kept(w: ClientWorld, b: Bounds, j: Judgement, hello_us: int) -> None:
 
 
 def _slow_case(case_id: str, title: str, spec: dict[str, Any], what: str, source: str,
-               from_start: bool = True) -> None:
+               from_start: bool = True, noise: str = NOISE_WIRE_TYPES) -> None:
     when = "from the start" if from_start else "once audio flows"
 
-    @client_case(case_id, title,
+    @client_case(case_id, title, noise=noise,
                  description=f"{what[0].upper()}{what[1:]}, {when}; the session is watched for {OBSERVE_S:.0f} s.",
                  expectation="The client keeps its session (one connection through the case, no reconnect), "
                              "keeps sending client/time, and reads the audio as it comes.",
@@ -101,5 +112,6 @@ SLICER = {"type": "slicer", "direction": "downstream", "frame_bytes": 64, "varia
 _slow_case("7.3", "Every message in small frames",
            SLICER, f"every message the server sends is re-sent as WebSocket fragments of "
            f"{SLICER['frame_bytes']} ± {SLICER['variation_bytes']} bytes",
-           "RFC 6455 §5.4 (an intermediary may split a message into fragments; a receiver reassembles them)")
+           "RFC 6455 §5.4 (an intermediary may split a message into fragments; a receiver reassembles them)",
+           noise=NOISE_MESSAGE_FAULTS)
 

@@ -7,7 +7,7 @@ from ..case import Severity
 from ..client import ClientWorld
 from ..verdict import Judgement
 from ..wire import flows
-from .common import client_case, exited, fault_acted, judge_dead_session, judge_recovery, ms, streaming
+from .common import RUNS_IN_NOISE, client_case, exited, fault_acted, judge_dead_session, judge_recovery, ms, streaming
 
 FIELD_BLACKHOLE = "field: sendspin-cpp#119 (a client never notices a blackholed socket)"
 
@@ -16,7 +16,7 @@ SERVER_REDIALS = ("Server-initiated, it is the server that dials again (spec: a 
                   "the client must keep listening and accept the new dial.")
 
 
-@client_case("8.1", "Reconnects when its worker is killed (SIGKILL)",
+@client_case("8.1", noise=RUNS_IN_NOISE, title="Reconnects when its worker is killed (SIGKILL)",
              description="Two workers behind the proxy; once audio flows, the worker serving the client is killed.",
              expectation="The client notices the lost connection, reconnects (the proxy's pool sends it to the "
                          "live worker) and streams again within the bound.",
@@ -34,7 +34,7 @@ async def worker_killed(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     await judge_recovery(w, b, j, applied["t_us"])
 
 
-@client_case("8.2", "Reconnects after a TCP RST",
+@client_case("8.2", noise=RUNS_IN_NOISE, title="Reconnects after a TCP RST",
              description="Once audio flows, the proxy resets the client's connection (RST both ways). "
                          + SERVER_REDIALS,
              expectation="The client reconnects (server-initiated: accepts the server's next dial) and streams "
@@ -49,7 +49,7 @@ async def tcp_reset(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     await judge_recovery(w, b, j, applied["t_us"])
 
 
-@client_case("8.3", "Reconnects when its worker hangs (SIGSTOP)",
+@client_case("8.3", noise=RUNS_IN_NOISE, title="Reconnects when its worker hangs (SIGSTOP)",
              description="Two workers behind the proxy; once audio flows, the worker serving the client is "
                          "stopped (SIGSTOP): its TCP connections stay open, nothing answers (no audio, no "
                          "server/time, no pong). The reference coordinator kills a worker hung for its heartbeat "
@@ -75,7 +75,7 @@ async def worker_hung(w: ClientWorld, b: Bounds, j: Judgement) -> None:
                "after the stop")
 
 
-@client_case("8.4", "Notices a half-open connection (blackhole)",
+@client_case("8.4", noise=RUNS_IN_NOISE, title="Notices a half-open connection (blackhole)",
              description="Once audio flows, the proxy stops forwarding the client's connection both ways, for "
                          "good: no FIN, no RST, no close frame; both sockets stay open and nothing arrives (as "
                          "when a NAT entry or a Wi-Fi link silently dies).",
@@ -98,7 +98,7 @@ async def half_open(w: ClientWorld, b: Bounds, j: Judgement) -> None:
 CLOSE_CODES = ((1001, "going away"), (1011, "internal error"), (4001, "slow reader"))
 
 
-@client_case("8.5", "Reconnects after the server closes with 1001, 1011 and 4001",
+@client_case("8.5", noise=RUNS_IN_NOISE, title="Reconnects after the server closes with 1001, 1011 and 4001",
              description="Once audio flows, the server's side closes the connection with a close frame: 1001 "
                          "(going away), then, once the client streams again, 1011 (internal error), then 4001 "
                          "(the reference server's slow-reader close).",
@@ -124,9 +124,10 @@ async def server_closes(w: ClientWorld, b: Bounds, j: Judgement) -> None:
 
 
 OUTAGE_S = 15.0
+RETIRE_GRACE_S = 2.0
 
 
-@client_case("8.6", "Backs off while the server is down; no reconnect storm",
+@client_case("8.6", noise=RUNS_IN_NOISE, title="Backs off while the server is down; no reconnect storm",
              description=f"Once audio flows, the server becomes unreachable for {OUTAGE_S:.0f} s: the proxy resets "
                          "the connection and refuses every new one. Then it is back.",
              expectation="The client retries with a backoff (a bounded number of attempts in the outage), and "
@@ -152,7 +153,9 @@ async def no_storm(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     attempts = [r for r in ev.select("refused") if r["t_us"] >= start]
     j.check(f"connection attempts in a {OUTAGE_S:.0f} s outage", len(attempts), "<=", b.client_attempts_per_outage,
             "", "client_attempts_per_outage")
-    ended = next((r["t_us"] for r in ev.select("fault_removed", fault=fault["name"])), None)
+    # the proxy retires it on its own timer: its event may land just after our wait ended
+    ended = await w.until("the outage's end", lambda ev: next(
+        (r["t_us"] for r in ev.select("fault_removed", fault=fault["name"])), None), RETIRE_GRACE_S)
     if j.require(ended is not None, f"the outage fault {fault['name']} was not retired after {OUTAGE_S:.0f} s"):
         assert ended is not None
         await judge_recovery(w, b, j, ended)

@@ -13,7 +13,15 @@ from ...settings import DEFAULT_BOUNDS, Bounds
 from ..case import Severity
 from ..client import ClientWorld
 from ..verdict import Judgement
-from .common import client_case, faults_acted, judge_kept_session, judge_survived, observe_s, streaming
+from .common import (
+    NOISE_MESSAGE_FAULTS,
+    client_case,
+    faults_acted,
+    judge_kept_session,
+    judge_survived,
+    observe_s,
+    streaming,
+)
 
 INJECT_GAP_S = 0.3  # between two injections of one case
 OVERSIZED_BYTES = 16 * 1024 * 1024
@@ -36,7 +44,8 @@ def text(message: Any) -> dict[str, Any]:
 
 def _bad_input_case(case_id: str, title: str, messages: list[dict[str, Any]], what: str, *, source: str,
                     must_ignore: bool = False, severity: Severity = Severity.MUST, settle: str = "") -> None:
-    @client_case(case_id, title, description=f"Once audio flows, the proxy sends the client {what}; {WATCH}.",
+    @client_case(case_id, title, noise=NOISE_MESSAGE_FAULTS,
+                 description=f"Once audio flows, the proxy sends the client {what}; {WATCH}.",
                  expectation=IGNORES if must_ignore else SURVIVES, source=source, severity=severity,
                  roles=("player",))
     async def run(w: ClientWorld, b: Bounds, j: Judgement) -> None:
