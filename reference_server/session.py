@@ -825,7 +825,9 @@ class Session:
                     raise ConnectionClosed(None, None)
                 last = i == len(pieces) - 1
                 self._progress_us = now_us()
-                self.ws.transport.write(wsframes.encode_frame(wsframes.CONT if i else opcode, piece, last))
+                # having dialled we are the WebSocket client: our frames are masked (RFC 6455 §5.3)
+                self.ws.transport.write(wsframes.encode_frame(wsframes.CONT if i else opcode, piece, last,
+                                                              mask=self.dialled))
                 self._unsent -= len(piece)
                 if split.pings and not last:
                     await self.ws.ping(f"split {next(self._pings)}")  # its own send drains the transport

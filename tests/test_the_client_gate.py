@@ -73,9 +73,10 @@ def test_the_probe_client_passes_every_case(tmp_path: Path) -> None:
 
 # Server-initiated, a representative subset (the whole catalogue twice takes twice the
 # default profile's ~3 min): a fault on server/hello (1.1) and on server/time (2.3) in
-# the reversed proxy, reading at the audio rate on accepted sockets (3.1), the server's
-# re-dial after a loss (8.2), and the 8.x cases that do not apply (UNIMPLEMENTED).
-SERVER_SUBSET = ("1.1", "2.3", "3.1", "8.1", "8.2", "8.6")
+# the reversed proxy, reading at the audio rate on accepted sockets (3.1), fragments the
+# dialling server sends as frames of its own, so masked (4.1), the server's re-dial after a
+# loss (8.2), and the 8.x cases that do not apply (UNIMPLEMENTED).
+SERVER_SUBSET = ("1.1", "2.3", "3.1", "4.1", "8.1", "8.2", "8.3", "8.6")
 
 
 def test_the_probe_client_passes_whoever_dials(tmp_path: Path) -> None:
@@ -87,7 +88,8 @@ def test_the_probe_client_passes_whoever_dials(tmp_path: Path) -> None:
     assert results["peer"]["initiator"] == "both" and results["peer"]["listen_command"] == PROBE_LISTENS
     verdicts = {(c["id"], c["peer"]["initiator"]): c["verdict"] for c in results["cases"]}
     assert verdicts == {**{(c, i): "OK" for c in SERVER_SUBSET for i in ("client", "server")},
-                        ("8.1", "server"): "UNIMPLEMENTED", ("8.6", "server"): "UNIMPLEMENTED"}, verdicts
+                        ("8.1", "server"): "UNIMPLEMENTED", ("8.3", "server"): "UNIMPLEMENTED",
+                        ("8.6", "server"): "UNIMPLEMENTED"}, verdicts
     assert re.search(r"PASSED \S*test_client\[2\.3-server\]", out), out  # xdist: "[gwN] [ x%] PASSED id"
     assert re.search(r"SKIPPED \S*test_client\[8\.1-server\]", out), out
     server = {c["id"]: c for c in results["cases"] if c["peer"]["initiator"] == "server"}
@@ -109,6 +111,7 @@ NEGATIVE = [  # (bug, the cases it must fail, a case it must pass, who dials)
     ("bad-json-crash", ("9.1",), "9.2", "client"),  # malformed JSON kills it; valid JSON of an unknown type does not
     ("early", ("1.1",), "1.3", "server"),  # the same bug, judged through the reversed proxy
     ("listen-once", ("8.2",), "1.3", "server"),
+    ("stall-blocks", ("8.4",), "1.3", "server"),  # its give-up seen in the kernel's socket table, not the proxy's
 ]
 
 

@@ -361,10 +361,14 @@ class ClientWorld:
             port, local = urlsplit(self.proxy.url).port or 0, False
         last: dict[int, int] = {}
         while True:
-            for other_port, unread in receive_queues(port, local=local).items():
+            now = receive_queues(port, local=local)
+            for other_port, unread in now.items():
                 if last.get(other_port) != unread:
                     last[other_port] = unread
                     self.scenario.log.emit("client_queue", port=other_port, bytes=unread)
+            for gone in set(last) - set(now):
+                del last[gone]
+                self.scenario.log.emit("client_socket_gone", port=gone)
             await asyncio.sleep(QUEUE_SAMPLE_S)
 
     async def start_client(self) -> None:

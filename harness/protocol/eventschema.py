@@ -206,6 +206,10 @@ EVENTS: dict[str, EventType] = {e.name: e for e in [
     _e("client_queue", "harness",
        "the client under test's unread bytes changed (its socket's receive queue, sampled from /proc/net/tcp)",
        port="the client's local port", bytes="bytes received and not yet read by the client"),
+    _e("client_socket_gone", "harness",
+       "a connection of the client under test left ESTABLISHED (the kernel's view, /proc/net/tcp): the client "
+       "gave it up, or its peer did; seen even where the proxy reads nothing (a blackhole)",
+       port="the port its client_queue records carried"),
     # --- probe client -------------------------------------------------------------------
     _e("connect", "probe", "connected (after the 101)", url="URL", rcvbuf="its SO_RCVBUF"),
     _e("accepted", "probe", "a server dialled us (server-initiated), before the 101", peer="its host:port",

@@ -368,7 +368,7 @@ class Fault:
 
     def affects(self, seq: int, client_port: int | None = None, upstream: int | None = None) -> bool:
         """Is this connection affected at all? `connections` filter, then toxicity."""
-        if self.connections is not None and not self.connections.matches(client_port, upstream):
+        if self.connections is not None and not self.connections.matches(client_port, upstream, seq):
             return False
         if self.toxicity >= 1.0:
             return True

@@ -164,14 +164,17 @@ def _as_set(where: str, v: Any, t: type) -> frozenset[Any] | None:
 
 
 class ConnectionFilter:
-    """Which connections a fault attaches to: by client TCP port and/or upstream index."""
+    """Which connections a fault attaches to: by client TCP port, upstream index and/or the
+    proxy's connection number (`conn_seq` in its events: one connection whoever dialled;
+    a listening client's port is the same for every connection the server dials)."""
 
-    FIELDS: ClassVar[tuple[str, ...]] = ("client_port", "upstream")
+    FIELDS: ClassVar[tuple[str, ...]] = ("client_port", "upstream", "conn_seq")
 
     def __init__(self, client_port: int | Sequence[int] | None = None,
-                 upstream: int | Sequence[int] | None = None) -> None:
+                 upstream: int | Sequence[int] | None = None, conn_seq: int | Sequence[int] | None = None) -> None:
         self.client_port = _as_set("connections.client_port", client_port, int)
         self.upstream = _as_set("connections.upstream", upstream, int)
+        self.conn_seq = _as_set("connections.conn_seq", conn_seq, int)
 
     @classmethod
     def from_spec(cls, spec: Any) -> ConnectionFilter | None:
@@ -184,9 +187,10 @@ class ConnectionFilter:
             raise FaultSpecError(f"connections: unknown field(s) {unknown} (known: {list(cls.FIELDS)})")
         return cls(**spec)
 
-    def matches(self, client_port: int | None, upstream: int | None) -> bool:
+    def matches(self, client_port: int | None, upstream: int | None, conn_seq: int | None = None) -> bool:
         return ((self.client_port is None or client_port in self.client_port)
-                and (self.upstream is None or upstream in self.upstream))
+                and (self.upstream is None or upstream in self.upstream)
+                and (self.conn_seq is None or conn_seq in self.conn_seq))
 
     def to_dict(self) -> dict[str, Any]:
         return {k: sorted(v) for k in self.FIELDS if (v := getattr(self, k)) is not None}

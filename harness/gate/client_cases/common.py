@@ -174,10 +174,19 @@ async def judge_recovery(w: ClientWorld, b: Bounds, j: Judgement, lost_us: int, 
 
 # --- what a client must survive: orphans and bad input (groups 5 and 9) ------------------------
 
-def flow_port(ev: Events, flow: str) -> int | None:
-    """The client's TCP port of connection `flow`, as the proxy accepted it."""
+def flow_port(w: ClientWorld, ev: Events, flow: str) -> int | None:
+    """The client's TCP port of connection `flow`, as the proxy accepted it; None when the
+    server dialled (the proxy accepted the server, and every connection reaches the client
+    on its one listening port): then judge all of the client's sockets."""
+    if w.initiator == "server":
+        return None
     accepted = next(iter(ev.select("accept", proc="proxy", session=flow)), None)
     return int(accepted["client"].rsplit(":", 1)[1]) if accepted else None
+
+
+def flow_seq(ev: Events, flow: str) -> int:
+    """The proxy's number for connection `flow` (a fault's `connections.conn_seq`)."""
+    return next(iter(ev.select("accept", proc="proxy", session=flow)))["conn_seq"]
 
 
 def unread_during(ev: Events, port: int | None, start_us: int, end_us: int) -> int:
@@ -234,7 +243,7 @@ def judge_kept_session(w: ClientWorld, b: Bounds, j: Judgement, flow: str, start
     check_gap(j, b, gap)
     audio = [r for r in downstream_audio(ev, w.profile, session=flow) if r["t_us"] > start_us]
     j.require(bool(audio), "no audio passed to the client after the fault: nothing shows it kept playing")
-    j.check("most bytes the client left unread after the fault", unread_during(ev, flow_port(ev, flow),
+    j.check("most bytes the client left unread after the fault", unread_during(ev, flow_port(w, ev, flow),
             start_us + settle_us, end), "<=", b.client_unread_bytes, "bytes", "client_unread_bytes")
     j.report("audio chunks passed after the fault", len(audio))
 
@@ -393,31 +402,36 @@ def new_command_values(ev: Events) -> dict[str, Any]:
     return {"volume": next(v for v in VOLUMES if v != volume), "mute": not muted}
 
 
-def session_over(ev: Events, flow: str, since_us: int) -> int | None:
+def session_over(w: ClientWorld, ev: Events, flow: str, since_us: int) -> int | None:
     """When connection `flow` was over after `since_us`: the client's close frame, the end of
-    the connection (either side's), or a new connection the client opened, whichever the
-    proxy saw first (a blackholed connection's close frame and FIN are never read: there
-    only the new connection shows)."""
+    the connection (either side's), a new connection the client opened, or its socket gone
+    from the kernel's table, whichever came first (a blackholed connection's close frame and
+    FIN are never read by the proxy; a listening client opens no new connection)."""
+    port = flow_port(w, ev, flow)
     marks = [r["t_us"] for r in ev.select("accept", proc="proxy") if r["t_us"] > since_us and r["session"] != flow]
+    marks += [r["t_us"] for r in ev.select("client_socket_gone") if r["t_us"] > since_us
+              and (port is None or r["port"] == port)]
     marks += [r["t_us"] for r in ev.select("wire", session=flow, direction="upstream", kind="close")
               if r["t_us"] > since_us]
     marks += [r["t_us"] for r in ev.select("close", proc="proxy", session=flow) if r["t_us"] > since_us]
     return min(marks, default=None)
 
 
-async def judge_dead_session(w: ClientWorld, b: Bounds, j: Judgement, flow: str, since_us: int) -> int | None:
+async def judge_dead_session(w: ClientWorld, b: Bounds, j: Judgement, flow: str, since_us: int,
+                             recover: bool = True) -> int | None:
     """Connection `flow` went dead at `since_us`: the client gives it up within the bound (or
-    the server's side ends it first) and streams again on a new connection. Returns when
-    the dead session was over (None: never, as far as the proxy saw)."""
+    the server's side ends it first) and, if `recover`, streams again on a new connection.
+    Returns when the dead session was over (None: never, as far as the proxy saw)."""
     bound = b.client_dead_session_us
-    over = await w.until("the client gives up", lambda ev: session_over(ev, flow, since_us), bound / 1e6 + 1)
+    over = await w.until("the client gives up", lambda ev: session_over(w, ev, flow, since_us), bound / 1e6 + 1)
     if over is None:
         exited(w, j)
     j.check("dead session over after", None if over is None else ms(over - since_us), "<=", ms(bound), "ms",
             "client_dead_session_us", (since_us, over or since_us + bound))
     if over is not None:
         ended_by_server(w.events(), flow, since_us, j)
-        await judge_recovery(w, b, j, over, besides=flow, what="the dead session ended")
+        if recover:
+            await judge_recovery(w, b, j, over, besides=flow, what="the dead session ended")
     return over
 
 

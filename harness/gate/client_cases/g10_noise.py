@@ -81,7 +81,7 @@ async def _closes_after(w: ClientWorld, b: Bounds, j: Judgement, action: str, pa
     answer = (await act(w, action, **params))["sessions"][0]
     at = action_at(w.events(), action)
     bound = b.client_noise_close_us
-    over = await w.until("the client closes", lambda ev: session_over(ev, flow, at), bound / 1e6 + 1)
+    over = await w.until("the client closes", lambda ev: session_over(w, ev, flow, at), bound / 1e6 + 1)
     if over is None:
         exited(w, j)
     j.check(f"connection given up after {action}", None if over is None else ms(over - at), "<=", ms(bound), "ms",
@@ -198,7 +198,7 @@ def _stall(case_id: str, step: str, where: str) -> None:
             return
         flow = w.events().select("accept", proc="proxy")[0]["session"]
         at, bound = stalled["t_us"], b.client_handshake_wait_us
-        over = await w.until("the client gives up", lambda ev: session_over(ev, flow, at), bound / 1e6 + 1)
+        over = await w.until("the client gives up", lambda ev: session_over(w, ev, flow, at), bound / 1e6 + 1)
         j.check("stalled connection given up after", None if over is None else ms(over - at), "<=", ms(bound),
                 "ms", "client_handshake_wait_us", (at, over or at + bound))
         if over is not None:

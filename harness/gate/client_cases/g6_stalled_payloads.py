@@ -15,7 +15,7 @@ from .common import (
     check_gap,
     client_case,
     fault_acted,
-    flow_port,
+    flow_seq,
     judge_dead_session,
     judge_recovery,
     streaming,
@@ -105,10 +105,9 @@ async def deaf_server(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     up = await streaming(w, j)
     if up is None:
         return
-    port = flow_port(w.events(), up["session"])
-    assert port is not None, "a connection the proxy relayed was accepted by it"
     # kept to this connection: the client's next one must get a working server
-    fault = await w.proxy.add({"type": "drop", "direction": "downstream", "connections": {"client_port": port}})
+    fault = await w.proxy.add({"type": "drop", "direction": "downstream",
+                               "connections": {"conn_seq": flow_seq(w.events(), up["session"])}})
     start = (await w.proxy.applied(fault["name"]))["t_us"]
     if await judge_dead_session(w, b, j, up["session"], start) is not None:
         await w.observe(AFTER_RECOVERY_S)

@@ -58,7 +58,10 @@ async def tcp_reset(w: ClientWorld, b: Bounds, j: Judgement) -> None:
              expectation="The client gives the hung session up within the bound, reconnects (the proxy's pool "
                          "sends it to the live worker) and streams again.",
              source=f"field: a server that hangs (a deadlock, a stopped VM) sends no FIN; {FIELD_BLACKHOLE}",
-             workers=2, timeout_s=90.0)
+             workers=2, timeout_s=90.0,
+             inapplicable={"server": "server-initiated: one reference server process dials, there is no worker to "
+                                     "stop; what the client sees of a hung server (a connection where nothing "
+                                     "arrives) is case 8.4"})
 async def worker_hung(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     await w.start_client()
     up = await streaming(w, j)
@@ -91,7 +94,13 @@ async def half_open(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     # count 1: this connection only (it is the only one); the client's next one works
     fault = await w.proxy.add({"type": "timeout", "direction": "both", "count": 1})
     applied = await w.proxy.applied(fault["name"])
-    await judge_dead_session(w, b, j, up["session"], applied["t_us"])
+    # Server-initiated, the client's give-up never reaches the dialling server (the proxy
+    # reads neither side): the server dialling again is its own watchdog's job, not judged here.
+    dialled = w.initiator == "server"
+    if dialled:
+        j.note("server-initiated: judged until the client gives the connection up (the kernel's view of its "
+               "socket); dialling again is the server's job")
+    await judge_dead_session(w, b, j, up["session"], applied["t_us"], recover=not dialled)
     fault_acted(w.events(), fault["name"], j)
 
 
