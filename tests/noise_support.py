@@ -3,7 +3,12 @@ sides, message by message, optionally through a tamper function."""
 
 from __future__ import annotations
 
+import functools
+import os
+import subprocess
 from collections.abc import Callable
+
+import pytest
 
 from harness.protocol import HandshakeStep
 from harness.protocol import messages as m
@@ -56,3 +61,31 @@ def deliver(sender: NoiseSession, receiver: NoiseSession, message: m.Message) ->
     for wire in sender.encode_messages(message):
         result = receiver.decode(wire)
     return result  # type: ignore[return-value]
+
+
+AIOSENDSPIN10_ENV = "SENDSPIN_AIOSENDSPIN10_PYTHON"
+
+
+@functools.cache
+def _aiosendspin10() -> tuple[str | None, str]:
+    python = os.environ.get(AIOSENDSPIN10_ENV)
+    if not python:
+        return None, (f"{AIOSENDSPIN10_ENV} is not set: it names a Python with aiosendspin[server]==10.2.1 (the "
+                      "project's venv pins 6.1.1); see tests/test_protocol_noise_interop.py")
+    try:
+        version = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('aiosendspin'))"],
+                                 capture_output=True, text=True, timeout=60).stdout.strip()
+    except OSError as exc:
+        return None, f"{AIOSENDSPIN10_ENV}={python} cannot run: {exc}"
+    if version != "10.2.1":
+        return None, f"{AIOSENDSPIN10_ENV}={python} has aiosendspin {version or 'missing'}, not 10.2.1"
+    return python, ""
+
+
+def aiosendspin10_python() -> str:
+    """The interpreter with aiosendspin 10.2.1 (a real Noise peer, in a venv of its own: the
+    project's pins 6.1.1), or skip the test saying why."""
+    python, why = _aiosendspin10()
+    if python is None:
+        pytest.skip(why)
+    return python

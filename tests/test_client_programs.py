@@ -17,12 +17,10 @@ Real processes, real sockets on 127.0.0.1; every wait is bounded.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -34,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from noise_support import aiosendspin10_python
 
 from harness import probe_cli
 from harness.probe import ProbeConfig
@@ -338,29 +337,7 @@ def test_aiosendspin_client_refuses_an_unsupported_scenario_with_an_error_summar
 
 # --- the same script under aiosendspin 10.2.1 (noise) --------------------------------------------------
 
-AIOSENDSPIN10_ENV = "SENDSPIN_AIOSENDSPIN10_PYTHON"
 CHACHA, AESGCM = "25519_ChaChaPoly_SHA256", "25519_AESGCM_SHA256"
-
-
-@functools.cache
-def _aiosendspin10_python() -> tuple[str | None, str]:
-    """(the interpreter, or None and why not)."""
-    python = os.environ.get(AIOSENDSPIN10_ENV)
-    if not python:
-        return None, (f"{AIOSENDSPIN10_ENV} is not set: it names a Python with aiosendspin[server]==10.2.1 "
-                      "(the project's venv keeps 6.1.1)")
-    version = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('aiosendspin'))"],
-                             capture_output=True, text=True, timeout=60).stdout.strip()
-    if version != "10.2.1":
-        return None, f"{AIOSENDSPIN10_ENV}={python} has aiosendspin {version or 'missing'}, not 10.2.1"
-    return python, ""
-
-
-def aiosendspin10() -> str:
-    python, why = _aiosendspin10_python()
-    if python is None:
-        pytest.skip(why)
-    return python
 
 
 def spawn10(python: str, name: str, argv: list[str], tmp_path: Path) -> Child:
@@ -391,7 +368,7 @@ def test_aiosendspin10_client_plays_answers_commands_and_says_goodbye_on_sigterm
     """Client-initiated, in noise, ChaCha: the client_id is the key kept in --identity
     (and --client-id is ignored, with a note); volume and mute from the server's control
     endpoint come back in client/state; SIGTERM: goodbye (shutdown), exit 0."""
-    python = aiosendspin10()
+    python = aiosendspin10_python()
     key, ready, summary_path = tmp_path / "client.key", tmp_path / "ready.json", tmp_path / "summary.json"
     server_log = tmp_path / "server.jsonl"
 
@@ -443,7 +420,7 @@ def test_aiosendspin10_client_listens_as_a_conformance_adapter_and_the_server_di
     """Server-initiated, AES-GCM, with exactly the conformance runner's flags: the listener
     is registered, the reference server dials it, and the server ending the session
     ends the run with exit 0 and an ok summary."""
-    python = aiosendspin10()
+    python = aiosendspin10_python()
     registry, ready, summary_path = tmp_path / "registry.json", tmp_path / "ready.json", tmp_path / "summary.json"
     port = free_port()
 
@@ -484,7 +461,7 @@ def test_aiosendspin10_client_lets_a_second_dialling_server_displace_the_first(
     """A finding about 10.2.1 (6.1.1 refuses a second dial: its attach_websocket raises):
     a server dialling in while another holds the session is admitted (equal rank) and the
     first one gets client/goodbye `another_server`. The run goes on with the newcomer."""
-    python = aiosendspin10()
+    python = aiosendspin10_python()
     ready, port = tmp_path / "ready.json", free_port()
 
     async def body() -> int | None:
@@ -517,7 +494,7 @@ def adapter_cmd(version: str) -> list[str]:
         if (why := _aiosendspin_missing()) is not None:
             pytest.skip(why)
         return [sys.executable, str(ADAPTER)]
-    return [aiosendspin10(), str(ADAPTER)]
+    return [aiosendspin10_python(), str(ADAPTER)]
 
 
 @pytest.mark.timeout(90)
@@ -553,7 +530,7 @@ def test_aiosendspin_client_does_not_reconnect_when_the_server_dies(run: Callabl
 
 
 def test_aiosendspin10_client_refuses_a_bad_identity_file_with_exit_2(tmp_path: Path) -> None:
-    python = aiosendspin10()
+    python = aiosendspin10_python()
     key = tmp_path / "bad.key"
     key.write_text("not a key\n")
     bad = subprocess.run([python, str(ADAPTER), "--url", "ws://127.0.0.1:9/sendspin", "--identity", str(key)],

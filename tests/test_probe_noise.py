@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from typing import Any
 
 import pytest
 from noise_peers.probe_noise_server import CHUNK_FRAMES, RATE, ProbeNoiseServer
+from noise_support import aiosendspin10_python
 from websockets.asyncio.server import serve
 
 from harness import checkers
@@ -40,7 +40,6 @@ from harness.settings import Bounds
 
 PEER = Path(__file__).parent / "noise_peers" / "aiosendspin10_server.py"
 DIALER = Path(__file__).parent / "noise_peers" / "probe_aiosendspin10_dialer.py"
-ENV = "SENDSPIN_AIOSENDSPIN10_PYTHON"
 
 
 def _records(path: Path, event: str) -> list[dict[str, Any]]:
@@ -346,18 +345,6 @@ def test_the_probe_cli_in_noise(tmp_path: Path, run: Callable[..., Any]) -> None
 # --- acceptance: the probe against aiosendspin 10.2.1's server ------------------------------------
 
 
-def _interpreter() -> str:
-    python = os.environ.get(ENV)
-    if not python:
-        pytest.skip(f"{ENV} is not set: it names a Python with aiosendspin[server]==10.2.1 "
-                    "(the project's venv pins 6.1.1); see tests/test_protocol_noise_interop.py")
-    version = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('aiosendspin'))"],
-                             capture_output=True, text=True, timeout=60).stdout.strip()
-    if version != "10.2.1":
-        pytest.skip(f"{ENV}={python} has aiosendspin {version or 'missing'}, not 10.2.1")
-    return python
-
-
 async def _against_aiosendspin(python: str, tmp_path: Path, suite: str, dialled: bool) -> dict[str, Any]:
     """The probe dials aiosendspin's server (`dialled` False), or listens and the server dials it."""
     config = _config(suite, time_interval_s=0.1)
@@ -405,7 +392,7 @@ async def _against_aiosendspin(python: str, tmp_path: Path, suite: str, dialled:
 @pytest.mark.parametrize("suite", SUITES)
 def test_the_probe_streams_from_aiosendspin_10_2_1(tmp_path: Path, run: Callable[..., Any], suite: str,
                                                    dialled: bool) -> None:
-    python = _interpreter()
+    python = aiosendspin10_python()
     report = run(_against_aiosendspin(python, tmp_path, suite, dialled), 150)
     assert report["returncode"] == 0, report["err"][-2000:]
     streamed = json.loads(report["out"].splitlines()[-1])["streamed"]

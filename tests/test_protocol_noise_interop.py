@@ -28,12 +28,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from noise_support import aiosendspin10_python
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -46,24 +46,8 @@ from harness.protocol.noise_flow import NoiseClientFlow, NoiseServerFlow
 
 PEER = Path(__file__).parent / "noise_peers" / "aiosendspin10_server.py"
 CLIENT_PEER = Path(__file__).parent / "noise_peers" / "aiosendspin10_client.py"
-ENV = "SENDSPIN_AIOSENDSPIN10_PYTHON"
 RATE = 48_000
 SECONDS = 1.5
-
-
-def _interpreter() -> str:
-    python = os.environ.get(ENV)
-    if not python:
-        pytest.skip(f"{ENV} is not set: it names a Python with aiosendspin[server]==10.2.1 "
-                    "(the project's venv pins 6.1.1); see this file's docstring")
-    try:
-        version = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('aiosendspin'))"],
-                                 capture_output=True, text=True, timeout=60).stdout.strip()
-    except OSError as exc:
-        pytest.skip(f"{ENV}={python} cannot run: {exc}")
-    if version != "10.2.1":
-        pytest.skip(f"{ENV}={python} has aiosendspin {version or 'missing'}, not 10.2.1")
-    return python
 
 
 def _frame_indices(pcm: bytes) -> list[int]:
@@ -149,7 +133,7 @@ async def _session(python: str, suite: str) -> dict:
 
 @pytest.mark.parametrize("suite", SUITES)
 def test_our_noise_client_against_aiosendspin_10_2_1(suite: str) -> None:
-    python = _interpreter()
+    python = aiosendspin10_python()
     try:
         report = asyncio.run(asyncio.wait_for(_session(python, suite), 120))
     except ConnectionFatal as exc:
@@ -283,7 +267,7 @@ async def _serve_one(python: str, suite: str) -> dict:
 
 @pytest.mark.parametrize("suite", SUITES)
 def test_aiosendspin_10_2_1_client_against_our_noise_server(suite: str) -> None:
-    python = _interpreter()
+    python = aiosendspin10_python()
     report = asyncio.run(asyncio.wait_for(_serve_one(python, suite), 150))
     assert report["returncode"] == 0, report["peer_err"][-2000:]
     assert "handshake_error" not in report, report["handshake_error"]

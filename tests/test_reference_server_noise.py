@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import urllib.request
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from noise_support import aiosendspin10_python
 from websockets.asyncio.client import connect
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection, serve
@@ -38,7 +38,6 @@ from harness.scenario import Scenario
 
 RATE = 48_000
 CLIENT_PEER = Path(__file__).parent / "noise_peers" / "aiosendspin10_client.py"
-ENV = "SENDSPIN_AIOSENDSPIN10_PYTHON"
 WAIT_S = 15.0  # every wait for the server: a timeout, not a speed claim
 
 
@@ -369,21 +368,9 @@ def test_a_tampered_transport_message_closes_only_its_session(run, tmp_path: Pat
 # --- interop: aiosendspin 10.2.1's client ----------------------------------------------------------
 
 
-def _interpreter() -> str:
-    python = os.environ.get(ENV)
-    if not python:
-        pytest.skip(f"{ENV} is not set: it names a Python with aiosendspin[server]==10.2.1 "
-                    "(the project's venv pins 6.1.1); see tests/test_protocol_noise_interop.py")
-    version = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('aiosendspin'))"],
-                             capture_output=True, text=True, timeout=60).stdout.strip()
-    if version != "10.2.1":
-        pytest.skip(f"{ENV}={python} has aiosendspin {version or 'missing'}, not 10.2.1")
-    return python
-
-
 @pytest.mark.parametrize("suite", SUITES)
 def test_aiosendspin_10_2_1_client_streams_from_the_reference_server(run, tmp_path: Path, suite: str) -> None:
-    python = _interpreter()
+    python = aiosendspin10_python()
     want = 60
 
     async def body() -> None:
