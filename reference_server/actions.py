@@ -145,7 +145,8 @@ def _noise(s: Session) -> NoiseSession:
 
 
 def _write_binary(s: Session, messages: list[bytes]) -> int:
-    s.ws.transport.writelines([wsframes.encode_frame(wsframes.BINARY, w, mask=s.dialled) for w in messages])
+    if not s.writelines([wsframes.encode_frame(wsframes.BINARY, w, mask=s.dialled) for w in messages]):
+        raise Refused("the connection is closing")
     return sum(len(w) for w in messages)
 
 

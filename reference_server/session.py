@@ -662,12 +662,21 @@ class Session:
         return b"".join(wsframes.encode_frame(wsframes.BINARY, w, mask=True)
                         for w in self.noise.audio_messages(prepared, transmit_us))
 
+    def writelines(self, frames: list[bytes]) -> bool:
+        """`transport.writelines`, only while the connection is alive. Python 3.12.1's
+        writelines (unlike write) registers a writer even after the connection was lost
+        (a RST): the socket is closed later with its fd still in the selector, and the
+        next socket given that number fails in epoll_ctl (seen in S06, reset)."""
+        if self.ws.protocol.state is not State.OPEN or self.ws.transport.is_closing():
+            return False
+        self.ws.transport.writelines(frames)
+        return True
+
     async def _write_frames(self, frames: list[bytes]) -> None:
         """Write whole, pre-framed messages (audio; noise's encrypted messages) now;
         wait, as ws.send() would, while the transport is over its high-water mark."""
-        if self.ws.protocol.state is not State.OPEN:
+        if not self.writelines(frames):
             raise ConnectionClosed(None, None)
-        self.ws.transport.writelines(frames)
         if self.ws.paused:
             self._sending = True
             self._progress_us = now_us()
@@ -904,7 +913,7 @@ class Session:
         if len(frames) < len(chunks):
             self._wake.set()
         if frames:
-            self.ws.transport.writelines(frames)
+            self.writelines(frames)
 
     def _skipped(self, count: int, total: int) -> None:
         self.log.emit("audio_skip", self.session_id, chunks=count, total=total)
