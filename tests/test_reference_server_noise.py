@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from noise_support import aiosendspin10_python
+from proxy_support import until
 from websockets.asyncio.client import connect
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection, serve
@@ -422,7 +423,7 @@ def test_the_noise_probe_streams_through_the_proxy_and_survives_its_worker_kille
         async with Scenario(tmp_path) as sc:
             server, proxy = await sc.cluster_behind_proxy(2)
             probe = await sc.probe(proxy.url, ProbeConfig(name="noisy", profile="noise", reconnect=True))
-            await until("2 s of audio", lambda: probe.audio.samples >= 2 * RATE)
+            await until(lambda: probe.audio.samples >= 2 * RATE, WAIT_S, "2 s of audio")
             latency = await proxy.add({"type": "latency", "name": "lat", "latency_ms": 20})
             assert "not_applied" not in latency, latency
             dropped = await proxy.add({"type": "drop", "name": "drop-time", "json_type": "server/time"})
@@ -430,16 +431,16 @@ def test_the_noise_probe_streams_through_the_proxy_and_survives_its_worker_kille
             assert (refused["profile"], refused["mode"]) == ("noise", "noise-opaque"), refused
             await proxy.applied("lat")
             before = probe.audio.samples
-            await until("audio through the latency", lambda: probe.audio.samples >= before + RATE)
+            await until(lambda: probe.audio.samples >= before + RATE, WAIT_S, "audio through the latency")
             assert probe.audio.gaps == 0 and not probe.errors
             await proxy.reset()
 
             (conn,) = await proxy.connections()
             first_port = probe.local_port
             await proxy.add({"type": "worker_crash", "action": "kill", "upstream": conn["upstream_index"]})
-            await until("a new connection", lambda: probe.in_session and probe.local_port != first_port)
+            await until(lambda: probe.in_session and probe.local_port != first_port, WAIT_S, "a new connection")
             after = probe.audio.samples
-            await until("audio again", lambda: probe.audio.samples >= after + RATE)
+            await until(lambda: probe.audio.samples >= after + RATE, WAIT_S, "audio again")
             handshakes = sc.events().select("noise_handshake", proc="noisy")
             assert len(handshakes) == 2 and {h["server_id"] for h in handshakes} == {
                 (await asyncio.to_thread(_status, server.ready["http"]))["server_id"]}, handshakes
@@ -447,10 +448,3 @@ def test_the_noise_probe_streams_through_the_proxy_and_survives_its_worker_kille
 
     run(body(), 90)
 
-
-async def until(what: str, condition: Callable[[], bool]) -> None:
-    deadline = asyncio.get_running_loop().time() + WAIT_S
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"no {what} within {WAIT_S} s")
-        await asyncio.sleep(0.02)
