@@ -4,6 +4,7 @@
                    [--control 127.0.0.1:0 | --no-control] [--plan FILE] [--ready-file F] [--log-dir D]
                    [--health-interval 0.1] [--keep-extensions] [--quiet] [--wire-log] [--server-dials]
                    [--view [all]] [--web [HOST:PORT]] [--web-messages 200]
+                   [--noise opaque|terminate] [--noise-keys FILE]
 
     sendspin-proxy fault types [TYPE]|list|add|update|remove|reset --control URL [--json] ...
     sendspin-proxy connections|upstreams|events --control URL [--json]
@@ -79,6 +80,15 @@ def serve_parser() -> argparse.ArgumentParser:
                     help="server-initiated connections: the Sendspin server dials the proxy and the proxy dials "
                          "the upstream, a listening client. Directions keep their Sendspin meaning (downstream = "
                          "server to client); the upstream is never health-probed nor taken out of the pool")
+    ap.add_argument("--noise", choices=("opaque", "terminate"), default="opaque",
+                    help="noise sessions: opaque (relay the ciphertext; network faults only) or terminate (complete "
+                         "the handshake with each peer, as a TLS-terminating proxy does, so every fault acts on "
+                         "the plaintext; the server sees the proxy's key for each client unless --noise-keys "
+                         "holds the client's own)")
+    ap.add_argument("--noise-keys", type=Path, metavar="FILE",
+                    help="with --noise terminate: JSON {identities: [private keys], psks: [{key, category, "
+                         "client_id, server_id}]}, base64url (proxy/relay/noise_keys.py); without it, unpaired "
+                         "access only (the Sentinel PSK)")
     ap.add_argument("--control", type=_hostport, default=("127.0.0.1", 0), help="control API HOST:PORT")
     ap.add_argument("--no-control", action="store_true", help="no control API")
     ap.add_argument("--plan", type=Path, help="faults to load at start (JSON list or TOML [[fault]])")
@@ -113,11 +123,16 @@ def serve_parser() -> argparse.ArgumentParser:
 async def _serve(a: argparse.Namespace) -> int:
     from .faults import FaultSpecError, load_plan
     from .master import EmbeddedProxy
+    from .relay.noise_keys import KeysFileError, NoiseKeys
 
     try:
         faults = load_plan(a.plan) if a.plan else []
-    except (FaultSpecError, OSError) as e:
+        noise_keys = NoiseKeys.load(a.noise_keys) if a.noise == "terminate" else None
+    except (FaultSpecError, KeysFileError, OSError) as e:
         print(f"sendspin-proxy: {e}", file=sys.stderr)
+        return 2
+    if a.noise_keys is not None and a.noise != "terminate":
+        print("sendspin-proxy: --noise-keys is for --noise terminate", file=sys.stderr)
         return 2
     if a.web_messages < 1:
         print("sendspin-proxy: --web-messages must be at least 1", file=sys.stderr)
@@ -137,7 +152,7 @@ async def _serve(a: argparse.Namespace) -> int:
                            log_dir=a.log_dir, faults=faults, health_interval=a.health_interval,
                            strip_extensions=a.strip_extensions, socket_buffer=a.socket_buffer, proc=a.proc,
                            observers=[view] if view else None, web=a.web, web_max_messages=a.web_messages,
-                           wire_log=a.wire_log, server_dials=a.server_dials)
+                           wire_log=a.wire_log, server_dials=a.server_dials, noise_keys=noise_keys)
     except ValueError as e:
         print(f"sendspin-proxy: {e}", file=sys.stderr)
         return 2

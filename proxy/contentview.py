@@ -108,9 +108,15 @@ def _player_format(metadata: Metadata) -> dict[str, object] | None:
     return None
 
 
-def _noise(metadata: Metadata) -> bool:
+def _mode(metadata: Metadata) -> str | None:
+    """The flow's noise mode (noise-opaque, noise-terminated), None for legacy."""
     flow = metadata.flow
-    return flow is not None and flow.metadata.get(PROFILE_KEY) == "noise"
+    return None if flow is None else flow.metadata.get(PROFILE_KEY)
+
+
+def _noise(metadata: Metadata) -> bool:
+    """Ciphertext after the handshake: a noise session the proxy holds no keys for."""
+    return _mode(metadata) == "noise-opaque"
 
 
 class SendspinContentview(Contentview):
@@ -156,7 +162,7 @@ class SendspinContentview(Contentview):
         lines = [f"# Sendspin {name}{self._direction(metadata)}"]
         if fields:
             lines.append(f"# {fields}")
-        noise = _noise(metadata)
+        noise = _mode(metadata) is not None
         error = validation_error(kept, NOISE_MESSAGE_TYPES if noise else MESSAGE_TYPES)
         lines.append(f"# INVALID: {error}" if error else f"# valid ({'noise' if noise else 'legacy'} schema)")
         lines.append(json.dumps(obj, indent=2, ensure_ascii=False))

@@ -38,6 +38,7 @@ from .addons.sockets import SocketBuffers
 from .addons.upstreams import UpstreamPool
 from .faults import Fault, fault_types
 from .observe import Observation, ObservedProxyState, TappedEventSink, TrafficConsumer
+from .relay.noise_keys import NoiseKeys
 from .state import EventSink, ProxyState
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ class EmbeddedProxy:
                  socket_buffer: int = DEFAULT_SOCKET_BUFFER,
                  extra_addons: list[Any] | None = None, proc: str = "proxy",
                  observers: list[TrafficConsumer] | None = None, web: tuple[str, int] | None = None,
-                 web_max_messages: int = 200, wire_log: bool = False, server_dials: bool = False) -> None:
+                 web_max_messages: int = 200, wire_log: bool = False, server_dials: bool = False,
+                 noise_keys: NoiseKeys | None = None) -> None:
         if not upstreams:
             raise ValueError("at least one upstream is needed")
         self.listen_host = listen_host
@@ -89,6 +91,7 @@ class EmbeddedProxy:
         # the Sendspin server dials the proxy, the proxy dials the client (relay.py): the
         # spec's server-initiated connections
         self.server_dials = server_dials
+        self.noise_keys = noise_keys  # None: noise sessions stay opaque; else terminated (relay/terminate.py)
         self.health_interval = health_interval
         self.strip_extensions = strip_extensions  # False (--keep-extensions): the peers may negotiate compression
         self.socket_buffer = socket_buffer
@@ -120,7 +123,7 @@ class EmbeddedProxy:
             confdir = Path(self._confdir.name)
         opts = moptions.Options()
         self.master = m = Master(opts)  # no termlog, no error check, no dumper
-        self.datapath = DataPath(self.state, self.server_dials)
+        self.datapath = DataPath(self.state, self.server_dials, self.noise_keys)
         self.pool = UpstreamPool(self.state, self.health_interval, self.strip_extensions, self.server_dials)
         m.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer())
         m.addons.add(self.datapath, self.pool, SocketBuffers(self.socket_buffer), *self.extra_addons)
@@ -155,7 +158,7 @@ class EmbeddedProxy:
         self._loop_lag = LoopLagMonitor(asyncio.get_running_loop(), self.events).start()
         self.events.emit("ready", listen=self.url, control=self.control.url if self.control else None,
                          upstreams=[u.url for u in self.state.upstreams], startup_s=round(self.startup_s, 3),
-                         server_dials=self.server_dials)
+                         server_dials=self.server_dials, noise="opaque" if self.noise_keys is None else "terminate")
         return self
 
     def readiness(self, pid: int) -> dict[str, Any]:
@@ -163,6 +166,7 @@ class EmbeddedProxy:
                 "listen": {"host": self.listen_host, "port": self.port, "url": self.url},
                 "control": {"url": self.control.url if self.control else None},
                 "upstreams": [u.url for u in self.state.upstreams], "server_dials": self.server_dials,
+                "noise": "opaque" if self.noise_keys is None else "terminate",
                 "log": str(self.log_dir / f"{self.events.proc}.jsonl") if self.log_dir else None,
                 "web": {"url": self.web.url} if self.web is not None else None}
 

@@ -11,6 +11,8 @@ decoded (`client/init`, `server/init`, `noise/handshake` message 1 and 2, `serve
 after it every message is ciphertext the proxy holds no keys for: the first of each
 direction gets a line, the rest are summed up the same way (count, bytes, smallest and
 largest), and a text message after the switch is flagged (a receiver must close).
+With `--noise terminate` the proxy holds the keys: after the handshake line, the
+session's plaintext shows as a legacy one's does (JSON by type, binaries by type byte).
 A fault that acts on many messages (a slicer on all of them, a delay of every audio
 chunk) is summed up the same way, per fault, connection and direction: its first
 application has its own line at once, and so does any that follows a quiet second; the
@@ -43,6 +45,7 @@ from typing import Any, TextIO
 
 from harness.protocol import HEADER_SIZE, MESSAGE_TYPES, NOISE_MESSAGE_TYPES, PLAYER_AUDIO, now_us
 from harness.protocol import wsframes as fr
+from harness.protocol.noise_plaintext import AUDIO_HEADER_SIZE
 
 from .describe import (
     ARROW,
@@ -186,6 +189,11 @@ class _Session:
     def noise(self) -> bool:
         return self.relay.profile == "noise"
 
+    @property
+    def sealed_after_handshake(self) -> bool:
+        """A noise session the proxy holds no keys for (a terminated one shows its plaintext)."""
+        return self.relay.mode == "noise-opaque"
+
 
 class LiveView:
     """A `TrafficConsumer` (proxy/observe.py) that prints the traffic as it passes."""
@@ -326,7 +334,7 @@ class LiveView:
         self._line("", s.tag, msg.direction, f"{name} {fields}{self._suffix(msg)}".rstrip(), msg.t)
         if error is not None:
             self._line("!!", s.tag, msg.direction, f"invalid {name}: {error}", msg.t)
-        if s.noise and msg.direction in s.transport:
+        if s.sealed_after_handshake and msg.direction in s.transport:
             self._line("!!", s.tag, msg.direction, f"cleartext {name} after the handshake: a noise receiver "
                        "must close the connection", msg.t)
         self._problems(s, msg)
@@ -347,14 +355,15 @@ class LiveView:
             s.rtt_max = max(s.rtt_max, rtt)
 
     def _binary(self, s: _Session, msg: ObservedMessage) -> None:
-        if s.noise:
+        if s.sealed_after_handshake:
             self._sealed(s, msg)
             return
         name, ts, text = binary_summary(msg.head, msg.plain_size)
         if ts is not None and is_stream_chunk(msg.head[0]) and not self.every_message and msg.complete:
             c = s.chunks.setdefault((msg.direction, msg.head[0]), _Chunks())
             c.count += 1
-            c.payload += msg.plain_size - HEADER_SIZE
+            noise_audio = s.noise and msg.head[0] == PLAYER_AUDIO  # a terminated session's: 13-byte header
+            c.payload += msg.plain_size - (AUDIO_HEADER_SIZE if noise_audio else HEADER_SIZE)
             c.ts_first = ts if c.ts_first is None else min(c.ts_first, ts)
             c.ts_last = ts if c.ts_last is None else max(c.ts_last, ts)
             c.fragmented += msg.fragments > 1
@@ -430,9 +439,17 @@ class LiveView:
             self._flush_faults(lambda key: key[0] == (session or ""), forget=True)
             self.sessions.pop(session or "", None)
             self._line("--", s.tag if s else self._tag(session), None, close_summary(rec))
-        elif ev == "identified" and rec.get("profile") == "noise":  # legacy is the default: no line for it
+        elif ev == "identified" and rec.get("mode") == "noise-opaque":  # legacy is the default: no line for it
             self._line("++", self._tag(session), None, "noise session (client/init): encrypted after its handshake, "
                        "and the proxy holds no keys")
+        elif ev == "noise_terminate":
+            what = {"established": f"noise session terminated by the proxy ({rec.get('suite')}): its plaintext "
+                                   "follows, decoded",
+                    "refused": f"the server refused the client's init: {rec.get('reason')}",
+                    "rehandshake": "the proxy answered the server's re-handshake",
+                    "failed": f"noise session closed by the proxy: the {rec.get('side')} {rec.get('reason')}"}
+            self._line("!!" if rec.get("stage") == "failed" else "++", self._tag(session), None,
+                       what.get(str(rec.get("stage")), str(rec.get("stage"))))
         elif ev == "error":
             self._line("!!", self._tag(session), None, f"relay error: {rec.get('error')}")
         elif ev == "refused":

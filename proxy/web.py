@@ -22,10 +22,11 @@ records no messages. This recorder appends them to `flow.websocket.messages` its
     lose their messages first), and at most `max_flows` finished flows stay in the view.
 Faults that hit a connection are noted in the flow's comment (and mark the flow); the
 relay's end fills `flow.websocket`'s close fields. A noise session (identified by its
-`client/init`) is marked in `flow.metadata["sendspin_profile"]` and its comment: the
-content view decodes its cleartext handshake and shows each later binary message as
-ciphertext (size and first bytes); for the quotas every encrypted message counts as a
-stream chunk (most are audio, and the proxy cannot tell which are not).
+`client/init`) is marked with its mode in `flow.metadata["sendspin_profile"]` and its
+comment. Opaque: the content view decodes its cleartext handshake and shows each later
+binary message as ciphertext (size and first bytes); for the quotas every encrypted
+message counts as a stream chunk (most are audio, and the proxy cannot tell which are
+not). Terminated (`--noise terminate`): its plaintext shows as a legacy flow's does.
 """
 
 from __future__ import annotations
@@ -305,10 +306,12 @@ class WebUI:
         elif kind == "identified" and ev.get("profile") == "noise":
             rec = self._live.get(ev.get("session") or "")
             if rec is not None:
-                rec.noise = True
-                rec.flow.metadata[PROFILE_KEY] = "noise"
-                self._note(rec, f"{time.strftime('%H:%M:%S')} noise session (client/init): encrypted after its "
-                           "handshake, and the proxy holds no keys")
+                terminated = ev.get("mode") == "noise-terminated"
+                rec.noise = not terminated
+                rec.flow.metadata[PROFILE_KEY] = ev.get("mode")
+                self._note(rec, f"{time.strftime('%H:%M:%S')} noise session (client/init): " + (
+                    "terminated by the proxy, its plaintext shown" if terminated else
+                    "encrypted after its handshake, and the proxy holds no keys"))
                 self._schedule(rec)
         elif kind == "close":
             rec = self._live.pop(ev.get("session") or "", None)

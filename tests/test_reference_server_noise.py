@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from noise_support import aiosendspin10_python
@@ -369,16 +370,24 @@ def test_a_tampered_transport_message_closes_only_its_session(run, tmp_path: Pat
 # --- interop: aiosendspin 10.2.1's client ----------------------------------------------------------
 
 
+@pytest.mark.parametrize("via", ["direct", "terminating-proxy"])
 @pytest.mark.parametrize("suite", SUITES)
-def test_aiosendspin_10_2_1_client_streams_from_the_reference_server(run, tmp_path: Path, suite: str) -> None:
+def test_aiosendspin_10_2_1_client_streams_from_the_reference_server(run, tmp_path: Path, suite: str,
+                                                                     via: str) -> None:
+    """Directly, and through the proxy terminating Noise (`--noise terminate`): a handshake
+    with each side, every message opened and sealed again by the proxy."""
     python = aiosendspin10_python()
     want = 60
 
     async def body() -> None:
         async with Scenario(tmp_path) as sc:
             server = await sc.server("--profiles", "noise")
+            url = server.ready["url"]
+            if via == "terminating-proxy":
+                proxy = await sc.proxy([url], "--noise", "terminate")
+                url = proxy.url + urlsplit(url).path
             proc = await asyncio.create_subprocess_exec(
-                python, str(CLIENT_PEER), server.ready["url"], suite, str(want), "watermark",
+                python, str(CLIENT_PEER), url, suite, str(want), "watermark",
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             try:
                 out, err = await asyncio.wait_for(proc.communicate(), 90)
@@ -405,8 +414,11 @@ def test_aiosendspin_10_2_1_client_streams_from_the_reference_server(run, tmp_pa
             recv = [r["type"] for r in sc.events().select("recv", proc="server")]
             assert recv[:3] == ["client/init", "noise/handshake", "client/hello"], recv[:5]
             assert "client/state" in recv
-            print(f"{suite}: {len(chunks)} chunks, {sum(c[2] for c in chunks) // 4} frames, every sample in order; "
-                  f"send_ahead {min(c[1] for c in chunks)}..{max(c[1] for c in chunks)} µs", file=sys.stderr)
+            if via == "terminating-proxy":
+                (established,) = sc.events().select("noise_terminate", proc="proxy", stage="established")
+                assert established["suite"] == suite and established["server_id"] != established["proxy_server_id"]
+            print(f"{suite} {via}: {len(chunks)} chunks, {sum(c[2] for c in chunks) // 4} frames, every sample in "
+                  f"order; send_ahead {min(c[1] for c in chunks)}..{max(c[1] for c in chunks)} µs", file=sys.stderr)
 
     run(body())
 

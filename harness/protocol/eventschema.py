@@ -48,7 +48,8 @@ EVENTS: dict[str, EventType] = {e.name: e for e in [
        workers="coordinator: the workers' ports and URLs", listen="proxy: listening URL",
        control="proxy: control API URL; server, coordinator: the control endpoint (scripted actions)",
        upstreams="proxy: upstream URLs", startup_s="proxy: seconds to start",
-       server_dials="proxy: the server dials the proxy, the proxy the client (`--server-dials`)"),
+       server_dials="proxy: the server dials the proxy, the proxy the client (`--server-dials`)",
+       noise="proxy: what it does with noise sessions, `opaque` or `terminate` (`--noise`)"),
     _e("loop_lag", "server coordinator proxy harness",
        "the process's own event loop ran a periodic tick late (looplag.py); `t_us` = when it ran, so the loop "
        "was blocked within [t_us − lag_us − interval_us, t_us]",
@@ -164,10 +165,21 @@ EVENTS: dict[str, EventType] = {e.name: e for e in [
        "the client's first data message told the connection's profile: a text `client/init` is `noise`, a text "
        "`client/hello` `legacy`, anything else `unknown` (plain, treated as legacy); faults that mean nothing in "
        "its mode leave it now (`fault_not_applied`), before they see that message",
-       profile="legacy, noise or unknown", mode="what the proxy can read: `legacy` (plain messages) or "
-       "`noise-opaque` (ciphertext after the handshake; the proxy holds no keys)",
+       profile="legacy, noise or unknown", mode="what the proxy can read: `legacy` (plain messages), "
+       "`noise-opaque` (ciphertext after the handshake; the proxy holds no keys) or `noise-terminated` (plaintext: "
+       "`--noise terminate`)",
        json_type="the first message's JSON type (None: not JSON)", conn_seq="the connection's number",
        client_port="the client's TCP port"),
+    _e("noise_terminate", "proxy",
+       "a terminating proxy (`--noise terminate`) and one noise connection: `established` (both handshakes done; "
+       "faults see plaintext from here), `refused` (the server answered `server/error`, passed to the client), "
+       "`rehandshake` (the proxy answered the server's re-handshake), `failed` (the proxy closed both peers "
+       "silently: a failed handshake, an authentication failure, cleartext after the switch)",
+       stage="established, refused, rehandshake or failed", conn_seq="the connection's number",
+       client_id="the client's client_id (its key)", side="the peer that failed or refused",
+       reason="why, in words", suite="the Noise suite", upstream_client_id="the key the proxy used as the client "
+       "towards the server", server_id="the server's key", proxy_server_id="the key the proxy used as the server "
+       "towards the client"),
     _e("error", "proxy", "a relay failed unexpectedly", error="the exception"),
     _e("fault_added", "proxy", "a fault added", spec="its full spec"),
     _e("fault_removed", "proxy", "a fault removed or retired", fault="its name", type="its type",
@@ -179,7 +191,8 @@ EVENTS: dict[str, EventType] = {e.name: e for e in [
        fault="its name", type="its type", direction="its direction", conn_seq="the connection's number",
        client_port="the client's TCP port", upstream="upstream index", extensions="the negotiated extensions",
        profile="the connection's profile (None: not yet identified)",
-       mode="the connection's mode: `legacy` or `noise-opaque` (None: not yet identified)", why="why, in words"),
+       mode="the connection's mode: `legacy`, `noise-opaque` or `noise-terminated` (None: not yet identified)",
+       why="why, in words"),
     _e("fault_undo", "proxy", "a fault undone (a stopped worker continued)", fault="its name", type="its type",
        action="what was done", pid="the process"),
     _e("fault", "proxy", "a fault acted once (fields by fault type)",

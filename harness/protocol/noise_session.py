@@ -494,6 +494,27 @@ class NoiseSession:
         self._check_may_send(None)
         return self._encrypt(plaintext)
 
+    def seal(self, plaintext: bytes | bytearray | memoryview) -> bytes:
+        """One transport message of exactly `plaintext`, with no check of what may be sent
+        when: for a relay that passes its peer's messages on in their order (the
+        terminating proxy), where the order rules are the peers' to keep."""
+        if self._send is None or not self.ready:
+            raise ProtocolError("noise", "", f"seal before the handshake completed (phase {self.phase.value})")
+        return self._send.encrypt_with_ad(b"", plaintext)
+
+    def open(self, data: bytes | bytearray | memoryview) -> bytes:
+        """The plaintext of one received transport message as is, fragments not
+        reassembled (the relay's counterpart of `seal`). `ConnectionFatal` as `decode`."""
+        if not self.ready or self._receive is None:
+            raise ProtocolError("noise", "", f"open before the handshake completed (phase {self.phase.value})")
+        if len(data) > MAX_TRANSPORT_MESSAGE:
+            raise self._fatal(NoiseError("transport", f"a transport message is at most {MAX_TRANSPORT_MESSAGE} "
+                                                      f"bytes, got {len(data)}"))
+        try:
+            return self._receive.decrypt_with_ad(b"", data)
+        except ProtocolError as exc:
+            raise self._fatal(exc) from None
+
     def _encrypt_plaintext(self, plaintext: bytes | bytearray, max_messages: int | None) -> list[bytes]:
         if max_messages is not None and fragment_count(len(plaintext) - 1) > max_messages:
             raise ProtocolError("binary", "", f"{len(plaintext)} bytes need fragments: use encode_binary_messages")

@@ -38,6 +38,7 @@ from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import websocket as mitm_websocket
 
+from ..relay.noise_keys import NoiseKeys
 from ..relay.pipe import other
 from ..relay.relay import SIDES, WRITE_HIGH, Relay
 from ..state import ProxyState
@@ -103,8 +104,9 @@ class DataPath:
 
     name = "datapath"
 
-    def __init__(self, state: ProxyState, server_dials: bool = False) -> None:
+    def __init__(self, state: ProxyState, server_dials: bool = False, noise_keys: NoiseKeys | None = None) -> None:
         self.state = state
+        self.noise_keys = noise_keys
         self.dialled = "client" if server_dials else "server"  # the Sendspin role of the peer we dial
         self._saved = mitm_websocket.WebsocketLayer
         mitm_websocket.WebsocketLayer = DetachLayer  # type: ignore[misc, assignment]
@@ -124,7 +126,7 @@ class DataPath:
         negotiated = flow.response.headers.get("Sec-WebSocket-Extensions") if flow.response is not None else None
         relay = Relay(tr["client"], tr["server"], flow_id=context.client.id, seq=flow.metadata.get("sendspin_seq", 0),
                       upstream=upstream, events=self.state.events, path=flow.request.path, extensions=negotiated,
-                      server_dials=self.dialled == "client")
+                      server_dials=self.dialled == "client", noise_keys=self.noise_keys)
         self.state.register(relay)
         for side in SIDES:  # step 3 releases this; until then the socket stays unread
             relay.pipe_from(side).hold(TAKEOVER)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..relay.connection import Channel
-from .fault import LEGACY, NOISE_OPAQUE, Fault, FaultState
+from .fault import LEGACY, NOISE_OPAQUE, NOISE_TERMINATED, Fault, FaultState
 from .params import Param
 
 MIN_QUANTUM = 1
@@ -93,7 +93,7 @@ class Bandwidth(Fault):
     (or `count`/`duration` retirement) sends what is queued at once."""
 
     kind = "bandwidth"
-    modes = {LEGACY: "", NOISE_OPAQUE: ""}  # noqa: RUF012 - class-level declaration, never mutated
+    modes = {LEGACY: "", NOISE_TERMINATED: "", NOISE_OPAQUE: ""}  # noqa: RUF012 - class-level declaration, never mutated
     byte_level = True
     uses_selector = False  # bytes, not messages
     default_direction = "downstream"

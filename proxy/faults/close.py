@@ -9,7 +9,7 @@ from harness.protocol import wsframes as fr
 
 from ..relay.connection import Channel, Connection
 from ..relay.message import Msg
-from .fault import LEGACY, NOISE_OPAQUE, Fault, FaultState
+from .fault import LEGACY, NOISE_OPAQUE, NOISE_TERMINATED, Fault, FaultState
 from .params import FaultSpecError, Param
 
 MAX_REASON_BYTES = 123  # a control frame carries at most 125 bytes: 2 for the code
@@ -71,7 +71,7 @@ class Close(Fault):
     check that a receiver fails the connection (1002) on them."""
 
     kind = "close"
-    modes = {LEGACY: "", NOISE_OPAQUE: (  # noqa: RUF012 - class-level declaration, never mutated
+    modes = {LEGACY: "", NOISE_TERMINATED: "", NOISE_OPAQUE: (  # noqa: RUF012 - class-level declaration, never mutated
         "the close frame is WebSocket's, outside the encryption: as described; a close at a message "
         "selects it by size, nth or a cleartext handshake type (the others are encrypted)"
     )}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..relay.message import Msg
-from .fault import LEGACY, NOISE_OPAQUE, Fault, FaultState
+from .fault import LEGACY, NOISE_OPAQUE, NOISE_TERMINATED, Fault, FaultState
 from .params import Param
 
 
@@ -31,7 +31,9 @@ class Corrupt(Fault):
     rejects the message, or fails the connection with 1007)."""
 
     kind = "corrupt"
-    modes = {LEGACY: "", NOISE_OPAQUE: (  # noqa: RUF012 - class-level declaration, never mutated
+    modes = {LEGACY: "", NOISE_TERMINATED: (  # noqa: RUF012 - class-level declaration, never mutated
+        "on the plaintext: the receiver gets a well-authenticated message with the changed bytes"
+    ), NOISE_OPAQUE: (
         "a tampered message: a flipped ciphertext byte fails the receiver's AEAD check at that very "
         "message, a guaranteed silent close (in the cleartext handshake: a malformed init or a failed "
         "handshake)"

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from ..relay.connection import Channel
 from ..relay.message import Msg
-from .fault import LEGACY, NOISE_OPAQUE, Fault, FaultState
+from .fault import LEGACY, NOISE_OPAQUE, NOISE_TERMINATED, Fault, FaultState
 from .params import Param
 
 
@@ -69,7 +69,7 @@ class Delay(Fault):
     `count` still runs its course after the fault retires."""
 
     kind = "delay"
-    modes = {LEGACY: "", NOISE_OPAQUE: (  # noqa: RUF012 - class-level declaration, never mutated
+    modes = {LEGACY: "", NOISE_TERMINATED: "", NOISE_OPAQUE: (  # noqa: RUF012 - class-level declaration, never mutated
         "reorder false only: the held messages go out intact and in order; a reordered ciphertext "
         "fails the receiver's authentication (its nonce is out of order)"
     )}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .fault import LEGACY, NOISE_OPAQUE, ConnectInfo, Fault, ProxyServices
+from .fault import LEGACY, NOISE_OPAQUE, NOISE_TERMINATED, ConnectInfo, Fault, ProxyServices
 from .params import FaultSpecError, Param
 
 
@@ -15,7 +15,7 @@ class Down(Fault):
     3"). Removing the fault (or `POST /reset`) accepts connections again."""
 
     kind = "down"
-    modes = {LEGACY: "", NOISE_OPAQUE: ""}  # noqa: RUF012 - class-level declaration, never mutated
+    modes = {LEGACY: "", NOISE_TERMINATED: "", NOISE_OPAQUE: ""}  # noqa: RUF012 - class-level declaration, never mutated
     uses_selector = False
     default_direction = "both"
     allowed_directions = ("both",)  # it acts on connections, not on a direction

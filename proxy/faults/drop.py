@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..relay.message import Msg
-from .fault import LEGACY, NOISE_OPAQUE, Fault, FaultState
+from .fault import LEGACY, NOISE_OPAQUE, NOISE_TERMINATED, Fault, FaultState
 
 
 class DropState(FaultState["Drop"]):
@@ -18,7 +18,7 @@ class Drop(Fault):
     """Drop the data messages that match the selector (the rest pass untouched)."""
 
     kind = "drop"
-    modes = {LEGACY: ""}  # noqa: RUF012 - class-level declaration, never mutated
+    modes = {LEGACY: "", NOISE_TERMINATED: ""}  # noqa: RUF012 - class-level declaration, never mutated
     refusals = {NOISE_OPAQUE: (  # noqa: RUF012
         "on a noise session a dropped message is never a lost one: the receiver's next message fails "
         "authentication (its nonce counts messages), a silent close one message late, or nothing if none "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..relay.message import Msg
-from .fault import LEGACY, NOISE_OPAQUE, Fault, FaultState
+from .fault import LEGACY, NOISE_OPAQUE, NOISE_TERMINATED, Fault, FaultState
 from .params import Param
 
 
@@ -23,7 +23,7 @@ class Duplicate(Fault):
     timestamps/sample indices, and must not double-apply a command."""
 
     kind = "duplicate"
-    modes = {LEGACY: ""}  # noqa: RUF012 - class-level declaration, never mutated
+    modes = {LEGACY: "", NOISE_TERMINATED: ""}  # noqa: RUF012 - class-level declaration, never mutated
     refusals = {NOISE_OPAQUE: (  # noqa: RUF012
         "on a noise session a repeated ciphertext fails the receiver's authentication (its nonce is "
         "spent): a silent close, never a duplicate to detect by content; nor can the proxy select by "

@@ -43,7 +43,7 @@ Writing a fault::
     class Drop(Fault):
         kind = "drop"
         needs_messages = True                  # its state sees whole messages (on_message)
-        modes = {LEGACY: ""}                   # where it means something (see Modes below)
+        modes = {LEGACY: "", NOISE_TERMINATED: ""}  # where it means something (see Modes below)
         refusals = {NOISE_OPAQUE: "..."}       # and why not elsewhere, if MODE_REFUSAL says it less well
         PARAMS = {}                            # name -> Param(type, default, min, max, ...)
         State = DropState                      # made for every pipe the fault is attached to
@@ -55,9 +55,8 @@ fault class declares the modes it means something in, `modes = {mode: note}` (th
 says what it means there when that differs from its description), and may say why it
 means nothing in the others (`refusals`, else `MODE_REFUSAL`). A fault met by a
 connection in a mode it does not declare is refused there like a deflate connection:
-`fault_not_applied`, with the reason. A proxy that terminates Noise (later) adds a mode
-`noise-terminated`: the relay reports it, and each fault that works on its plaintext
-declares it.
+`fault_not_applied`, with the reason. A proxy that terminates Noise reports the mode
+`noise-terminated`, and each fault that works on its plaintext declares it.
 
 Hooks of the spec (`Fault`), 7:
   * `validate()`: cross-parameter checks of the spec (raise FaultSpecError).
@@ -130,11 +129,14 @@ DIRECTIONS = ("upstream", "downstream", "both")
 REGISTRY: dict[str, type[Fault]] = {}
 
 # What the proxy can read of a connection (proxy/relay/identify.py): its mode.
-LEGACY, NOISE_OPAQUE = "legacy", "noise-opaque"
+LEGACY, NOISE_OPAQUE, NOISE_TERMINATED = "legacy", "noise-opaque", "noise-terminated"
 MODES = {
     LEGACY: "plain Sendspin messages (the legacy revision, or any first message that is not client/init)",
     NOISE_OPAQUE: "a noise session the proxy holds no keys for: a cleartext handshake (client/init, server/init, "
                   "noise/handshake, server/error), then every message is AEAD ciphertext",
+    NOISE_TERMINATED: "a noise session the proxy terminates (--noise terminate: proxy/relay/terminate.py): faults "
+                      "see each message's plaintext, JSON as text messages and the rest as binary plaintexts "
+                      "(type byte first), and what they send on is sealed for the receiver",
 }
 # The messages of a noise session the proxy can read: its cleartext handshake (sent as text)
 NOISE_READABLE = frozenset(m.TYPE for m in NOISE_CLEARTEXT)
@@ -145,6 +147,7 @@ MODE_REFUSAL = {
                   "holds no keys, so it can neither select a message by content nor drop, repeat, reorder or change "
                   "one without the receiver's authentication failing (a silent close); corrupt and truncate make "
                   "such a tampered message on purpose",
+    NOISE_TERMINATED: "it means something on ciphertext only; on a terminated session the proxy holds the keys",
 }
 NOT_APPLIED_KEPT = 100  # connections a fault could not act on, newest kept (GET /faults shows them)
 

@@ -16,7 +16,7 @@ from typing import Any
 from harness.protocol import wsframes as fr
 
 from ..relay.connection import Channel, Connection
-from .fault import LEGACY, NOISE_OPAQUE, Fault, FaultState
+from .fault import LEGACY, NOISE_OPAQUE, NOISE_TERMINATED, Fault, FaultState
 from .params import FaultSpecError, Param
 
 OPCODES = {"text": fr.TEXT, "binary": fr.BINARY}
@@ -75,7 +75,10 @@ class Inject(Fault):
     1) injections in all, then the fault retires."""
 
     kind = "inject"
-    modes = {LEGACY: ""}  # noqa: RUF012 - class-level declaration, never mutated
+    modes = {LEGACY: "", NOISE_TERMINATED: (  # noqa: RUF012 - class-level declaration, never mutated
+        "sealed like every message: text as a JSON message, binary as a plaintext (type byte "
+        "first)"
+    )}
     refusals = {NOISE_OPAQUE: (  # noqa: RUF012
         "a message of the proxy's own on a noise session is a forgery the receiver cannot "
         "authenticate (binary), or cleartext after the handshake (text): either closes the session "

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..relay.connection import Channel
-from .fault import LEGACY, NOISE_OPAQUE, Fault, FaultState
+from .fault import LEGACY, NOISE_OPAQUE, NOISE_TERMINATED, Fault, FaultState
 from .params import FaultSpecError, Param
 
 
@@ -88,7 +88,7 @@ class Latency(Fault):
     above `max_buffer_bytes` the source socket is held (real TCP backpressure)."""
 
     kind = "latency"
-    modes = {LEGACY: "", NOISE_OPAQUE: ""}  # noqa: RUF012 - class-level declaration, never mutated
+    modes = {LEGACY: "", NOISE_TERMINATED: "", NOISE_OPAQUE: ""}  # noqa: RUF012 - class-level declaration, never mutated
     byte_level = True
     uses_selector = False  # bytes, not messages: a selector would mean nothing
     default_direction = "both"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..relay.connection import Channel
-from .fault import LEGACY, NOISE_OPAQUE, Fault, FaultState
+from .fault import LEGACY, NOISE_OPAQUE, NOISE_TERMINATED, Fault, FaultState
 from .params import Param
 
 
@@ -37,7 +37,7 @@ class LimitData(Fault):
     treat it as an abnormal end (no close frame), never as a whole message."""
 
     kind = "limit_data"
-    modes = {LEGACY: "", NOISE_OPAQUE: ""}  # noqa: RUF012 - class-level declaration, never mutated
+    modes = {LEGACY: "", NOISE_TERMINATED: "", NOISE_OPAQUE: ""}  # noqa: RUF012 - class-level declaration, never mutated
     byte_level = True
     uses_selector = False  # bytes, not messages
     default_direction = "downstream"

@@ -53,7 +53,7 @@ from harness.protocol import wsframes as fr
 
 from ..relay.connection import Channel
 from ..relay.message import Msg
-from .fault import LEGACY, NOISE_OPAQUE, Fault, FaultState
+from .fault import LEGACY, NOISE_OPAQUE, NOISE_TERMINATED, Fault, FaultState
 from .params import FaultSpecError, Param
 
 HEADER_BYTES = 9  # binary message: type byte + big-endian int64 timestamp
@@ -187,7 +187,11 @@ class OrphanHeader(Fault):
     data announced by `stream/start` / an upload header dropped)."""
 
     kind = "orphan_header"
-    modes = {LEGACY: ""}  # noqa: RUF012 - class-level declaration, never mutated
+    modes = {LEGACY: "", NOISE_TERMINATED: (  # noqa: RUF012 - class-level declaration, never mutated
+        "the Noise form: variant fragment opens a Noise fragment sequence that is never finished "
+        "(fragment_end none: the next message arrives while it is open, a malformed sequence); "
+        "variant binary cuts a plaintext (the noise player-audio header is 13 bytes)"
+    )}
     refusals = {NOISE_OPAQUE: (  # noqa: RUF012
         "the noise form of an orphan header is a malformed Sendspin fragment sequence, inside the "
         "encryption: making one needs the session's keys; cutting or splicing a ciphertext only "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..relay.connection import Channel
-from .fault import LEGACY, NOISE_OPAQUE, Fault, FaultState
+from .fault import LEGACY, NOISE_OPAQUE, NOISE_TERMINATED, Fault, FaultState
 from .params import Param
 
 
@@ -31,7 +31,7 @@ class ResetPeer(Fault):
     other side as a RST too, as a dying network path would."""
 
     kind = "reset_peer"
-    modes = {LEGACY: "", NOISE_OPAQUE: ""}  # noqa: RUF012 - class-level declaration, never mutated
+    modes = {LEGACY: "", NOISE_TERMINATED: "", NOISE_OPAQUE: ""}  # noqa: RUF012 - class-level declaration, never mutated
     uses_selector = False
     default_direction = "both"
     PARAMS = {  # noqa: RUF012 - class-level declaration, never mutated

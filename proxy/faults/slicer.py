@@ -6,7 +6,7 @@ from harness.protocol import wsframes as fr
 
 from ..relay.connection import Channel
 from ..relay.message import Msg
-from .fault import LEGACY, NOISE_OPAQUE, Fault, FaultState
+from .fault import LEGACY, NOISE_OPAQUE, NOISE_TERMINATED, Fault, FaultState
 from .params import FaultSpecError, Param
 
 
@@ -49,7 +49,9 @@ class Slicer(Fault):
     checked on the whole message). Control frames are never split (RFC 6455 §5.5)."""
 
     kind = "slicer"
-    modes = {LEGACY: "", NOISE_OPAQUE: (  # noqa: RUF012 - class-level declaration, never mutated
+    modes = {LEGACY: "", NOISE_TERMINATED: (  # noqa: RUF012 - class-level declaration, never mutated
+        "WebSocket fragments of the plaintext become Noise fragments with the same cuts"
+    ), NOISE_OPAQUE: (
         "WebSocket fragments, below the encryption: each ciphertext still arrives whole and intact, "
         "so the session survives; select by size or nth (JSON and binary types are encrypted)"
     )}

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 from ..relay.connection import Channel
-from .fault import LEGACY, NOISE_OPAQUE, Fault, FaultState
+from .fault import LEGACY, NOISE_OPAQUE, NOISE_TERMINATED, Fault, FaultState
 from .params import Param
 
 
@@ -44,7 +44,7 @@ class SlowClose(Fault):
     Removal sends a delayed FIN at once."""
 
     kind = "slow_close"
-    modes = {LEGACY: "", NOISE_OPAQUE: ""}  # noqa: RUF012 - class-level declaration, never mutated
+    modes = {LEGACY: "", NOISE_TERMINATED: "", NOISE_OPAQUE: ""}  # noqa: RUF012 - class-level declaration, never mutated
     byte_level = True
     uses_selector = False
     default_direction = "both"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..relay.connection import Channel
 from .bandwidth import Bandwidth, BandwidthState
-from .fault import LEGACY, NOISE_OPAQUE
+from .fault import LEGACY, NOISE_OPAQUE, NOISE_TERMINATED
 from .params import Param
 
 
@@ -25,7 +25,7 @@ class SlowReader(Bandwidth):
     reader: leave `rcvbuf_bytes` unset unless that is what you want to study."""
 
     kind = "slow_reader"
-    modes = {LEGACY: "", NOISE_OPAQUE: ""}  # noqa: RUF012 - class-level declaration, never mutated
+    modes = {LEGACY: "", NOISE_TERMINATED: "", NOISE_OPAQUE: ""}  # noqa: RUF012 - class-level declaration, never mutated
     default_direction = "downstream"
     PARAMS = {  # noqa: RUF012 - class-level declaration, never mutated
         "rate_bps": Param(float, min=0.0, help="bytes per second read from the sender (0: stop reading)"),

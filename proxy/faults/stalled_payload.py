@@ -11,7 +11,7 @@ from harness.protocol import wsframes as fr
 
 from ..relay.connection import Channel
 from ..relay.message import Msg
-from .fault import LEGACY, NOISE_OPAQUE, Fault, FaultState
+from .fault import LEGACY, NOISE_OPAQUE, NOISE_TERMINATED, Fault, FaultState
 from .params import Param
 
 WATCH_S = 0.25  # while stalled, how often the receiver's end is looked for
@@ -147,7 +147,10 @@ class StalledPayload(Fault):
     connection: the held sender's end cannot be seen, and the rest can no longer matter."""
 
     kind = "stalled_payload"
-    modes = {LEGACY: "", NOISE_OPAQUE: (  # noqa: RUF012 - class-level declaration, never mutated
+    modes = {LEGACY: "", NOISE_TERMINATED: (  # noqa: RUF012 - class-level declaration, never mutated
+        "on the plaintext: mode frame opens a Noise fragment sequence and withholds the rest; in "
+        "mode bytes the whole message waits, as half a message cannot be sealed"
+    ), NOISE_OPAQUE: (
         "a stall of the raw bytes: the rest follows intact, so the session survives a timed "
         "stall; select by size, nth or a cleartext handshake type (a handshake that stalls)"
     )}

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from ..relay.connection import Channel
-from .fault import LEGACY, NOISE_OPAQUE, Fault, FaultState
+from .fault import LEGACY, NOISE_OPAQUE, NOISE_TERMINATED, Fault, FaultState
 from .params import Param
 
 DRAIN_S = 0.05  # after timeout_s: time to read and discard what the peers sent, before the FIN
@@ -81,7 +81,7 @@ class Timeout(Fault):
     its own timers (ping/pong, `client/time`, payload timeouts)."""
 
     kind = "timeout"
-    modes = {LEGACY: "", NOISE_OPAQUE: ""}  # noqa: RUF012 - class-level declaration, never mutated
+    modes = {LEGACY: "", NOISE_TERMINATED: "", NOISE_OPAQUE: ""}  # noqa: RUF012 - class-level declaration, never mutated
     uses_selector = False
     default_direction = "both"
     PARAMS = {  # noqa: RUF012 - class-level declaration, never mutated

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..relay.message import Msg
-from .fault import LEGACY, NOISE_OPAQUE, Fault, FaultState
+from .fault import LEGACY, NOISE_OPAQUE, NOISE_TERMINATED, Fault, FaultState
 from .params import Param
 
 
@@ -24,7 +24,9 @@ class Truncate(Fault):
     the connection with 1007. Messages already no longer than `keep_bytes` pass as they are."""
 
     kind = "truncate"
-    modes = {LEGACY: "", NOISE_OPAQUE: (  # noqa: RUF012 - class-level declaration, never mutated
+    modes = {LEGACY: "", NOISE_TERMINATED: (  # noqa: RUF012 - class-level declaration, never mutated
+        "on the plaintext: the receiver gets a well-authenticated, shorter message"
+    ), NOISE_OPAQUE: (
         "a truncated ciphertext: its authentication tag is cut or no longer matches, so the "
         "receiver's AEAD check fails at that very message, a guaranteed silent close"
     )}

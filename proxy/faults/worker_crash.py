@@ -9,7 +9,7 @@ import random
 import signal
 from typing import Any
 
-from .fault import LEGACY, NOISE_OPAQUE, Fault, ProxyServices
+from .fault import LEGACY, NOISE_OPAQUE, NOISE_TERMINATED, Fault, ProxyServices
 from .params import FaultSpecError, Param
 
 
@@ -31,7 +31,7 @@ class WorkerCrash(Fault):
     SIGCONT (`resume: true`) unless the process is gone; retiring by `count` does not."""
 
     kind = "worker_crash"
-    modes = {LEGACY: "", NOISE_OPAQUE: ""}  # noqa: RUF012 - class-level declaration, never mutated
+    modes = {LEGACY: "", NOISE_TERMINATED: "", NOISE_OPAQUE: ""}  # noqa: RUF012 - class-level declaration, never mutated
     uses_selector = False
     default_direction = "both"
     allowed_directions = ("both",)  # it acts on a process / an upstream, not on a direction

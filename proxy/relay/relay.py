@@ -33,7 +33,9 @@ from harness.protocol import wsframes as fr
 
 from .connection import Connection
 from .identify import MODE_OF, FirstMessage
+from .noise_keys import NoiseKeys
 from .pipe import Pipe, other
+from .terminate import NoiseTerminator
 
 SIDES = ("client", "server")
 WRITE_HIGH = 256 * 1024  # per-socket write buffer high-water mark (then the source is held)
@@ -50,7 +52,7 @@ class SideProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            self.relay.pipe_from(self.side).feed(data)
+            self.relay.receive(self.side, data)
         except Exception as e:  # a fault's bug: loud, and the connection ends abnormally
             self.relay.fail(e)
 
@@ -81,7 +83,7 @@ def extension_names(header: str | None) -> tuple[str, ...]:
 class Relay:
     def __init__(self, client: asyncio.Transport, server: asyncio.Transport, *, flow_id: str, seq: int = 0,
                  upstream: Any = None, events: Any = None, path: str = "", extensions: str | None = None,
-                 server_dials: bool = False) -> None:
+                 server_dials: bool = False, noise_keys: NoiseKeys | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.flow_id = flow_id
         self.seq = seq  # connection sequence number (1, 2, ...): seeds per-connection randomness
@@ -113,6 +115,8 @@ class Relay:
         self.first_type: str | None = None  # that message's JSON type
         self.on_identify: list[Callable[[Relay], None]] = []  # after `profile` is set (the fault table re-checks)
         self.pipes["upstream"].sniffer = FirstMessage(self.identify)
+        # --noise terminate: the proxy completes each peer's handshake and the pipes see plaintext
+        self.terminator = NoiseTerminator(self, noise_keys) if noise_keys is not None else None
 
     # --- lookup -------------------------------------------------------------------------
     def pipe_from(self, side: str) -> Pipe:
@@ -123,9 +127,19 @@ class Relay:
 
     @property
     def mode(self) -> str | None:
-        """What the proxy can read of this connection (identify.py): `legacy` (plain messages)
-        or `noise-opaque` (ciphertext after the handshake, no keys); None until identified."""
+        """What the proxy can read of this connection (identify.py): `legacy` (plain messages),
+        `noise-opaque` (ciphertext after the handshake, no keys) or `noise-terminated`
+        (terminate.py: plaintext); None until identified."""
+        if self.terminator is not None and self.terminator.terminated:
+            return "noise-terminated"
         return None if self.profile is None else MODE_OF[self.profile]
+
+    def receive(self, side: str, data: bytes | memoryview) -> None:
+        """Bytes read from `side`'s socket: into its pipe, or to the terminator first."""
+        if self.terminator is None:
+            self.pipe_from(side).feed(data)
+        else:
+            self.terminator.receive(side, data)
 
     @cached_property
     def connection(self) -> Connection:
@@ -150,7 +164,7 @@ class Relay:
         for side in SIDES:
             data = (leftovers or {}).get(side)
             if data:
-                self.pipe_from(side).feed(data)
+                self.receive(side, data)
 
     def identify(self, profile: str, first_type: str | None) -> None:
         """The client's first data message is whole: record the profile, say so in the event
@@ -201,6 +215,8 @@ class Relay:
     # --- endings ------------------------------------------------------------------------
     def on_eof(self, side: str) -> None:
         if self.pipe_from(side).eof_in or side in self.lost:
+            return
+        if self.terminator is not None and not self.terminator.eof(side):
             return
         self.ended.setdefault(side, "eof")
         self.pipe_from(side).feed_eof()  # the FIN follows the data through the fault chain
