@@ -35,7 +35,7 @@ def _minimal(kind: str) -> dict[str, Any]:
     ({"type": "orphan_header", "variant": "binary", "binaries": 3},
      "orphan_header: parameter 'binaries' applies to variant 'announce' only (this one is 'binary')"),
     ({"type": "orphan_header", "variant": "fragment", "keep_bytes": 4}, "'keep_bytes' applies to variant 'binary'"),
-    ({"type": "orphan_header", "keep_bytes": 10}, "parameter 'keep_bytes' must be <= 9"),
+    ({"type": "orphan_header", "keep_bytes": 14}, "parameter 'keep_bytes' must be <= 13"),
     ({"type": "orphan_header", "variant": "sideways"}, "parameter 'variant' must be one of ['binary', 'fragment'"),
     ({"type": "orphan_header", "variant": "fragment", "fragment_end": "x"}, "'fragment_end' must be one of"),
     ({"type": "orphan_header", "json_type": "stream/start"}, "variant 'binary' acts on binary messages"),

@@ -12,6 +12,9 @@ import asyncio
 import io
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -185,3 +188,15 @@ def test_view_shows_a_terminated_session_decoded(run: Any) -> None:
                     r"#1 s→c player audio ×40 187\.5 KiB = 1\.000 s of pcm/48000/16/2"):  # the 13-byte header known
         assert re.search(pattern, text, re.M), f"no line matches {pattern!r} in:\n{text}"
     assert "encrypted" not in text and "!!" not in text, text
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--noise", "terminate", "--noise-keys", "{keys}"], "identities[0]: must decode to 32 bytes, got 3"),
+    (["--noise-keys", "{keys}"], "--noise-keys is for --noise terminate"),
+])
+def test_the_cli_refuses_a_bad_keys_file_naming_what_is_wrong(tmp_path: Path, args: list[str], message: str) -> None:
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"identities": [b64url(b"abc")]}))
+    done = subprocess.run([sys.executable, "-m", "proxy", "--upstream", "ws://127.0.0.1:9/sendspin",
+                           *(a.format(keys=keys) for a in args)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and message in done.stderr, done.stderr

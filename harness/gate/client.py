@@ -207,18 +207,20 @@ class Topology:
     directory: Path
     workers: int = 0
     initiator: str = "client"
+    noise: str = "opaque"  # the proxy's --noise: opaque, or terminate (a case's message faults act on plaintext)
     servers: list[ManagedProcess] = field(default_factory=list)
     proxy: FaultProxy = field(init=False)
     server_http: str = ""  # the reference server's HTTP endpoint (dial, close)
 
     @classmethod
     def start(cls, directory: Path, workers: int = 0, server_args: tuple[str, ...] = (),
-              initiator: str = "client", profile: str = "legacy") -> Topology:
+              initiator: str = "client", profile: str = "legacy", noise: str = "opaque") -> Topology:
         """Starts it (blocking: a few seconds); stops what it started if a part fails. The
-        server speaks only `profile`, the client's: a client that speaks another is refused."""
+        server speaks only `profile`, the client's: a client that speaks another is refused.
+        `noise`: what the proxy does with a noise session (`--noise`)."""
         if initiator == "server" and workers:
             raise ValueError("server-initiated: one reference server process dials; it has no workers")
-        topology = cls(directory, workers, initiator)
+        topology = cls(directory, workers, initiator, noise if profile == "noise" else "opaque")
         try:
             extra = ("--workers", str(workers)) if workers else ()
             extra += ("--profiles", profile)
@@ -231,7 +233,7 @@ class Topology:
             else:
                 upstreams = [w["url"] for w in server.ready["workers"]] if workers else [server.ready["url"]]
                 args = PROXY_ARGS
-            process = fault_proxy(directory, upstreams, *args)
+            process = fault_proxy(directory, upstreams, *args, "--noise", topology.noise)
             topology.servers.append(process)
             topology.proxy = FaultProxy(process)
             for w in server.ready.get("workers", []) if workers else []:
@@ -315,6 +317,12 @@ class ClientWorld:
     @property
     def profile(self) -> str:
         return self.client.profile
+
+    @property
+    def sealed_wire(self) -> bool:
+        """The proxy sees ciphertext: a noise session it does not terminate (its wire log
+        then names no message type)."""
+        return self.profile == "noise" and self.topology.noise == "opaque"
 
     @property
     def client_id(self) -> str:

@@ -69,7 +69,8 @@ def test_client(case_id: str, initiator: str, wire_profile: str, request: pytest
     started = time.monotonic()
     # a fresh server and proxy per case: a case may leave the server's state changed (a
     # stream ended, a format switched), and the next client must not inherit it
-    topology = Topology.start(tmp_path / "topology", spec.workers, initiator=initiator, profile=profile)
+    topology = Topology.start(tmp_path / "topology", spec.workers, initiator=initiator, profile=profile,
+                              noise=spec.noise_proxy)
 
     async def body() -> ClientWorld:
         async with ClientWorld(tmp_path, gate.client, case_id, topology, spec.timeout_s) as world:

@@ -57,6 +57,7 @@ from .fault import LEGACY, NOISE_OPAQUE, NOISE_TERMINATED, Fault, FaultState
 from .params import FaultSpecError, Param
 
 HEADER_BYTES = 9  # binary message: type byte + big-endian int64 timestamp
+NOISE_AUDIO_HEADER_BYTES = 13  # a noise session's player audio adds a uint32 send_ahead (--noise terminate)
 
 
 def is_announcement_type(t: str | None) -> bool:
@@ -203,8 +204,9 @@ class OrphanHeader(Fault):
         "variant": Param(str, "binary", choices=("binary", "fragment", "announce"),
                          help="binary: header-only binary; fragment: FIN=0 with no continuation; "
                               "announce: announcing JSON, data dropped"),
-        "keep_bytes": Param(int, HEADER_BYTES, min=0, max=HEADER_BYTES,
-                            help="binary: bytes kept (9 = type + timestamp, fewer = a cut header)"),
+        "keep_bytes": Param(int, HEADER_BYTES, min=0, max=NOISE_AUDIO_HEADER_BYTES,
+                            help="binary: bytes kept (9 = type + timestamp, fewer = a cut header; a terminated "
+                                 "noise session's audio header is 13, with send_ahead)"),
         "head_bytes": Param(int, None, min=0, nullable=True,
                             help="fragment: payload bytes in the FIN=0 first fragment (null: the sender's "
                                  "first fragment, or half the message)"),

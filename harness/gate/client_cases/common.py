@@ -31,6 +31,7 @@ class ClientCase:
     run: Run
     workers: int = 0  # 0: the single-process server; N: a coordinator with N workers
     timeout_s: float = 60.0
+    noise_proxy: str = "opaque"  # the proxy's --noise in the noise profile: terminate for message faults
     # initiator ("client" | "server": who opens the connection) -> why the case does not
     # apply then (UNIMPLEMENTED with that reason); a case runs with every other initiator
     inapplicable: Mapping[str, str] = field(default_factory=dict)
@@ -39,13 +40,13 @@ class ClientCase:
 RUNS: dict[str, ClientCase] = {}
 
 # Why a case does not run in the noise profile (`noise=` of client_case; "" = it runs there).
-# The proxy runs noise sessions in opaque mode (proxy/faults/fault.py): after the cleartext
-# handshake every message is AEAD ciphertext it holds no keys for.
 RUNS_IN_NOISE = ""
-NOISE_MESSAGE_FAULTS = ("needs message-aware faults: the proxy does not terminate Noise yet (a noise session is "
-                        "AEAD ciphertext after its cleartext handshake; the proxy refuses such a fault there)")
-NOISE_WIRE_TYPES = ("judged from the message types and audio timestamps the proxy reads on the wire, which a noise "
-                    "session encrypts: the proxy does not terminate Noise yet")
+# How the proxy treats the noise session of a case (`noise_proxy=`). Opaque: it relays the
+# ciphertext, and only network faults act. Terminated (proxy/relay/terminate.py): it completes
+# a handshake with each side, so message faults act on the plaintext (a Noise fragment
+# sequence for a WebSocket one) and its wire log names every message; the server then sees
+# the proxy's key for the client, the same on every reconnect.
+OPAQUE, TERMINATED = "opaque", "terminate"
 LEGACY_FRAMES = ("legacy-only: it checks WebSocket fragmentation (RFC 6455 frames), which a noise session does not "
                  "use (one Noise transport message per WebSocket message, never split into frames by the server); "
                  "its noise form is Sendspin fragments, group 10")
@@ -67,15 +68,16 @@ SPEC_TIME = "spec: Clock Synchronization — \"Clients continuously send client/
 def client_case(case_id: str, title: str, *, description: str, expectation: str, source: str, noise: str,
                 severity: Severity = Severity.MUST, roles: tuple[str, ...] = (), workers: int = 0,
                 thorough: bool = False, timeout_s: float = 60.0, legacy: str = RUNS_IN_NOISE,
-                inapplicable: Mapping[str, str] | None = None) -> Callable[[Run], Run]:
+                noise_proxy: str = OPAQUE, inapplicable: Mapping[str, str] | None = None) -> Callable[[Run], Run]:
     """`noise`: why the case cannot run in the noise profile, or RUNS_IN_NOISE (every case
-    says which); `legacy`: likewise for the legacy profile (the Noise group: NOISE_ONLY)."""
+    says which); `legacy`: likewise for the legacy profile (the Noise group: NOISE_ONLY);
+    `noise_proxy`: OPAQUE or TERMINATED (its faults act on messages, or it reads their types)."""
     skip_in = tuple((p, why) for p, why in (("legacy", legacy), ("noise", noise)) if why)
 
     def register(run: Run) -> Run:
         case = CLIENT.add(Case(case_id, "client", title, description, expectation, source, severity, roles,
                                thorough=thorough, skip_in=skip_in))
-        RUNS[case_id] = ClientCase(case, run, workers, timeout_s, dict(inapplicable or {}))
+        RUNS[case_id] = ClientCase(case, run, workers, timeout_s, noise_proxy, dict(inapplicable or {}))
         return run
     return register
 
@@ -101,26 +103,27 @@ def check_gap(j: Judgement, b: Bounds, gap: tuple[int, int]) -> None:
             "client_time_gap_us", gap)
 
 
-def first_hello(ev: Events, profile: str = "legacy") -> Record | None:
-    """The proxy's record of the first server/hello down to the client. Noise: the first
-    binary message down (server/hello is the first message after the cleartext handshake)."""
-    if profile == "noise":
+def first_hello(ev: Events, sealed: bool = False) -> Record | None:
+    """The proxy's record of the first server/hello down to the client. `sealed` (a noise
+    session the proxy does not terminate): the first binary message down (server/hello is
+    the first message after the cleartext handshake)."""
+    if sealed:
         return next(iter(ev.select("wire", direction="downstream", kind="binary")), None)
     return next(iter(ev.select("wire", type="server/hello")), None)
 
 
-def downstream_audio(ev: Events, profile: str = "legacy", **match: Any) -> list[Record]:
-    """The proxy's records of audio going down to the client. Noise: the transport messages
-    of audio's size (NOISE_AUDIO_MIN_BYTES): the type byte is encrypted."""
+def downstream_audio(ev: Events, sealed: bool = False, **match: Any) -> list[Record]:
+    """The proxy's records of audio going down to the client. `sealed`: the transport
+    messages of audio's size (NOISE_AUDIO_MIN_BYTES): the type byte is encrypted."""
     records = ev.select("wire", direction="downstream", kind="binary", **match)
-    if profile == "noise":
+    if sealed:
         return [r for r in records if r.get("size", 0) >= NOISE_AUDIO_MIN_BYTES]
     return records
 
 
 async def hello_passed(w: ClientWorld, j: Judgement, timeout: float = 15.0) -> Record | None:
     """The first server/hello that went down to the client (None: the handshake never got there)."""
-    hello = await w.until("server/hello", lambda ev: first_hello(ev, w.profile), timeout)
+    hello = await w.until("server/hello", lambda ev: first_hello(ev, w.sealed_wire), timeout)
     j.require(hello is not None, w.start_problem or f"no server/hello reached the proxy within {timeout:.0f} s: "
               "the client never sent a client/hello the server accepted")
     return hello
@@ -134,17 +137,17 @@ def fault_acted(ev: Events, name: str, j: Judgement) -> bool:
 
 # --- connection loss and recovery ----------------------------------------------------------------
 
-def audio_since(ev: Events, t_us: int, besides: str | None = None, profile: str = "legacy") -> Record | None:
+def audio_since(ev: Events, t_us: int, besides: str | None = None, sealed: bool = False) -> Record | None:
     """The first audio chunk that went down to the client after `t_us` (on a connection other
     than `besides`: the proxy logs what a server sends before a fault swallows it)."""
-    return next((r for r in downstream_audio(ev, profile) if r["t_us"] > t_us and r["session"] != besides), None)
+    return next((r for r in downstream_audio(ev, sealed) if r["t_us"] > t_us and r["session"] != besides), None)
 
 
 async def streaming(w: ClientWorld, j: Judgement) -> Record | None:
     """Waits until audio flows to the client; returns the proxy's `upstream` record of its connection."""
     if await hello_passed(w, j) is None:
         return None
-    flowing = await w.until("audio", lambda ev: len(downstream_audio(ev, w.profile)) >= 10, 10)
+    flowing = await w.until("audio", lambda ev: len(downstream_audio(ev, w.sealed_wire)) >= 10, 10)
     if not j.require(bool(flowing), "no audio reached the client within 10 s: nothing to lose"):
         return None
     return w.events().select("upstream")[0]
@@ -161,7 +164,7 @@ def exited(w: ClientWorld, j: Judgement) -> bool:
 
 async def judge_recovery(w: ClientWorld, b: Bounds, j: Judgement, lost_us: int, besides: str | None = None,
                          what: str = "the loss") -> None:
-    back = await w.until("audio again", lambda ev: audio_since(ev, lost_us, besides, w.profile),
+    back = await w.until("audio again", lambda ev: audio_since(ev, lost_us, besides, w.sealed_wire),
                          b.client_recovery_us / 1e6 + 1)
     if back is None:
         exited(w, j)
@@ -241,7 +244,7 @@ def judge_kept_session(w: ClientWorld, b: Bounds, j: Judgement, flow: str, start
         return
     _, gap = time_gaps(ev, start_us, end)
     check_gap(j, b, gap)
-    audio = [r for r in downstream_audio(ev, w.profile, session=flow) if r["t_us"] > start_us]
+    audio = [r for r in downstream_audio(ev, w.sealed_wire, session=flow) if r["t_us"] > start_us]
     j.require(bool(audio), "no audio passed to the client after the fault: nothing shows it kept playing")
     j.check("most bytes the client left unread after the fault", unread_during(ev, flow_port(w, ev, flow),
             start_us + settle_us, end), "<=", b.client_unread_bytes, "bytes", "client_unread_bytes")
@@ -266,7 +269,7 @@ async def judge_survived(w: ClientWorld, b: Bounds, j: Judgement, flow: str, sta
         exited(w, j)
         return
     back = await w.until("audio on a new connection",
-                         lambda ev: audio_since(ev, ended["t_us"], flow, w.profile), b.client_recovery_us / 1e6 + 1)
+                         lambda ev: audio_since(ev, ended["t_us"], flow, w.sealed_wire), b.client_recovery_us / 1e6 + 1)
     if back is None and exited(w, j):
         j.require(False, f"the client closed the connection ({verdict.code}) and its process ended instead of "
                   "connecting again")
@@ -316,10 +319,10 @@ def first_after(ev: Events, t_us: int, **match: Any) -> Record | None:
     return next((r for r in ev.select("wire", **match) if r["t_us"] > t_us), None)
 
 
-def sent_after(ev: Events, profile: str, t_us: int, message_type: str) -> Record | None:
-    """When the first `message_type` after `t_us` went to the client: the proxy's record
-    (legacy), or the server's own `send_end` (noise: the proxy cannot read the type)."""
-    if profile == "noise":
+def sent_after(ev: Events, sealed: bool, t_us: int, message_type: str) -> Record | None:
+    """When the first `message_type` after `t_us` went to the client: the proxy's record,
+    or the server's own `send_end` when the wire is `sealed` (the proxy cannot read the type)."""
+    if sealed:
         return next((r for r in ev.select("send_end", type=message_type) if r["t_us"] > t_us), None)
     return first_after(ev, t_us, direction="downstream", type=message_type)
 
@@ -370,7 +373,7 @@ async def judge_reply(w: ClientWorld, b: Bounds, j: Judgement, command: dict[str
     from when the command passed the proxy to when the server read the answer."""
     field = "volume" if command["command"] == "volume" else "muted"
     value = command["value"]
-    sent = await w.until("server/command", lambda ev: sent_after(ev, w.profile, action_at(ev, "server/command"),
+    sent = await w.until("server/command", lambda ev: sent_after(ev, w.sealed_wire, action_at(ev, "server/command"),
                                                                  "server/command"), 5)
     if not j.require(sent is not None, "the server/command never passed the proxy"):
         return

@@ -8,9 +8,9 @@ from ..verdict import Judgement
 from ..wire import data_messages, describe, first_wire
 from .common import (
     NOISE_HELLO,
-    NOISE_MESSAGE_FAULTS,
-    NOISE_WIRE_TYPES,
+    RUNS_IN_NOISE,
     SPEC_HELLO,
+    TERMINATED,
     client_case,
     fault_acted,
     hello_passed,
@@ -21,7 +21,8 @@ from .common import (
 HELLO_DELAY_MS = 1000
 
 
-@client_case("1.1", noise=NOISE_MESSAGE_FAULTS, title="client/hello first, and nothing else before server/hello",
+@client_case("1.1", noise=RUNS_IN_NOISE, noise_proxy=TERMINATED,
+             title="client/hello first, and nothing else before server/hello",
              description=f"The proxy holds server/hello back for {HELLO_DELAY_MS} ms; it records every message "
                          "the client sends meanwhile.",
              expectation="The client's first message is client/hello, and it sends nothing else until "
@@ -51,7 +52,8 @@ async def hello_first(w: ClientWorld, b: Bounds, j: Judgement) -> None:
                                           for r in early[:5]))
 
 
-@client_case("1.2", noise=NOISE_WIRE_TYPES, title="Initial client/state follows server/hello",
+@client_case("1.2", noise=RUNS_IN_NOISE, noise_proxy=TERMINATED,
+             title="Initial client/state follows server/hello",
              description="A normal handshake; the proxy records when client/state passes.",
              expectation="A client with a player role sends its initial client/state promptly after "
                          "server/hello.",

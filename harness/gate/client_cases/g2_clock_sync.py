@@ -8,9 +8,9 @@ from ...settings import Bounds
 from ..client import ClientWorld
 from ..verdict import Judgement
 from .common import (
-    NOISE_MESSAGE_FAULTS,
     RUNS_IN_NOISE,
     SPEC_TIME,
+    TERMINATED,
     check_gap,
     client_case,
     fault_acted,
@@ -44,7 +44,7 @@ async def time_cadence(w: ClientWorld, b: Bounds, j: Judgement) -> None:
 
 
 def _time_fault_case(case_id: str, title: str, spec: dict[str, Any], what: str, after_s: float) -> None:
-    @client_case(case_id, title, noise=NOISE_MESSAGE_FAULTS,
+    @client_case(case_id, title, noise=RUNS_IN_NOISE, noise_proxy=TERMINATED,
                  description=f"Once clock sync runs, the proxy {what}; the session is then watched for "
                              f"{after_s:.0f} s more.",
                  expectation="The client goes on sending client/time during and after it (on this connection or "

@@ -8,8 +8,8 @@ from ...settings import Bounds
 from ..client import ClientWorld
 from ..verdict import Judgement
 from .common import (
-    NOISE_WIRE_TYPES,
     RUNS_IN_NOISE,
+    TERMINATED,
     NotApplicable,
     act,
     action_at,
@@ -31,7 +31,8 @@ STREAM_OBSERVE_S = 10.0
 LEAD_SETTLE_US = 2_000_000  # the first chunks go out in a burst ahead of real time
 
 
-@client_case("3.1", noise=NOISE_WIRE_TYPES, title="The client reads audio at the rate it is sent",
+@client_case("3.1", noise=RUNS_IN_NOISE, noise_proxy=TERMINATED,
+             title="The client reads audio at the rate it is sent",
              description=f"A player session streams PCM for {STREAM_OBSERVE_S:.0f} s; the server logs what it "
                          "holds for the session every half second.",
              expectation="The server's buffers for the session stay small, no chunk goes stale unsent, and "
@@ -79,20 +80,20 @@ SPEC_STREAM = "spec: stream/start — \"If sent for a role that already has an a
 CLEAR_S, ENDED_S = 0.5, 1.0  # how long the session runs after stream/clear, and without a stream
 
 
-def player_audio_after(ev: Events, t_us: int, profile: str = "legacy") -> list[dict]:
-    match = {} if profile == "noise" else {"type": str(PLAYER_AUDIO)}  # noise: the type byte is encrypted
-    return [r for r in downstream_audio(ev, profile, **match) if r["t_us"] > t_us]
+def player_audio_after(ev: Events, t_us: int, sealed: bool = False) -> list[dict]:
+    match = {} if sealed else {"type": str(PLAYER_AUDIO)}  # sealed: the type byte is encrypted
+    return [r for r in downstream_audio(ev, sealed, **match) if r["t_us"] > t_us]
 
 
 def judge_stream_again(w: ClientWorld, b: Bounds, j: Judgement, since_us: int, what: str) -> None:
     """After the stream/start the server sent at `since_us` (its action), audio went to the
     client again and it read it, on the same connection, with clock sync going on."""
     ev = w.events()
-    start = sent_after(ev, w.profile, since_us, "stream/start")
+    start = sent_after(ev, w.sealed_wire, since_us, "stream/start")
     if not j.require(start is not None, f"the {what} stream/start never passed the proxy"):
         return
     assert start is not None
-    audio = player_audio_after(ev, start["t_us"], w.profile)
+    audio = player_audio_after(ev, start["t_us"], w.sealed_wire)
     j.require(bool(audio), f"no audio went to the client after the {what} stream/start: nothing was read")
     judge_reading(j, b, ev, start["t_us"])
     j.report(f"audio chunks after the {what} stream/start", len(audio))

@@ -10,7 +10,8 @@ from ..verdict import Judgement
 from .common import (
     LEGACY_FRAMES,
     NOISE_ARTWORK,
-    NOISE_MESSAGE_FAULTS,
+    RUNS_IN_NOISE,
+    TERMINATED,
     NotApplicable,
     act,
     action_at,
@@ -88,7 +89,8 @@ async def fragmented_json(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     _passed(j, w.events(), began, "stream/start", JSON_FRAMES, type="stream/start")
 
 
-@client_case("4.2", noise=NOISE_MESSAGE_FAULTS, title="Reassembles audio chunks sent in several frames",
+@client_case("4.2", noise=RUNS_IN_NOISE, noise_proxy=TERMINATED,
+             title="Reassembles audio chunks sent in several frames",
              description=f"Once audio flows, the proxy re-sends every audio chunk as frames of {AUDIO_FRAME_BYTES} "
                          "bytes (the slicer fault) for the rest of the case.",
              expectation="The client keeps the session (no 1002), reads the audio as it comes and goes on sending "

@@ -7,12 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 from ...events import Events, Record
-from ...protocol import PLAYER_AUDIO
+from ...protocol import HEADER_SIZE, PLAYER_AUDIO
+from ...protocol.noise_plaintext import AUDIO_HEADER_SIZE
 from ...settings import DEFAULT_BOUNDS, Bounds
 from ..client import ClientWorld
 from ..verdict import Judgement
 from .common import (
-    NOISE_MESSAGE_FAULTS,
+    RUNS_IN_NOISE,
+    TERMINATED,
     client_case,
     faults_acted,
     hello_passed,
@@ -30,15 +32,18 @@ WATCH = f"the session is then watched for {observe_s(DEFAULT_BOUNDS):.0f} s"
 
 
 def _orphan_case(case_id: str, title: str, spec: dict[str, Any], what: str, source: str) -> None:
-    @client_case(case_id, title, noise=NOISE_MESSAGE_FAULTS,
+    @client_case(case_id, title, noise=RUNS_IN_NOISE, noise_proxy=TERMINATED,
                  description=f"Once audio flows, the proxy {what}; {WATCH}.",
                  expectation=EXPECTATION, source=source, roles=("player",))
     async def run(w: ClientWorld, b: Bounds, j: Judgement) -> None:
         await w.start_client()
         if await streaming(w, j) is None:
             return
+        orphan = dict(spec)
+        if w.profile == "noise" and orphan.get("keep_bytes") == HEADER_SIZE:  # the noise audio header: 13 bytes
+            orphan["keep_bytes"] = AUDIO_HEADER_SIZE
         fault = await w.proxy.add({"type": "orphan_header", "direction": "downstream", "binary_type": PLAYER_AUDIO,
-                                   "count": 1, **spec})
+                                   "count": 1, **orphan})
         hits = await faults_acted(w, j, [fault["name"]], 5)
         if hits is None:
             return
@@ -46,8 +51,9 @@ def _orphan_case(case_id: str, title: str, spec: dict[str, Any], what: str, sour
         judge_kept_session(w, b, j, hits[0]["session"], hits[0]["t_us"])
 
 
-_orphan_case("5.1", "A header-only audio chunk", {"variant": "binary", "keep_bytes": 9},
-             "replaces one audio chunk by its 9-byte header (type and timestamp, no samples)", SPEC_CHUNK)
+_orphan_case("5.1", "A header-only audio chunk", {"variant": "binary", "keep_bytes": HEADER_SIZE},
+             "replaces one audio chunk by its header (type and timestamp, no samples: 9 bytes; noise: 13, with "
+             "send_ahead)", SPEC_CHUNK)
 _orphan_case("5.2", "An audio chunk shorter than its header", {"variant": "binary", "keep_bytes": 4},
              "cuts one audio chunk to its first 4 bytes (the type byte and half a timestamp)", SPEC_CHUNK)
 _orphan_case("5.3", "Half an audio chunk, its fragments closed by an empty continuation",
@@ -68,7 +74,8 @@ def json_after_stream_start(ev: Events) -> Record | None:
                  if r["t_us"] > start["t_us"]), None)
 
 
-@client_case("5.4", noise=NOISE_MESSAGE_FAULTS, title="stream/start followed by JSON instead of audio",
+@client_case("5.4", noise=RUNS_IN_NOISE, noise_proxy=TERMINATED,
+             title="stream/start followed by JSON instead of audio",
              description="From the start, the proxy drops the audio chunks that follow stream/start until the next "
                          "JSON message, so the client gets stream/start, then JSON where audio was due; then the "
                          f"stream flows as before, and {WATCH}.",

@@ -10,8 +10,9 @@ from ..case import Severity
 from ..client import ClientWorld
 from ..verdict import Judgement
 from .common import (
-    NOISE_MESSAGE_FAULTS,
+    RUNS_IN_NOISE,
     SPEC_TIME,
+    TERMINATED,
     check_gap,
     client_case,
     fault_acted,
@@ -36,7 +37,7 @@ def _stall(**params: Any) -> dict[str, Any]:
             "mode": "frame", **params}
 
 
-@client_case("6.1", noise=NOISE_MESSAGE_FAULTS,
+@client_case("6.1", noise=RUNS_IN_NOISE, noise_proxy=TERMINATED,
              title=f"An audio message stalled for {STALL_S:.0f} s mid-message, then completed",
              description=f"Once audio flows, the proxy sends the first fragment (FIN=0) of an audio chunk and "
                          f"withholds the rest, and everything after it, for {STALL_S:.0f} s; then all follows "
@@ -66,7 +67,8 @@ async def stall_then_resume(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     j.report("client/time messages from the stall on", len(times))
 
 
-@client_case("6.2", noise=NOISE_MESSAGE_FAULTS, title="An audio message stalled for good mid-message",
+@client_case("6.2", noise=RUNS_IN_NOISE, noise_proxy=TERMINATED,
+             title="An audio message stalled for good mid-message",
              description="Once audio flows, the proxy sends the first fragment (FIN=0) of an audio chunk and "
                          "nothing more on that connection: no continuation, no server/time, no pong. The TCP "
                          "connection stays open.",
@@ -91,7 +93,8 @@ async def stall_for_good(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     j.report("client/time messages from the stall on", len(times))
 
 
-@client_case("6.3", noise=NOISE_MESSAGE_FAULTS, title="The server stops sending but still answers pings",
+@client_case("6.3", noise=RUNS_IN_NOISE, noise_proxy=TERMINATED,
+             title="The server stops sending but still answers pings",
              description="Once audio flows, the proxy swallows every data message the server sends on the "
                          "client's connection (audio, server/time, everything); control frames (ping, pong, "
                          "close) still pass, so a WebSocket keepalive sees a healthy peer.",

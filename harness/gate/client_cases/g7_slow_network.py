@@ -11,9 +11,9 @@ from ..client import ClientWorld
 from ..verdict import Judgement
 from ..wire import flows
 from .common import (
-    NOISE_MESSAGE_FAULTS,
-    NOISE_WIRE_TYPES,
+    RUNS_IN_NOISE,
     SPEC_TIME,
+    TERMINATED,
     check_gap,
     client_case,
     exited,
@@ -74,10 +74,10 @@ def judge_kept(w: ClientWorld, b: Bounds, j: Judgement, hello_us: int) -> None:
 
 
 def _slow_case(case_id: str, title: str, spec: dict[str, Any], what: str, source: str,
-               from_start: bool = True, noise: str = NOISE_WIRE_TYPES) -> None:
+               from_start: bool = True) -> None:
     when = "from the start" if from_start else "once audio flows"
 
-    @client_case(case_id, title, noise=noise,
+    @client_case(case_id, title, noise=RUNS_IN_NOISE, noise_proxy=TERMINATED,
                  description=f"{what[0].upper()}{what[1:]}, {when}; the session is watched for {OBSERVE_S:.0f} s.",
                  expectation="The client keeps its session (one connection through the case, no reconnect), "
                              "keeps sending client/time, and reads the audio as it comes.",
@@ -112,6 +112,5 @@ SLICER = {"type": "slicer", "direction": "downstream", "frame_bytes": 64, "varia
 _slow_case("7.3", "Every message in small frames",
            SLICER, f"every message the server sends is re-sent as WebSocket fragments of "
            f"{SLICER['frame_bytes']} ± {SLICER['variation_bytes']} bytes",
-           "RFC 6455 §5.4 (an intermediary may split a message into fragments; a receiver reassembles them)",
-           noise=NOISE_MESSAGE_FAULTS)
+           "RFC 6455 §5.4 (an intermediary may split a message into fragments; a receiver reassembles them)")
 

@@ -14,7 +14,8 @@ from ..case import Severity
 from ..client import ClientWorld
 from ..verdict import Judgement
 from .common import (
-    NOISE_MESSAGE_FAULTS,
+    RUNS_IN_NOISE,
+    TERMINATED,
     client_case,
     faults_acted,
     judge_kept_session,
@@ -44,7 +45,7 @@ def text(message: Any) -> dict[str, Any]:
 
 def _bad_input_case(case_id: str, title: str, messages: list[dict[str, Any]], what: str, *, source: str,
                     must_ignore: bool = False, severity: Severity = Severity.MUST, settle: str = "") -> None:
-    @client_case(case_id, title, noise=NOISE_MESSAGE_FAULTS,
+    @client_case(case_id, title, noise=RUNS_IN_NOISE, noise_proxy=TERMINATED,
                  description=f"Once audio flows, the proxy sends the client {what}; {WATCH}.",
                  expectation=IGNORES if must_ignore else SURVIVES, source=source, severity=severity,
                  roles=("player",))
