@@ -24,11 +24,13 @@ from test_the_client_gate import GATE_TIMEOUT_S, ROOT
 from harness.gate.case import Case, Severity
 from harness.gate.client import ClientCommandError, ClientUnderTest
 from harness.gate.client_cases import CLIENT
-from harness.gate.client_cases.common import LEGACY_FRAMES, NOISE_ONLY
+from harness.gate.client_cases.common import LEGACY_FRAMES, NOISE_ONLY, RUNS, TERMINATED
 from reference_server.actions import ARMED, _arm
 from reference_server.control import ControlError, check_action
 
 PROBE_NOISE = f"{sys.executable} -m harness.probe --url {{url}} --name {{name}} --profile noise --roles player@v1"
+PROBE_NOISE_LISTENS = f"{sys.executable} -m harness.probe --listen {{host}}:{{port}} --path {{path}} --name {{name}} " \
+                      "--profile noise --roles player@v1"
 NOISE = ("--client-profile", "noise")
 
 
@@ -74,6 +76,8 @@ PROBE_SUBSET = ("10.3", "10.4", "10.5", "9.1", "4.1")
 NEGATIVE = [  # (bug, the case it must fail, a case it must pass, if any)
     ("ignore-aead", "10.4", None),  # keeps reading after a failed authentication
     ("accept-cleartext", "10.5", "10.4"),  # takes cleartext after the switch; closes on a tampered message
+    # through the terminating proxy: a 4-byte audio chunk stops its reading; a 13-byte one does not
+    ("stall-on-bad-audio", "5.2", "5.1"),
 ]
 LEGACY_PROBE = f"{sys.executable} -m harness.probe --url {{url}} --client-id {{client_id}} --name {{name}}"
 
@@ -87,7 +91,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, GateRun
     probe = directory("probe")
     started = {"probe": GateRun(probe, PROBE_NOISE, *NOISE, *cases_args(*PROBE_SUBSET), "-n", "2", "-rs",
                                 f"--junitxml={probe / 'junit.xml'}"),
-               "legacy": GateRun(directory("legacy"), LEGACY_PROBE, "--case", "10.4")}
+               "legacy": GateRun(directory("legacy"), LEGACY_PROBE, "--case", "10.4"),
+               "server-dials": GateRun(directory("server-dials"), PROBE_NOISE, *NOISE, "--client-listen-cmd",
+                                       PROBE_NOISE_LISTENS, "--client-initiator", "server", "--case", "9.1")}
     for bug, fails, passes in NEGATIVE:
         started[bug] = GateRun(directory(bug), noise_client(bug), *NOISE, *cases_args(fails, *filter(None, [passes])))
     try:
@@ -124,8 +130,19 @@ def test_a_broken_noise_client_fails_the_case_of_its_bug(runs: dict[str, GateRun
     assert f"case {fails} [MUST]" in out
     replay = shlex.split(cases[fails]["replay"])
     assert replay[replay.index("--case") + 1] == fails and replay[replay.index("--client-profile") + 1] == "noise"
-    given_up = next(f for f in cases[fails]["figures"] if f["name"].startswith("connection given up"))
-    assert given_up["value"] is None, given_up  # it never closed
+    if fails.startswith("10."):
+        given_up = next(f for f in cases[fails]["figures"] if f["name"].startswith("connection given up"))
+        assert given_up["value"] is None, given_up  # it never closed
+    else:  # it stopped reading: the audio piled up unread
+        broken = [f["name"] for f in cases[fails]["figures"] if f.get("holds") is False]
+        assert broken == ["most bytes the client left unread after the fault"], cases[fails]["figures"]
+
+
+def test_the_terminating_proxy_serves_a_case_whoever_dials(runs: dict[str, GateRun]) -> None:
+    """9.1 through the proxy terminating Noise, the reference server dialling the probe
+    (once lost: the client's client/init, read by mitmproxy with the 101, bypassed it)."""
+    code, cases, out = runs["server-dials"].result()
+    assert code == 0 and cases["9.1"]["verdict"] == "OK", out
 
 
 def test_a_legacy_run_skips_the_noise_group(runs: dict[str, GateRun]) -> None:
@@ -139,7 +156,9 @@ def test_a_legacy_run_skips_the_noise_group(runs: dict[str, GateRun]) -> None:
 
 def test_every_case_says_whether_it_runs_in_noise_and_the_noise_group_only_there() -> None:
     runs = {c.id for c in CLIENT if c.skipped_in("noise") is None}
-    assert {"2.1", "3.4", "8.1", "8.2", "8.6"} <= runs and not {"1.1", "4.1", "5.1", "9.1"} & runs
+    assert {"2.1", "3.4", "8.1", "8.2", "8.6", "1.1", "5.1", "9.1"} <= runs and not {"1.3", "4.1", "4.4"} & runs
+    terminated = {case_id for case_id, spec in RUNS.items() if spec.noise_proxy == TERMINATED}
+    assert {"1.1", "5.1", "6.2", "9.1"} <= terminated and not {"2.1", "8.1", "10.4"} & terminated  # 10.x: opaque
     noise_group = [c for c in CLIENT if c.group == 10]
     assert len(noise_group) >= 10 and all(c.skipped_in("legacy") == NOISE_ONLY for c in noise_group)
     assert all(c.source.startswith(("messaging.md", "connection.md")) for c in noise_group)

@@ -13,7 +13,7 @@ Takeover, inside mitmproxy's synchronous event handling (Start of our layer):
   2. mitmproxy keeps delivering what it has already read, in order, as DataReceived
      events: bytes the HTTP layer read past the 101, a read in flight (taken from the
      StreamReader but waiting for mitmproxy's event lock) and whatever is still in the
-     StreamReader. They go straight into the pipes. Taking the StreamReader's buffer
+     StreamReader. They go where the sockets' bytes go (`Relay.receive`). Taking the StreamReader's buffer
      ourselves would reorder it with the read in flight (seen: a 64 KiB chunk late);
   3. once each StreamReader is empty and mitmproxy's read loop waits on it (nothing
      older is left anywhere), our protocol starts reading the socket;
@@ -68,7 +68,7 @@ class DetachLayer(layer.Layer):
             if self.relay is not None:
                 side = role_of(self.context, event.connection, self.relay.dialled)
                 try:
-                    self.relay.pipe_from(side).feed(event.data)
+                    self.relay.receive(side, event.data)
                 except Exception as e:  # a fault's bug: the relay logs it and resets
                     self.relay.fail(e)
         elif isinstance(event, events.ConnectionClosed):

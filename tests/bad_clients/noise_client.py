@@ -15,6 +15,8 @@ Bugs (each should make the gate FAIL the case named):
                     fragments) as noise and reads on: never closes                      (10.4)
   accept-cleartext  ignores a text message after the switch instead of closing; closes on
                     the rest as it should                                                (10.5)
+  stall-on-bad-audio  an authentic audio message too short for its header stops its reading
+                    for good (it still sends client/time); a header-only one is fine      (5.2)
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from harness.protocol import ConnectionFatal, ProtocolError, now_us
 from harness.protocol import messages as m
 from harness.protocol.noise import NoiseProfile
 
-BUGS = ("none", "ignore-aead", "accept-cleartext")
+BUGS = ("none", "ignore-aead", "accept-cleartext", "stall-on-bad-audio")
 TIME_INTERVAL_S = 0.2
 STEP_TIMEOUT_S = 5.0  # each handshake step (connection.md suggests 30 s; a test wants it short)
 FORMAT = m.AudioFormat(codec="pcm", channels=2, sample_rate=48_000, bit_depth=16)
@@ -73,8 +75,9 @@ async def session(ws: Any, profile: NoiseProfile, bug: str) -> None:
             except ConnectionFatal as exc:
                 if bug != "ignore-aead":
                     raise Silent(str(exc)) from None
-            except ProtocolError:
-                pass  # a whole, authentic message of a shape it does not know: ignored
+            except ProtocolError as exc:  # a whole, authentic message of a shape it does not know: ignored
+                if bug == "stall-on-bad-audio" and exc.message_type == "binary":
+                    await asyncio.Event().wait()  # never set: it reads nothing more
 
     while not isinstance(await decode(STEP_TIMEOUT_S), m.NoiseServerHello):
         pass
