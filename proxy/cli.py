@@ -556,6 +556,12 @@ def _state(c: dict[str, Any]) -> str:
     return ", ".join(ended) or "open"
 
 
+def _profile(c: dict[str, Any]) -> str:
+    """legacy, unknown, or noise with what the proxy does with it: noise (opaque), noise (terminated)."""
+    profile, mode = c.get("profile") or "-", c.get("mode")
+    return f"{profile} ({mode.removeprefix('noise-')})" if profile == "noise" and mode else profile
+
+
 def connections_table(conns: list[dict[str, Any]]) -> str:
     if not conns:
         return "no live connections"
@@ -564,7 +570,7 @@ def connections_table(conns: list[dict[str, Any]]) -> str:
         faults = [f"{ARROW[d]} {', '.join(c[d]['faults'])}" for d in ("upstream", "downstream") if c[d].get("faults")]
         upstream = f"{c['upstream_index']} {c['upstream_url']}" if c.get("upstream_index") is not None else "-"
         rows.append([f"#{c['seq']}", c["id"][:SHORT_ID], str(c["client_port"]), upstream, c.get("path") or "",
-                     c.get("profile") or "-", _seconds(c["seconds"]), _state(c), _direction_lines(c["upstream"]),
+                     _profile(c), _seconds(c["seconds"]), _state(c), _direction_lines(c["upstream"]),
                      _direction_lines(c["downstream"]), faults or ["-"]])
     return table(["#", "ID", "CLIENT PORT", "UPSTREAM", "PATH", "PROFILE", "AGE", "STATE", "C→S", "S→C", "FAULTS"],
                  rows, right={0, 2})

@@ -18,15 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mitmproxy.contentviews import Metadata
 from noise_ws_peers import CHUNKS, WAIT_S, DualServer, LegacyClient, NoiseClient
 from proxy_support import api, fault_events, in_process_proxy, until
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from harness.protocol import ConnectionFatal
+from harness.protocol import ConnectionFatal, peek_type
 from harness.protocol import messages as m
 from harness.protocol.noise import Identity
 from harness.protocol.noise_crypto import b64url
+from proxy.cli import connections_table
+from proxy.contentview import sendspin
 from proxy.relay.noise_keys import KeysFileError, NoiseKeys
 from proxy.view import LiveView
 
@@ -44,7 +47,8 @@ def test_a_terminated_session_streams_sample_for_sample_while_faults_act_on_its_
     fragments, and the client reassembles every chunk byte-identical to what the server
     sealed, in order. A legacy connection through the same proxy is relayed as before."""
     async def body() -> None:
-        async with DualServer().running() as server, in_process_proxy([server.url], noise_keys=NoiseKeys()) as px:
+        async with DualServer().running() as server, in_process_proxy(
+                [server.url], noise_keys=NoiseKeys(), web=("127.0.0.1", 0)) as px:
             for spec in ({"type": "drop", "name": "drop-time", "json_type": "server/time", "count": 1},
                          {"type": "slicer", "name": "slice-audio", "binary_type": 4, "frame_bytes": 1000}):
                 status, answer = await api(px, "POST", "/faults", spec)
@@ -55,6 +59,8 @@ def test_a_terminated_session_streams_sample_for_sample_while_faults_act_on_its_
                 _, conns = await api(px, "GET", "/connections")
                 modes = {c["client_port"]: (c["profile"], c["mode"]) for c in conns["connections"]}
                 assert modes == {client.port: ("noise", "noise-terminated"), legacy.port: ("legacy", "legacy")}
+                shown = connections_table(conns["connections"])  # `sendspin-proxy connections`
+                assert "noise (terminated)" in shown and " legacy " in shown, shown
                 sent, got = await client.time_sync(3)
                 assert got == sent[1:]  # the first reply dropped, by its type, inside the encryption
                 chunks = await client.play()
@@ -77,6 +83,14 @@ def test_a_terminated_session_streams_sample_for_sample_while_faults_act_on_its_
             (drop,) = fault_events(px, "drop")
             assert drop["json_type"] == "server/time"
             assert not events(px, "fault_not_applied")
+
+            await until(lambda: len(events(px, "close")) == 2, WAIT_S, "both connections' close")
+            (flow,) = [f for f in px.web.view if f.websocket is not None and
+                       f.metadata.get("sendspin_profile") == "noise-terminated"]
+            first = flow.websocket.messages[0]  # the plaintext: the handshakes are the proxy's own
+            assert (first.from_client, peek_type(first.content)) == (False, "server/hello")
+            view = sendspin.prettify(first.content, Metadata(flow=flow, websocket_message=first))
+            assert view.startswith("# Sendspin server/hello") and "# valid (noise schema)" in view, view
 
     run(body(), 60)
 
