@@ -18,7 +18,7 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from harness.protocol import EventLog, closecodes, wsframes
+from harness.protocol import EventLog, ProtocolError, closecodes, wsframes
 from harness.protocol import messages as m
 from harness.protocol.fragments import FLAG_FIRST, FLAG_LAST, FRAGMENT
 from harness.protocol.noise import NoiseSession
@@ -211,6 +211,20 @@ def noise_cleartext(s: Session, p: dict[str, Any], served: ServedFormats) -> dic
     return {"bytes": len(text)}
 
 
+def noise_rehandshake(s: Session, p: dict[str, Any], served: ServedFormats) -> dict[str, Any]:
+    """Noise message 1 of a re-handshake to the session's PSK, under the current keys; the
+    session's writer holds everything until the client's message 2 (Session.rehandshaking)."""
+    codec = _noise(s)
+    if s.rehandshaking:
+        raise Refused("a re-handshake is already in progress")
+    try:
+        step = codec.rehandshake()
+    except ProtocolError as exc:  # a fragmented message still open towards the client
+        raise Refused(str(exc)) from None
+    s.rehandshaking = True
+    return {"bytes": _write_binary(s, list(step.send))}
+
+
 # --- the noise profile: the next handshakes of this process ------------------------------------
 
 @dataclass
@@ -274,7 +288,7 @@ APPLY: dict[str, Callable[[Session, dict[str, Any], ServedFormats], dict[str, An
     "stream/clear": stream_clear, "stream/end": stream_end, "stream/start": stream_start,
     "server/command": server_command, "artwork": artwork, "fragment": fragment,
     "noise/fragments": noise_fragments, "noise/large": noise_large, "noise/tamper": noise_tamper,
-    "noise/cleartext": noise_cleartext}
+    "noise/cleartext": noise_cleartext, "noise/rehandshake": noise_rehandshake}
 
 
 async def prepare(name: str, p: dict[str, Any], sessions: list[Session]) -> None:

@@ -130,6 +130,9 @@ ACTIONS: dict[str, Action] = {a.name: a for a in [
            {**_TARGET, "at": Param(int, -1, -65535, 65535, "the byte to flip (negative: from the end)")}),
     Action("noise/cleartext", "a cleartext WebSocket text message (a server/time) after the switch to transport "
            "mode", {**_TARGET}),
+    Action("noise/rehandshake", "a server-initiated re-handshake (connection.md): Noise message 1 under the current "
+           "keys; nothing more goes to the client until its message 2, then server/activate under the new keys",
+           {**_TARGET}),
     # the noise profile: the next handshakes of this process (armed now, no session needed)
     Action("noise/handshake-stall", "the next `count` noise handshakes stall before the server sends `step` "
            "(server/init, noise/handshake: message 1, server/hello, server/activate), for `hold_ms` or until the "

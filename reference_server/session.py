@@ -129,6 +129,9 @@ class Session:
         self.profile: str | None = None  # the profile the client speaks, once its first message is read
         self.noise: NoiseSession | None = None  # the codec, when the session speaks noise
         self.flow: NoiseServerFlow | None = None
+        # noise: a re-handshake we started (actions.py) awaits the client's message 2; until
+        # then nothing else goes out, then server/activate first (connection.md)
+        self.rehandshaking = False
         self.audio_open = True  # noise: False until client/state carried the player object (messaging.md)
         self.available: bool | None = True  # noise: client/state's `available` (None: not reported yet)
         self.config = config
@@ -569,6 +572,10 @@ class Session:
             return None
         if decoded is None:
             return None
+        if isinstance(decoded, m.NoiseHandshake) and self.rehandshaking:
+            self.log.emit("recv", self.session_id, t_us=t_received, type=decoded.TYPE, bytes=len(data),
+                          fragments=fragments)
+            return await self._rehandshake_done(decoded)
         if not isinstance(decoded, Message):
             refuse("binary", ProtocolError("binary", "type", f"binary message type {getattr(decoded, 'type', '?')}: "
                                                              "no role this session activated receives binary"))
@@ -593,6 +600,20 @@ class Session:
         self.log.emit("recv", self.session_id, t_us=t_received, type=decoded.TYPE, bytes=len(data),
                       fragments=fragments, **fields)
         return decoded
+
+    async def _rehandshake_done(self, message_2: m.NoiseHandshake) -> bool | None:
+        """The client's message 2 of our re-handshake: the new keys, server/activate first
+        under them (as the activation stands), then the writer resumes. False: a silent close."""
+        assert self.noise is not None
+        step = self.noise.handshake(message_2)
+        if step.close:
+            await self._silent_close("noise/handshake", str(step.error or "the re-handshake failed"))
+            return False
+        self.rehandshaking = False
+        activities = ["playback"] if self.active_roles else []
+        await self._write_noise(m.ServerActivate(activities=activities, active_roles=list(self.active_roles)))
+        self._wake.set()
+        return None
 
     def _merge_noise_state(self, message: m.NoiseClientState) -> None:
         """A player reports `available: false` until its clock is synchronized
@@ -863,7 +884,7 @@ class Session:
 
     async def _writer(self) -> None:
         while True:
-            if self._control:
+            if self._control and not self.rehandshaking:
                 message, size = self._control.popleft()
                 self._control_bytes -= size
                 if isinstance(message, m.ServerTime):
@@ -891,7 +912,7 @@ class Session:
         """The audio frame due now, else (None, how long to wait; None = until woken)."""
         fmt = self.player_format
         if (fmt is None or self.group is None or self.group.playback_state != "playing" or not self.audio_open
-                or not self.available):
+                or not self.available or self.rehandshaking):
             return None, None
         return self._pacer.next_due(fmt, now_us())
 
@@ -903,7 +924,7 @@ class Session:
         rules. Stops at the first chunk the fast path may not take."""
         fmt = self.player_format
         if (fmt is None or self._pacer.cursor != chunks[0].seq or self._sending or self._control
-                or self._artwork or self.group is None or self.group.playback_state != "playing"
+                or self._artwork or self.rehandshaking or self.group is None or self.group.playback_state != "playing"
                 or not self.audio_open or not self.available
                 or self.ws.protocol.state is not State.OPEN
                 or self.ws.transport.get_write_buffer_size() > self.config.write_limit_bytes):

@@ -37,6 +37,7 @@ from harness.protocol.noise import SUITES, AudioChunk, Identity, NoiseProfile
 from harness.protocol.noise_crypto import b64url_decode
 from harness.protocol.noise_flow import NoiseClientFlow
 from harness.scenario import Scenario
+from harness.server_control import ServerControl
 
 RATE = 48_000
 CLIENT_PEER = Path(__file__).parent / "noise_peers" / "aiosendspin10_client.py"
@@ -460,3 +461,39 @@ def test_the_noise_probe_streams_through_the_proxy_and_survives_its_worker_kille
 
     run(body(), 90)
 
+
+
+@pytest.mark.parametrize("via", ["direct", "terminating-proxy"])
+def test_a_server_initiated_rehandshake_keeps_the_session_streaming(run, tmp_path: Path, via: str) -> None:
+    """The server re-handshakes (`noise/rehandshake`): message 1 under the old keys, nothing
+    else until the client's message 2, then server/activate under the new keys, and the
+    stream goes on without a gap. Through the terminating proxy the proxy answers it: the
+    client keeps its keys and sees only the new server/activate."""
+    async def body() -> None:
+        async with Scenario(tmp_path) as sc:
+            server = await sc.server("--profiles", "noise")
+            url = server.ready["url"]
+            if via == "terminating-proxy":
+                proxy = await sc.proxy([url], "--noise", "terminate")
+                url = proxy.url + urlsplit(url).path
+            probe = await sc.probe(url, ProbeConfig(name="noisy", profile="noise"))
+            await until(lambda: probe.audio.samples >= RATE, WAIT_S, "1 s of audio")
+            answer = await ServerControl(server.ready["control"]).act("noise/rehandshake")
+            assert len(answer["sessions"]) == 1, answer
+            before = probe.audio.samples
+            await until(lambda: probe.audio.samples >= before + RATE, WAIT_S, "audio after the re-handshake")
+            assert probe.audio.gaps == 0 and probe.audio.duplicates == 0 and not probe.errors
+            ev = sc.events()
+            recv = [r["type"] for r in ev.select("recv", proc="server")]
+            assert recv.count("noise/handshake") == 2, recv  # message 2 of the handshake and of the re-handshake
+            sent = [r["type"] for r in ev.select("send_end", proc="server")]
+            assert sent.count("server/activate") == 2, sent
+            rehandshakes = [r for r in ev.select("noise_handshake", proc="noisy") if r["rehandshake"]]
+            if via == "direct":
+                assert len(rehandshakes) == 1
+            else:
+                assert not rehandshakes  # the proxy's to answer
+                assert len(ev.select("noise_terminate", proc="proxy", stage="rehandshake")) == 1
+            await sc.close_probes()
+
+    run(body(), 60)

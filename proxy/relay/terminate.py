@@ -315,7 +315,9 @@ class NoiseTerminator:
                                    for m in messages))
 
     def _write(self, side: str, data: bytes) -> None:
+        """Frames of the proxy's own to the peer's socket (already sealed where they must be)."""
         tr = self.relay.tr[side]
+        tr = tr.real if isinstance(tr, SealedTransport) else tr
         if data and not tr.is_closing():
             tr.write(data)
 
