@@ -358,6 +358,31 @@ def closed_by_policy(events: Events, probe: str, code: int, after_us: int, withi
     return Verdict(inv, probe, True, text, {"delay_us": delay})
 
 
+def closed_silently(events: Events, probe: str, after_us: int) -> Verdict:
+    """A silent failure (noise, connection.md Failure Handling): after the server's first
+    closing rejection from `after_us` on, it sent this session no message (none it logged:
+    JSON and handshake messages; audio is not logged per write) and closed it without a reason."""
+    inv = "I7 clear failures (silent close)"
+    found = _server_session(events, probe)
+    if found is None:
+        return Verdict(inv, probe, False, "the server logged no client/hello from this probe")
+    proc, session = found
+    fatal = next((r for r in events.select("reject", proc=proc, session=session)
+                  if r["t_us"] >= after_us and r.get("action") == "close"), None)
+    if fatal is None:
+        return Verdict(inv, probe, False, "the server logged no rejection that closed the session")
+    sent = [r for r in events.select("send_begin", proc=proc, session=session) if r["t_us"] >= fatal["t_us"]]
+    closes = [r for r in events.select("close_begin", proc=proc, session=session) if r["t_us"] >= fatal["t_us"]]
+    if sent:
+        return _fail(inv, probe, f"{len(sent)} message(s) sent after the failure, first {sent[0]['type']}", events,
+                     sent[0], {session}, sent=len(sent))
+    if not closes or closes[0].get("reason"):
+        what = f"a close with the reason {closes[0]['reason']!r}" if closes else "no close"
+        return _fail(inv, probe, f"{what} after the failure", events, fatal, {session})
+    return Verdict(inv, probe, True, f"nothing sent after {fatal['rule']!r}; closed with {closes[0]['code']}, "
+                   "no reason")
+
+
 def healthy_player(events: Events, probe: str, bounds: Bounds, start_us: int, end_us: int,
                    audio_s: float) -> list[Verdict]:
     """I1-I4 for a player no fault was aimed at."""
