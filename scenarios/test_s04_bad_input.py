@@ -109,7 +109,6 @@ BAD_INPUTS = {
 }
 
 
-
 def _sealed(plaintext: bytes) -> Callable[[ProbeClient], None]:
     """Send `plaintext` as one well-encrypted noise transport message (only the Sendspin layer is bad)."""
     def send(p: ProbeClient) -> None:
