@@ -159,8 +159,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "initiator" in metafunc.fixturenames and gate is not None and gate.client is not None \
             and len(gate.client.initiators) > 1:
         metafunc.parametrize("initiator", gate.client.initiators)
-    if "profile" in metafunc.fixturenames:  # the S-scenarios: `test_s01_...[legacy]`, `[noise]`
-        metafunc.parametrize("profile", _profile_params(metafunc))
+    if "profile" in metafunc.fixturenames and not _parametrizes(metafunc, "profile"):
+        metafunc.parametrize("profile", _profile_params(metafunc))  # the S-scenarios: `test_s01_...[noise]`
     if "wire_profile" in metafunc.fixturenames and gate is not None and gate.client is not None \
             and gate.client.profile != "legacy":  # the ids carry it: `test_client[2.1-noise]`
         metafunc.parametrize("wire_profile", [gate.client.profile])
@@ -170,6 +170,15 @@ def scenario_profiles(config: pytest.Config) -> tuple[str, ...]:
     """The revisions --profile names (`both`: every one, legacy first)."""
     choice = config.getoption("profile")
     return SCENARIO_PROFILES if choice == "both" else (choice,)
+
+
+def _parametrizes(metafunc: pytest.Metafunc, name: str) -> bool:
+    """The test parametrizes `name` itself (e.g. a test of both client programs' profiles)."""
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0] if mark.args else mark.kwargs.get("argnames", ())
+        if name in ([n.strip() for n in names.split(",")] if isinstance(names, str) else names):
+            return True
+    return False
 
 
 def _profile_params(metafunc: pytest.Metafunc) -> list[Any]:

@@ -32,6 +32,11 @@ def test_legacy_only(profile):
     count("legacy_only-" + profile)
 
 
+@pytest.mark.parametrize(("version", "profile"), [("6.1.1", "legacy")])
+def test_own_parametrization(version, profile):
+    count("own-" + profile)
+
+
 @examples(3, noise=1)
 @given(n=st.integers(0, 1000))
 def test_budget(run, profile, n):
@@ -60,13 +65,14 @@ def test_both_is_the_default_and_each_profile_has_its_id_and_budget(tmp_path: Pa
                  "test_legacy_only[noise] SKIPPED", "test_budget[legacy] PASSED", "test_budget[noise] PASSED"):
         assert line in out, out
     assert "no noise form here" in out
-    assert counts(tmp_path) == {"plain-legacy": 1, "plain-noise": 1, "legacy_only-legacy": 1,
+    assert "test_own_parametrization[6.1.1-legacy] PASSED" in out, out  # its own `profile`, left alone
+    assert counts(tmp_path) == {"plain-legacy": 1, "plain-noise": 1, "legacy_only-legacy": 1, "own-legacy": 1,
                                 "budget-legacy": 3, "budget-noise": 1}
 
 
 def test_one_profile_and_the_examples_override(tmp_path: Path) -> None:
     """--profile noise runs only noise; --examples N gives noise N too, budget or not."""
-    done = inner_pytest(tmp_path, "--profile", "noise", "--examples", "2")
+    done = inner_pytest(tmp_path, "--profile", "noise", "--examples", "2", "-k", "not own")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "test_plain[noise] PASSED" in done.stdout and "[legacy]" not in done.stdout, done.stdout
     assert counts(tmp_path) == {"plain-noise": 1, "budget-noise": 2}
