@@ -185,7 +185,8 @@ def _reads(events: Events, probe: str, start_us: int = 0, end_us: int | None = N
         return []
     proc, session = found
     return [r for r in events.select("recv", proc=proc, session=session, type="client/time")
-            if start_us <= r["client_transmitted"] and (end_us is None or r["client_transmitted"] < end_us)]
+            if "client_transmitted" in r  # a refused client/time (e.g. S04's wrong field type) has none
+            and start_us <= r["client_transmitted"] and (end_us is None or r["client_transmitted"] < end_us)]
 
 
 def reads_prompt(events: Events, probe: str, bounds: Bounds, end_us: int, start_us: int = 0) -> Verdict:
@@ -200,7 +201,8 @@ def reads_prompt(events: Events, probe: str, bounds: Bounds, end_us: int, start_
     if not sent:
         return Verdict(inv, probe, False, "no client/time was sent in the window: nothing to judge")
     received = {r["client_transmitted"]: r for r in events.select("recv", proc=proc, session=session,
-                                                                    type="client/time")}
+                                                                    type="client/time")
+                if "client_transmitted" in r}  # a refused client/time (S04's wrong field type) has none
     latencies: list[int] = []
     worst: Record | None = None
     unread: list[Record] = []
@@ -356,6 +358,32 @@ def closed_by_policy(events: Events, probe: str, code: int, after_us: int, withi
     if c["code"] != code or delay > within_us:
         return _fail(inv, probe, text, events, c)
     return Verdict(inv, probe, True, text, {"delay_us": delay})
+
+
+def closed_silently(events: Events, probe: str, after_us: int) -> Verdict:
+    """A silent failure (noise, connection.md Failure Handling): after the server's first
+    closing rejection from `after_us` on, it wrote this session no message (`send_end`: a
+    message written whole; a writer that found the connection closing logs only its
+    `send_begin`, and audio is not logged per write) and closed it without a reason."""
+    inv = "I7 clear failures (silent close)"
+    found = _server_session(events, probe)
+    if found is None:
+        return Verdict(inv, probe, False, "the server logged no client/hello from this probe")
+    proc, session = found
+    fatal = next((r for r in events.select("reject", proc=proc, session=session)
+                  if r["t_us"] >= after_us and r.get("action") == "close"), None)
+    if fatal is None:
+        return Verdict(inv, probe, False, "the server logged no rejection that closed the session")
+    sent = [r for r in events.select("send_end", proc=proc, session=session) if r["t_us"] >= fatal["t_us"]]
+    closes = [r for r in events.select("close_begin", proc=proc, session=session) if r["t_us"] >= fatal["t_us"]]
+    if sent:
+        return _fail(inv, probe, f"{len(sent)} message(s) sent after the failure, first {sent[0]['type']}", events,
+                     sent[0], {session}, sent=len(sent))
+    if not closes or closes[0].get("reason"):
+        what = f"a close with the reason {closes[0]['reason']!r}" if closes else "no close"
+        return _fail(inv, probe, f"{what} after the failure", events, fatal, {session})
+    return Verdict(inv, probe, True, f"nothing sent after {fatal['rule']!r}; closed with {closes[0]['code']}, "
+                   "no reason")
 
 
 def healthy_player(events: Events, probe: str, bounds: Bounds, start_us: int, end_us: int,

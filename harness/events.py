@@ -51,9 +51,13 @@ class Events:
                 and all(r.get(k) == v for k, v in equal.items())]
 
     def server_session(self, client_id: str) -> tuple[str, str] | None:
-        """(server proc, session id) of the session that said client/hello as `client_id`."""
+        """(server proc, session id) of the session that said client/hello as `client_id`,
+        or as the noise probe named `client_id` (its client_id is its public key, which its
+        `noise_handshake` names)."""
+        ids = {client_id} | {r["client_id"] for r in self.select("noise_handshake", proc=client_id)
+                             if r.get("client_id")}
         for r in self.records:
-            if r["event"] == "recv" and r.get("type") == "client/hello" and r.get("client_id") == client_id:
+            if r["event"] == "recv" and r.get("type") == "client/hello" and r.get("client_id") in ids:
                 return r["proc"], r["session"]
         return None
 

@@ -737,8 +737,8 @@ class ProbeClient:
             self._rehandshaking = rehandshake
             psk = self.codec.psk
             self.log.emit("noise_handshake", self.name, suite=self.codec.suite, server_id=self.server_id,
-                          psk_category=psk.category if psk else None, rehandshake=rehandshake,
-                          notes=list(step.notes))
+                          client_id=self.config.client_id, psk_category=psk.category if psk else None,
+                          rehandshake=rehandshake, notes=list(step.notes))
         self._write_step(step)
         if step.done:
             self._codec_ready.set()

@@ -32,6 +32,8 @@ from .gate.knownfailures import KnownFailures, KnownFailuresError
 from .settings import DEFAULT_BOUNDS, Bounds
 from .topology import live_children
 
+SCENARIO_PROFILES = ("legacy", "noise")  # harness.probe.PROFILES, without importing the probe here
+
 # Scenarios take seconds per example, so shrinking (re-running dozens of
 # examples) is opt-in: --shrink. Derandomized so that CI runs are repeatable.
 _PROFILE = dict(deadline=None, database=None, derandomize=True, print_blob=True,
@@ -48,6 +50,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="let Hypothesis shrink a failing scenario to its smallest schedule (slow)")
     group.addoption("--examples", type=int, default=None,
                     help="Hypothesis examples per scenario (default: each scenario's own small budget)")
+    group.addoption("--profile", choices=(*SCENARIO_PROFILES, "both"), default="both",
+                    help="the wire revision the S-scenarios' clients speak: legacy, noise, or both (default: every "
+                         "scenario that takes `profile` once per revision, ids `test_s01_...[noise]`; a variant "
+                         "that has no form in a revision is SKIPPED with the reason)")
     gate = parser.getgroup("sendspin-gate", "sendspin-harness: the client gate (docs/ci-gate.md)")
     gate.addoption("--client-cmd", metavar="TEMPLATE",
                    help="start the client under test, fresh for each case: a command with placeholders "
@@ -85,6 +91,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("examples") is not None:
         os.environ["SENDSPIN_EXAMPLES"] = str(config.getoption("examples"))
     config.addinivalue_line("markers", "scenario: a conformance scenario (scenarios/)")
+    config.addinivalue_line("markers", "skip_profile(*profiles, reason): this S-scenario has no form in these wire "
+                                       "profiles (its `profile` parametrization is skipped with the reason)")
     config.stash[GATE] = _gate_session(config)
 
 
@@ -151,9 +159,47 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "initiator" in metafunc.fixturenames and gate is not None and gate.client is not None \
             and len(gate.client.initiators) > 1:
         metafunc.parametrize("initiator", gate.client.initiators)
+    if "profile" in metafunc.fixturenames and not _parametrizes(metafunc, "profile"):
+        metafunc.parametrize("profile", _profile_params(metafunc))  # the S-scenarios: `test_s01_...[noise]`
     if "wire_profile" in metafunc.fixturenames and gate is not None and gate.client is not None \
             and gate.client.profile != "legacy":  # the ids carry it: `test_client[2.1-noise]`
         metafunc.parametrize("wire_profile", [gate.client.profile])
+
+
+def scenario_profiles(config: pytest.Config) -> tuple[str, ...]:
+    """The revisions --profile names (`both`: every one, legacy first)."""
+    choice = config.getoption("profile")
+    return SCENARIO_PROFILES if choice == "both" else (choice,)
+
+
+def _parametrizes(metafunc: pytest.Metafunc, name: str) -> bool:
+    """The test parametrizes `name` itself (e.g. a test of both client programs' profiles)."""
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0] if mark.args else mark.kwargs.get("argnames", ())
+        if name in ([n.strip() for n in names.split(",")] if isinstance(names, str) else names):
+            return True
+    return False
+
+
+def _profile_params(metafunc: pytest.Metafunc) -> list[Any]:
+    """Each chosen profile; one a `skip_profile` mark names is skipped at setup, before
+    Hypothesis runs an example, with the mark's reason(s)."""
+    reasons: dict[str, list[str]] = {}
+    for mark in metafunc.definition.iter_markers("skip_profile"):
+        for name in mark.args:
+            if name not in SCENARIO_PROFILES:
+                raise pytest.UsageError(f"{metafunc.definition.nodeid}: skip_profile({name!r}): the profiles are "
+                                        f"{', '.join(SCENARIO_PROFILES)}")
+            reasons.setdefault(name, []).append(mark.kwargs.get("reason", "no reason given"))
+    return [pytest.param(p, marks=pytest.mark.skip(reason="; ".join(reasons[p]))) if p in reasons else p
+            for p in scenario_profiles(metafunc.config)]
+
+
+@pytest.fixture
+def profile(pytestconfig: pytest.Config) -> str:
+    """The wire revision an S-scenario's probes speak. pytest_generate_tests parametrizes
+    it from --profile (this default is never reached by a collected scenario)."""
+    return scenario_profiles(pytestconfig)[0]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -202,17 +248,41 @@ def fresh_dir(tmp_path: Path) -> Callable[[], Path]:
 
 
 @pytest.fixture
-def run() -> Callable[..., Any]:
-    """Run a coroutine to completion with a hard timeout."""
+def run(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """Run a coroutine to completion with a hard timeout. A scenario whose `examples` gave
+    the noise profile a smaller budget runs only that many of its examples in noise: the
+    rest are not run (Hypothesis cannot vary max_examples per parametrization, and the
+    scenarios must stay within CI's time), so `run` closes their coroutine unstarted."""
+    callspec = getattr(request.node, "callspec", None)
+    profile = callspec.params.get("profile") if callspec is not None else None
+    budget = getattr(request.function, BUDGETS, {}).get(profile)
+    calls = itertools.count()
+
     def runner(coro: Coroutine[Any, Any, Any], timeout: float = 120.0) -> Any:
+        if budget is not None and next(calls) >= budget:
+            coro.close()
+            return None
         return asyncio.run(asyncio.wait_for(coro, timeout))
     return runner
 
 
-def examples(default: int) -> Callable[[Any], Any]:
-    """Hypothesis settings for a scenario: its own small budget unless --examples says otherwise."""
+BUDGETS = "_sendspin_profile_budgets"  # on a scenario function: {profile: examples run in it}
+
+
+def examples(default: int, noise: int | None = None) -> Callable[[Any], Any]:
+    """Hypothesis settings for a scenario: its own small budget unless --examples says
+    otherwise; `noise`: how many examples, explicit @example ones first, the noise profile
+    runs of the same sequence (see `run`). --examples N gives both profiles N."""
     override = os.environ.get("SENDSPIN_EXAMPLES")
-    return settings(max_examples=int(override) if override else default)
+    count = int(override) if override else default
+    if noise is not None and noise < 1:
+        raise ValueError(f"examples({default}, noise={noise}): noise must be at least 1 (or skip_profile the test)")
+
+    def apply(test: Any) -> Any:
+        test = settings(max_examples=count)(test)
+        setattr(test, BUDGETS, {} if override or noise is None else {"noise": noise})
+        return test
+    return apply
 
 
 @pytest.fixture(autouse=True)

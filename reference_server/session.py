@@ -687,10 +687,18 @@ class Session:
         """`transport.writelines`, only while the connection is alive. Python 3.12.1's
         writelines (unlike write) registers a writer even after the connection was lost
         (a RST): the socket is closed later with its fd still in the selector, and the
-        next socket given that number fails in epoll_ctl (seen in S06, reset)."""
+        next socket given that number fails in epoll_ctl (seen in S06, reset). Nor does
+        it pause the protocol over the high-water mark (write does): without the call
+        below `ws.paused` never turns true, `_write_frames` never waits, and a noise
+        session (whose every message goes through here) buffers without bound and is
+        never closed as a slow reader (S02 in noise)."""
         if self.ws.protocol.state is not State.OPEN or self.ws.transport.is_closing():
             return False
-        self.ws.transport.writelines(frames)
+        transport = self.ws.transport
+        transport.writelines(frames)
+        pause = getattr(transport, "_maybe_pause_protocol", None)  # asyncio's own step in write()
+        if pause is not None:
+            pause()
         return True
 
     async def _write_frames(self, frames: list[bytes]) -> None:

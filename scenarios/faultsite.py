@@ -5,15 +5,46 @@ Each scenario family (S02, S04, S05, S06) has one skeleton (setup, fault, checks
 that takes a site; the family's own subclasses say how that fault is made there
 (a probe that stops reading vs a `slow_reader` fault, ...). The direct and proxy
 tests differ only in their Hypothesis strategies and in the site they pass.
+
+Profiles (`--profile`): every S-scenario takes the `profile` fixture, and its probes
+speak that wire revision. The proxy relays noise sessions opaquely (it holds no keys),
+so network faults work there and message faults do not: `needs_plaintext_proxy` is the
+one switch for the variants that wait for the Noise-terminating proxy.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from harness.checkers import Verdict, proxy_fault_applied
 from harness.events import Events
 from harness.fault_proxy import FaultProxy
+from harness.pytest_plugin import SCENARIO_PROFILES
 from harness.scenario import Scenario
 from harness.topology import ManagedProcess
+
+# False until the proxy terminates Noise (`--noise terminate`): then a message fault sees a
+# noise session's plaintext, and the variants marked below run in noise too (after adding
+# the proxy option in BehindProxy.start for noise runs).
+NOISE_TERMINATING_PROXY = False
+
+
+def needs_plaintext_proxy(test: Any) -> Any:
+    """Mark a variant whose fault acts on messages: skipped in noise while the proxy
+    cannot read noise sessions."""
+    if NOISE_TERMINATING_PROXY:
+        return test
+    return pytest.mark.skip_profile("noise", reason="needs the Noise-terminating proxy: this fault acts on messages, "
+                                    "and the proxy relays noise sessions opaquely (it refuses message faults on them)"
+                                    )(test)
+
+
+def only_in(wanted: str, why: str) -> pytest.MarkDecorator:
+    """Mark a variant that has a form only in the `wanted` profile: skipped in the others, saying why."""
+    others = [p for p in SCENARIO_PROFILES if p != wanted]
+    return pytest.mark.skip_profile(*others, reason=f"{wanted} only: {why}")
 
 
 class Direct:

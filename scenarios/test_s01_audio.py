@@ -1,6 +1,7 @@
 """S01 — handshake and steady audio.
 
-Runs against the single-process server and the multi-worker one.
+Runs against the single-process server and the multi-worker one, in both wire
+revisions (`--profile`): in noise each listener's audio is sealed for it alone.
 Expectation: every client completes the handshake, stays connected, gets a
 server/time for every client/time, reads are prompt, and the watermark audio
 arrives with zero gaps, duplicates or reordering, ahead of its play time.
@@ -26,10 +27,10 @@ formats = st.builds(lambda ch, bits: m.AudioFormat(codec="pcm", channels=ch, sam
                     st.sampled_from([1, 2]), st.sampled_from([16, 24]))
 
 
-@examples(3)
+@examples(3, noise=2)
 @given(fmts=st.lists(formats, min_size=1, max_size=3), stagger_ms=st.integers(0, 1500),
        workers=st.sampled_from([None, 2]))
-def test_s01_handshake_and_ten_seconds_of_audio(run, fresh_dir, bounds, fmts, stagger_ms, workers):
+def test_s01_handshake_and_ten_seconds_of_audio(run, fresh_dir, bounds, profile, fmts, stagger_ms, workers):
     async def scenario() -> None:
         async with Scenario(fresh_dir()) as sc:
             # One process, or a coordinator whose URL redirects each client to a worker.
@@ -37,7 +38,8 @@ def test_s01_handshake_and_ten_seconds_of_audio(run, fresh_dir, bounds, fmts, st
             start = now_us()
             probes = []
             for i, fmt in enumerate(fmts):
-                probes.append(await sc.probe(server.ready["url"], ProbeConfig(name=f"probe-{i + 1}", formats=[fmt])))
+                probes.append(await sc.probe(server.ready["url"], ProbeConfig(name=f"probe-{i + 1}", formats=[fmt],
+                                                                                 profile=profile)))
                 await asyncio.sleep(stagger_ms / 1000 / max(1, len(fmts) - 1))
             await asyncio.sleep(AUDIO_SECONDS)
             end = now_us()

@@ -11,7 +11,9 @@ recovery bound; the listener count converges; no process is left behind.
 Both variants share one skeleton (`worker_crash`): the harness signals the
 worker itself, clients connected to each worker directly (`HarnessKills`), or
 the proxy's `worker_crash` fault does, in front of 2 workers whose clients know
-only the proxy's URL (`ProxyKills`).
+only the proxy's URL (`ProxyKills`). Both run in both wire revisions: `worker_crash`
+is a network fault, and a noise client reconnects with the same identity to a fresh
+handshake on a live worker.
 """
 
 from __future__ import annotations
@@ -59,8 +61,8 @@ class HarnessKills(Direct):
     """The harness signals the victim worker (SIGKILL or SIGSTOP); each client is connected
     to its worker directly and comes back through the coordinator's redirect."""
 
-    def __init__(self, workers: int, victim: int, how: str) -> None:
-        self.workers, self.victim, self.how = workers, victim, how
+    def __init__(self, workers: int, victim: int, how: str, profile: str) -> None:
+        self.workers, self.victim, self.how, self.profile = workers, victim, how, profile
 
     def server_args(self) -> tuple[str, ...]:
         return ("--workers", str(self.workers))
@@ -69,7 +71,8 @@ class HarnessKills(Direct):
         probes = []
         for w in range(self.workers):
             for i in range(per_worker):
-                p = await sc.probe(server.ready["workers"][w]["url"], ProbeConfig(name=f"w{w}-{i}", reconnect=True))
+                p = await sc.probe(server.ready["workers"][w]["url"], ProbeConfig(name=f"w{w}-{i}", reconnect=True,
+                                                                                         profile=self.profile))
                 p.url = url  # reconnect through the coordinator's redirect
                 probes.append(p)
         return probes
@@ -87,15 +90,15 @@ class ProxyKills(BehindProxy):
     """The proxy's `worker_crash` fault signals a worker whose pid the harness registered, or
     RSTs every flow of that upstream; its load balancer sends reconnections to a live worker."""
 
-    def __init__(self, action: str, seed: int) -> None:
+    def __init__(self, action: str, seed: int, profile: str) -> None:
         super().__init__()
-        self.action, self.seed = action, seed
+        self.action, self.seed, self.profile = action, seed, profile
 
     def server_args(self) -> tuple[str, ...]:
         return ()
 
     async def clients(self, sc: Scenario, server: ManagedProcess, url: str, per_worker: int) -> list[ProbeClient]:
-        return [await sc.probe(url, ProbeConfig(name=f"p{i}", reconnect=True))
+        return [await sc.probe(url, ProbeConfig(name=f"p{i}", reconnect=True, profile=self.profile))
                 for i in range(self.workers * per_worker)]
 
     async def crash(self, server: ManagedProcess, probes: list[ProbeClient], bounds: Bounds) -> Crash:
@@ -134,30 +137,30 @@ async def worker_crash(sc: Scenario, bounds: Bounds, site: HarnessKills | ProxyK
         assert not status["workers"][crash.victim]["alive"]
 
 
-@examples(3)
+@examples(3, noise=1)
 @given(workers=st.integers(2, 3), victim=st.integers(0, 2), how=st.sampled_from(["SIGKILL", "SIGSTOP"]),
        per_worker=st.integers(1, 2), after_s=st.floats(0.5, 2.0))
-def test_s06_worker_crash(run, fresh_dir, bounds, workers, victim, how, per_worker, after_s):
+def test_s06_worker_crash(run, fresh_dir, bounds, profile, workers, victim, how, per_worker, after_s):
     async def scenario() -> None:
         async with Scenario(fresh_dir()) as sc:
-            await worker_crash(sc, bounds, HarnessKills(workers, victim % workers, how), per_worker, after_s)
+            await worker_crash(sc, bounds, HarnessKills(workers, victim % workers, how, profile), per_worker, after_s)
 
     run(scenario())
 
 
-@examples(1)
-@example(action="kill", seed=0, per_worker=1, after_s=1.0)  # every action, every run
+@examples(1, noise=2)  # noise: the first two explicit ones, reset (RSTs of the noise flows) and kill
+@example(action="reset", seed=2, per_worker=1, after_s=1.5)  # every action, every run (legacy)
+@example(action="kill", seed=0, per_worker=1, after_s=1.0)
 @example(action="stop", seed=1, per_worker=2, after_s=0.5)
-@example(action="reset", seed=2, per_worker=1, after_s=1.5)
 @given(action=st.sampled_from(["kill", "stop", "reset"]), seed=st.integers(0, 1000), per_worker=st.integers(1, 2),
        after_s=st.floats(0.5, 1.5))
-def test_s06_proxy_crashes_a_worker(run, fresh_dir, bounds, action, seed, per_worker, after_s):
+def test_s06_proxy_crashes_a_worker(run, fresh_dir, bounds, profile, action, seed, per_worker, after_s):
     """The same family with the crash made by the proxy's `worker_crash` fault (it
     signals a worker whose pid the harness registered, or RSTs every flow of that
     upstream) in front of 2 workers; the clients know only the proxy's URL, and its load
     balancer sends their reconnections to a live worker."""
     async def scenario() -> None:
         async with Scenario(fresh_dir()) as sc:
-            await worker_crash(sc, bounds, ProxyKills(action, seed), per_worker, after_s)
+            await worker_crash(sc, bounds, ProxyKills(action, seed, profile), per_worker, after_s)
 
     run(scenario())

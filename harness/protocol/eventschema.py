@@ -236,6 +236,7 @@ EVENTS: dict[str, EventType] = {e.name: e for e in [
        silent_us="time since the last server/time reply (or server/hello)"),
     _e("noise_handshake", "probe", "a Noise handshake (noise profile) completed: the keys in use from now on",
        suite="the suite", server_id="the server's public key (base64url)",
+       client_id="the probe's own client_id, its public key (base64url): what the server logs for its client/hello",
        psk_category="the PSK used (`sn`: the Sentinel, unpaired access)",
        rehandshake="true for a server-initiated re-handshake", notes="oddities tolerated"),
     _e("send", "probe", "a JSON message sent", type="message type", client_transmitted="client/time: its clock"),
