@@ -684,21 +684,16 @@ class Session:
                         for w in self.noise.audio_messages(prepared, transmit_us))
 
     def writelines(self, frames: list[bytes]) -> bool:
-        """`transport.writelines`, only while the connection is alive. Python 3.12.1's
-        writelines (unlike write) registers a writer even after the connection was lost
-        (a RST): the socket is closed later with its fd still in the selector, and the
-        next socket given that number fails in epoll_ctl (seen in S06, reset). Nor does
-        it pause the protocol over the high-water mark (write does): without the call
-        below `ws.paused` never turns true, `_write_frames` never waits, and a noise
-        session (whose every message goes through here) buffers without bound and is
-        never closed as a slow reader (S02 in noise)."""
+        """Write `frames` in one `transport.write`, only while the connection is alive.
+        Not `transport.writelines`: in Python 3.12.1 it registers a writer even after the
+        connection was lost (a RST), so the socket was closed later with its fd still in
+        the selector, and the next socket given that number failed in epoll_ctl (seen in
+        S06, reset); nor does it pause the protocol over the high-water mark, so `ws.paused`
+        never turned true and a noise session (every message of which goes through here)
+        buffered without bound and was never closed as a slow reader (S02 in noise)."""
         if self.ws.protocol.state is not State.OPEN or self.ws.transport.is_closing():
             return False
-        transport = self.ws.transport
-        transport.writelines(frames)
-        pause = getattr(transport, "_maybe_pause_protocol", None)  # asyncio's own step in write()
-        if pause is not None:
-            pause()
+        self.ws.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
         return True
 
     async def _write_frames(self, frames: list[bytes]) -> None:

@@ -7,14 +7,12 @@ that takes a site; the family's own subclasses say how that fault is made there
 tests differ only in their Hypothesis strategies and in the site they pass.
 
 Profiles (`--profile`): every S-scenario takes the `profile` fixture, and its probes
-speak that wire revision. The proxy relays noise sessions opaquely (it holds no keys),
-so network faults work there and message faults do not: `needs_plaintext_proxy` is the
-one switch for the variants that wait for the Noise-terminating proxy.
+speak that wire revision. The proxy relays noise sessions opaquely (its faults here are
+network faults); the variants whose faults act on messages cut uploads, the `_harness`
+role's, which noise sessions do not activate: legacy only (`only_in`).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import pytest
 
@@ -24,21 +22,6 @@ from harness.fault_proxy import FaultProxy
 from harness.pytest_plugin import SCENARIO_PROFILES
 from harness.scenario import Scenario
 from harness.topology import ManagedProcess
-
-# False until the proxy terminates Noise (`--noise terminate`): then a message fault sees a
-# noise session's plaintext, and the variants marked below run in noise too (after adding
-# the proxy option in BehindProxy.start for noise runs).
-NOISE_TERMINATING_PROXY = False
-
-
-def needs_plaintext_proxy(test: Any) -> Any:
-    """Mark a variant whose fault acts on messages: skipped in noise while the proxy
-    cannot read noise sessions."""
-    if NOISE_TERMINATING_PROXY:
-        return test
-    return pytest.mark.skip_profile("noise", reason="needs the Noise-terminating proxy: this fault acts on messages, "
-                                    "and the proxy relays noise sessions opaquely (it refuses message faults on them)"
-                                    )(test)
 
 
 def only_in(wanted: str, why: str) -> pytest.MarkDecorator:

@@ -19,7 +19,7 @@ Sendspin layer is wrong (`NoiseProbeSends`). Noise has no `_harness` role (no
 alone and there is no upload round trip; an upload's orphan header has a noise
 form that ends the session instead (a malformed fragment sequence: `MUST close`),
 so that is its own scenario, `test_s04_malformed_fragment_sequence_closes`.
-`ProxyOrphans` needs the proxy to act on messages: see faultsite.needs_plaintext_proxy.
+`ProxyOrphans` cuts uploads, the `_harness` role's: legacy only.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from faultsite import BehindProxy, Direct, needs_plaintext_proxy, only_in
+from faultsite import BehindProxy, Direct, only_in
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -302,7 +302,6 @@ def test_s04_bad_input_is_rejected_and_session_survives(run, fresh_dir, bounds, 
     run(scenario())
 
 
-@needs_plaintext_proxy  # as well, once uploads have a noise form
 @only_in("legacy", "uploads are the _harness role's, which noise sessions do not activate; the noise form of an "
                    "orphan is test_s04_malformed_fragment_sequence_closes")
 @examples(2)

@@ -17,14 +17,14 @@ Noise layer as they do in legacy (a text frame would be cleartext after the swit
 to transport mode, its own failure). The noise revision's own partial message, a
 first Sendspin fragment whose last never comes, has no timeout in the spec; what
 follows it is a malformed sequence (S04's `test_s04_malformed_fragment_sequence_closes`).
-`ProxyStalls` needs the proxy to act on messages: see faultsite.needs_plaintext_proxy.
+`ProxyStalls` stalls an upload, the `_harness` role's: legacy only.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from faultsite import BehindProxy, Direct, needs_plaintext_proxy
+from faultsite import BehindProxy, Direct, only_in
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -109,7 +109,9 @@ def test_s05_stalled_payload_times_out(run, fresh_dir, bounds, profile, first_by
     run(scenario())
 
 
-@needs_plaintext_proxy
+@only_in("legacy", "the stalled upload is the _harness role's, which noise sessions do not activate; the noise "
+                   "form of a stalled message is an unfinished Sendspin fragment sequence, for which the spec sets no "
+                   "timeout")
 @examples(2)
 @given(head_bytes=st.integers(0, 4096), text=st.booleans(), timeout_s=st.sampled_from([0.5, 1.0]),
        others=st.integers(1, 2))
