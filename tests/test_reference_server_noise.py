@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -368,6 +369,17 @@ def test_a_tampered_transport_message_closes_only_its_session(run, tmp_path: Pat
     run(body())
 
 
+async def noise_server(sc: Scenario, via: str) -> tuple[Any, str]:
+    """A noise-only reference server and the URL a client uses: its own (`direct`), or
+    that of a proxy terminating Noise in front of it (`terminating-proxy`)."""
+    server = await sc.server("--profiles", "noise")
+    url = server.ready["url"]
+    if via == "terminating-proxy":
+        proxy = await sc.proxy([url], "--noise", "terminate")
+        url = proxy.url + urlsplit(url).path
+    return server, url
+
+
 # --- interop: aiosendspin 10.2.1's client ----------------------------------------------------------
 
 
@@ -382,11 +394,7 @@ def test_aiosendspin_10_2_1_client_streams_from_the_reference_server(run, tmp_pa
 
     async def body() -> None:
         async with Scenario(tmp_path) as sc:
-            server = await sc.server("--profiles", "noise")
-            url = server.ready["url"]
-            if via == "terminating-proxy":
-                proxy = await sc.proxy([url], "--noise", "terminate")
-                url = proxy.url + urlsplit(url).path
+            _, url = await noise_server(sc, via)
             proc = await asyncio.create_subprocess_exec(
                 python, str(CLIENT_PEER), url, suite, str(want), "watermark",
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -471,11 +479,7 @@ def test_a_server_initiated_rehandshake_keeps_the_session_streaming(run, tmp_pat
     client keeps its keys and sees only the new server/activate."""
     async def body() -> None:
         async with Scenario(tmp_path) as sc:
-            server = await sc.server("--profiles", "noise")
-            url = server.ready["url"]
-            if via == "terminating-proxy":
-                proxy = await sc.proxy([url], "--noise", "terminate")
-                url = proxy.url + urlsplit(url).path
+            server, url = await noise_server(sc, via)
             probe = await sc.probe(url, ProbeConfig(name="noisy", profile="noise"))
             await until(lambda: probe.audio.samples >= RATE, WAIT_S, "1 s of audio")
             answer = await ServerControl(server.ready["control"]).act("noise/rehandshake")
