@@ -82,6 +82,9 @@ class Bounds:
     # failing the same way): a backoff from 100 ms doubling to 3.2 s makes 7, a retry every
     # second 10; a client retrying every 100 ms makes 100.
     client_refused_attempts: int = 10
+    # 10.11 (noise): the client answers the server's re-handshake message 1 with message 2
+    # within this (nothing to wait for: one DH and a write; a margin for a busy machine).
+    client_rehandshake_us: int = 2_000_000
 
     def with_overrides(self, pairs: list[str]) -> Bounds:
         fields = {f.name: f.type for f in dataclasses.fields(self)}

@@ -221,8 +221,9 @@ def noise_rehandshake(s: Session, p: dict[str, Any], served: ServedFormats) -> d
         step = codec.rehandshake()
     except ProtocolError as exc:  # a fragmented message still open towards the client
         raise Refused(str(exc)) from None
-    s.rehandshaking = True
-    return {"bytes": _write_binary(s, list(step.send))}
+    size = _write_binary(s, list(step.send))
+    s.begin_rehandshake()
+    return {"bytes": size}
 
 
 # --- the noise profile: the next handshakes of this process ------------------------------------

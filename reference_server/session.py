@@ -132,6 +132,7 @@ class Session:
         # noise: a re-handshake we started (actions.py) awaits the client's message 2; until
         # then nothing else goes out, then server/activate first (connection.md)
         self.rehandshaking = False
+        self._rehandshake_until_us = 0  # then, without message 2, a silent close (the watchdog)
         self.audio_open = True  # noise: False until client/state carried the player object (messaging.md)
         self.available: bool | None = True  # noise: client/state's `available` (None: not reported yet)
         self.config = config
@@ -601,6 +602,12 @@ class Session:
                       fragments=fragments, **fields)
         return decoded
 
+    def begin_rehandshake(self) -> None:
+        """Message 1 of our re-handshake went out: hold everything until message 2, which
+        is a handshake step like any other (`handshake_step_timeout_s`)."""
+        self.rehandshaking = True
+        self._rehandshake_until_us = now_us() + int(self.config.handshake_step_timeout_s * 1e6)
+
     async def _rehandshake_done(self, message_2: m.NoiseHandshake) -> bool | None:
         """The client's message 2 of our re-handshake: the new keys, server/activate first
         under them (as the activation stands), then the writer resumes. False: a silent close."""
@@ -962,6 +969,10 @@ class Session:
                           unsent=self._unsent, held=self.held_bytes(),
                           audio_sent=self.audio_sent, audio_skipped=self.audio_skipped)
             stuck_s = (now - self._progress_us) / 1e6
+            if self.rehandshaking and now > self._rehandshake_until_us:
+                await self._silent_close("noise/handshake", "re-handshake stalled: no Noise message 2 within "
+                                                            f"{self.config.handshake_step_timeout_s} s")
+                return
             if self._sending and stuck_s > self.config.slow_reader_close_s:
                 reason = f"slow reader: nothing read for {stuck_s:.1f} s"
             elif self._control_bytes > self.config.control_queue_bytes:

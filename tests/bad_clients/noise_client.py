@@ -17,6 +17,8 @@ Bugs (each should make the gate FAIL the case named):
                     the rest as it should                                                (10.5)
   stall-on-bad-audio  an authentic audio message too short for its header stops its reading
                     for good (it still sends client/time); a header-only one is fine      (5.2)
+  ignore-rehandshake  takes the server's re-handshake message 1 for a message it does not
+                    know and ignores it: never answers                                   (10.11)
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from harness.protocol import ConnectionFatal, ProtocolError, now_us
 from harness.protocol import messages as m
 from harness.protocol.noise import NoiseProfile
 
-BUGS = ("none", "ignore-aead", "accept-cleartext", "stall-on-bad-audio")
+BUGS = ("none", "ignore-aead", "accept-cleartext", "stall-on-bad-audio", "ignore-rehandshake")
 TIME_INTERVAL_S = 0.2
 STEP_TIMEOUT_S = 5.0  # each handshake step (connection.md suggests 30 s; a test wants it short)
 FORMAT = m.AudioFormat(codec="pcm", channels=2, sample_rate=48_000, bit_depth=16)
@@ -71,7 +73,15 @@ async def session(ws: Any, profile: NoiseProfile, bug: str) -> None:
             if isinstance(data, str) and bug == "accept-cleartext":
                 continue
             try:
-                return codec.decode(data)
+                decoded = codec.decode(data)
+                if isinstance(decoded, m.NoiseHandshake) and bug != "ignore-rehandshake":  # the server re-handshakes
+                    step = codec.handshake(decoded)
+                    if step.close:
+                        raise Silent(f"re-handshake: {step.error}")
+                    for wire in step.send:  # message 2, under the old keys
+                        await ws.send(wire)
+                    continue
+                return decoded
             except ConnectionFatal as exc:
                 if bug != "ignore-aead":
                     raise Silent(str(exc)) from None
@@ -93,7 +103,8 @@ async def session(ws: Any, profile: NoiseProfile, bug: str) -> None:
 
     async def clock() -> None:
         while True:
-            await send(m.ClientTime(client_transmitted=now_us()))
+            with contextlib.suppress(ProtocolError):  # refused between a re-handshake's message 1 and server/activate
+                await send(m.ClientTime(client_transmitted=now_us()))
             await asyncio.sleep(TIME_INTERVAL_S)
 
     ticker = asyncio.create_task(clock())

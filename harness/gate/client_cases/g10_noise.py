@@ -152,6 +152,39 @@ _closes_case("10.5", "Closes silently on cleartext after the switch to transport
              "the cleartext message", SPEC_SILENT, silent=True)
 
 
+@noise_case("10.11", "Answers a server-initiated re-handshake and keeps streaming",
+            description="Once audio flows, the server starts a re-handshake: Noise message 1 under the current keys "
+                        "(to the same PSK), then nothing until the client's message 2, then server/activate under "
+                        "the new keys, and the stream goes on; the session is then watched until the client/time "
+                        "pause bound can tell a client that stopped syncing.",
+            expectation="The client answers with message 2 within the bound, keeps the session (one connection, no "
+                        "close), switches to the new keys (the server reads its later messages: a client still on "
+                        "the old keys fails the server's authentication and is closed) and goes on sending "
+                        "client/time.",
+            source="connection.md, Re-handshake: the server \"MAY initiate a new Noise handshake at any time after "
+                   "the connection enters transport mode\"; the client answers with message 2 under the old keys and "
+                   "switches to the new ones", roles=("player",))
+async def rehandshake(w: ClientWorld, b: Bounds, j: Judgement) -> None:
+    await w.start_client()
+    if await streaming(w, j) is None:
+        return
+    await act(w, "noise/rehandshake")
+    at = action_at(w.events(), "noise/rehandshake")
+
+    def answered(ev: Events) -> Record | None:
+        return next((r for r in ev.select("recv", proc="server", type="noise/handshake") if r["t_us"] > at), None)
+
+    bound = b.client_rehandshake_us
+    reply = await w.until("message 2", answered, bound / 1e6 + 1)
+    j.check("message 2 after the re-handshake's message 1", None if reply is None else ms(reply["t_us"] - at), "<=",
+            ms(bound), "ms", "client_rehandshake_us", (at, reply["t_us"] if reply else at + bound))
+    if reply is None:
+        return
+    await w.observe(time_window_s(b))
+    judge_kept(w, j, at)
+    judge_time(j, b, w.events(), reply["t_us"])
+
+
 def attempts_after(ev: Events, t_us: int, window_s: float) -> list[Record]:
     """The client's connection attempts the proxy accepted in (t, t + window]."""
     return [r for r in ev.select("accept", proc="proxy") if t_us < r["t_us"] <= t_us + window_s * 1e6]
