@@ -43,8 +43,10 @@ async def measure_level(args: argparse.Namespace, srv: Any, n: int, work: Path, 
     budget = args.ready_timeout + args.settle + args.seconds + 60
     procs = spread(srv.urls, n, args.per_proc, lambda urls, c, i: NoiseLoadProc(
         urls, c, f"{tag}-{n}-{i}", work / f"load-{tag}.stderr", budget, args))
+    # ready: + connecting; a report waits for the second anchors. A server wrapper may run
+    # something over the window (bench/noise_proxy.py: round trips, the proxy's CPU).
     w = await window(srv, procs, args.settle, args.seconds, ready_timeout=args.ready_timeout + 30 + n / 50,
-                     report_timeout=20.0)  # + connecting; a report waits for the second anchors
+                     report_timeout=20.0, during=getattr(srv, "during", None))
     ready, reports, dur = w["ready"], w["reports"], w["dur"]
     streaming = _sum(reports, "with_audio")
     row: dict[str, Any] = {
@@ -64,7 +66,7 @@ async def measure_level(args: argparse.Namespace, srv: Any, n: int, work: Path, 
                                  default=None),
         "lost": _sum(reports, "lost"), "errors": _sum(ready, "errors") + _sum(reports, "errors"),
         "first_error": next((r["first_error"] for r in [*ready, *reports] if r["first_error"]), ""),
-        "workers_lost": w["workers_lost"], **w["figures"],
+        "workers_lost": w["workers_lost"], "during": w["during"], **w["figures"],
     }
     if row["min_send_ahead_ms"] is not None:
         row["min_send_ahead_ms"] = round(row["min_send_ahead_ms"] / 1000, 1)
