@@ -44,32 +44,22 @@ compare within a run only.
         [--seconds 10] [--rtt 300] [--servers ours,aiosendspin] [--paths direct,opaque,terminated] [--out F]
     ./run bench noise_proxy --quick       # smoke run: 5 listeners, 3 s windows (figures mean nothing)
 
-About 6 minutes by default on 2 cores (12 cells: server and proxy start, handshakes, 3 s
-settle, 10 s window). Not a test: it judges nothing. Every wait has a timeout; every
+About 6-7 minutes by default on a busy 2-core machine (12 cells: server and proxy start,
+handshakes, 3 s settle, 10 s window). Not a test: it judges nothing. Every wait has a timeout; every
 process runs in its own process group, killed at the end whatever happens.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import os
-import resource
-import shutil
-import signal
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from _noise_measure import run_one
+from _noise_measure import run_bench, run_one
 from _noise_proxy_paths import MODES, PATHS, REPLY_S, ServerPath
-from _noise_servers import AIOS_VERSION, AiosendspinServer, aiosendspin_python, ours
-from mw_common import GROUPS, NCPU, end_run, log
-
-from harness.topology import kill_group
+from _noise_servers import AIOS_VERSION, AiosendspinServer, ours, runnable
+from mw_common import NCPU
 
 SERVERS = {"ours": "ours", "aiosendspin": f"aiosendspin {AIOS_VERSION}"}
 
@@ -93,11 +83,7 @@ def finish(row: dict[str, Any], path: str) -> dict[str, Any]:
 
 
 async def run_all(args: argparse.Namespace, work: Path, results: dict[str, Any]) -> None:
-    aios_python, why = aiosendspin_python() if "aiosendspin" in args.servers else (None, "")
-    servers = [k for k in args.servers if k != "aiosendspin" or aios_python]
-    if "aiosendspin" in args.servers and not aios_python:
-        results["skipped"] = {"aiosendspin": why}
-        log(f"aiosendspin skipped: {why}")
+    servers, aios_python = runnable(args.servers, results)
     rows: dict[str, dict[str, list[dict[str, Any]]]] = {k: {p: [] for p in args.paths} for k in servers}
     results["rows"] = rows
 
@@ -132,8 +118,8 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
            f"{args.settle:g} s settle, {args.rtt} round trips per cell, {NCPU} cores, {results['meta']['date']}, "
            f"load average at start {results['meta']['loadavg'][0]:.2f}", "",
            "| server | listeners | path | zero gaps | proxy CPU-s/listener-s | RTT p50 µs | RTT p99 µs "
-           "| p50 - direct µs | p99 - direct µs |", "|" + "---|" * 9]
-    ratios = ["| server | listeners | terminated/opaque proxy CPU | noise: direct - direct p50 µs "
+           "| p50 - reference µs | p99 - reference µs |", "|" + "---|" * 9]
+    ratios = ["| server | listeners | terminated/opaque proxy CPU | noise (direct path: p50 - reference µs) "
               "| opaque p50 added µs | terminated p50 added µs | terminated p99 added µs |", "|" + "---|" * 7]
     notes: list[str] = []
     for i, n in enumerate(args.levels):
@@ -227,34 +213,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    own_dir = args.log_dir is None
-    work = Path(tempfile.mkdtemp(prefix="noise-proxy-")) if own_dir else Path(args.log_dir).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    os.environ["MW_WORKDIR"] = str(work)  # mw_common's GROUPS records every process group there
-    (work / "pgids.txt").write_text("")
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-    def on_term(signum: int, _frame: Any) -> None:
-        for pgid in GROUPS.pgids:
-            kill_group(pgid)
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_term)
-    results: dict[str, Any] = {"meta": {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "levels": args.levels, "seconds": args.seconds,
-        "settle": args.settle, "rtt": args.rtt, "suite": args.suite, "cpus": NCPU, "loadavg": os.getloadavg(),
-        "python": sys.version.split()[0]}}
-    try:
-        asyncio.run(run_all(args, work, results))
-    finally:
-        end_run(results)
-        if own_dir:
-            shutil.rmtree(work, ignore_errors=True)
-    print(report(args, results), flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2, default=str))
-    return 0
+    return run_bench(args, "noise-proxy-", {
+        "levels": args.levels, "seconds": args.seconds, "settle": args.settle, "rtt": args.rtt,
+        "suite": args.suite, "sample": args.sample, "per_proc": args.per_proc}, run_all, report)
 
 
 if __name__ == "__main__":
