@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -156,9 +158,21 @@ class RttClient:
                 await asyncio.wait_for(self.ws.close(), 5)
 
 
-def proxy_connections(control_url: str) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(control_url.rstrip("/") + "/connections", timeout=10) as r:
-        return json.loads(r.read())["connections"]
+def runqueue_wait_s(pids: list[int]) -> float:
+    """Seconds the threads of `pids` spent runnable but waiting for a CPU (/proc/PID/task/TID/schedstat,
+    its second field): a process starved by a busy machine, told apart from one busy with its own work."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
+    return total / 1e9
+
+
+def proxy_api(control_url: str, what: str) -> Any:
+    with urllib.request.urlopen(control_url.rstrip("/") + what, timeout=10) as r:
+        return json.loads(r.read())
 
 
 class ServerPath:
@@ -213,8 +227,8 @@ class ServerPath:
     async def during(self) -> dict[str, Any]:
         """Over the CPU window: the round trips, the proxy's CPU, and what mode its connections are in."""
         pids = group_pids(self.proxy.pid) if self.proxy is not None else []
-        c0 = {p: cpu_ticks(p) for p in pids}
-        t0, chunks0 = time.monotonic(), self.rtt["path"].chunks
+        c0, w0 = {p: cpu_ticks(p) for p in pids}, runqueue_wait_s(pids)
+        t0, t0_us, chunks0 = time.monotonic(), now_us(), self.rtt["path"].chunks
         out: dict[str, Any] = await interleaved(self.rtt, self.args.rtt, self.args.seconds * 0.9)
         out["rtt_client_audio"] = self.rtt["path"].chunks - chunks0  # a stream through the proxy too?
         if self.proxy is None:
@@ -222,11 +236,17 @@ class ServerPath:
         c1 = {p: cpu_ticks(p) for p in pids}
         out["proxy_cpu_s"] = sum(((c1[p] or 0) - (c0[p] or 0)) / CLK_TCK for p in pids)
         out["proxy_span_s"] = time.monotonic() - t0
-        conns = await asyncio.to_thread(proxy_connections, self.proxy_info["control"]["url"])
+        out["proxy_runqueue_wait_s"] = round(runqueue_wait_s(pids) - w0, 2)
+        control = self.proxy_info["control"]["url"]
         modes: dict[str, int] = {}
-        for c in conns:
+        for c in (await asyncio.to_thread(proxy_api, control, "/connections"))["connections"]:
             modes[str(c.get("mode"))] = modes.get(str(c.get("mode")), 0) + 1
         out["modes"] = modes
+        # the proxy's own record of its event loop running late (> 30 ms, harness/protocol/looplag.py)
+        # in the window: tells a stalled proxy from a slow path elsewhere
+        lags = [e["lag_us"] for e in (await asyncio.to_thread(proxy_api, control, "/events?event=loop_lag&limit=1000"))
+                ["events"] if e.get("t_us", 0) >= t0_us]
+        out["proxy_loop_lags"] = {"count": len(lags), "worst_ms": round(max(lags) / 1000, 1) if lags else 0}
         return out
 
     async def stop(self) -> str:

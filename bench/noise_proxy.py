@@ -158,7 +158,7 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
     if notes:
         out += ["", "Notes:", *notes]
     out += ["", "Details (proxy cores; server cores; load generator cores, busiest process; machine busy; chunks "
-                "per listener-s; the proxy's connections by mode; ready time):"]
+                "per listener-s; the proxy's connections by mode, its event loop's lateness; round trips; ready):"]
     for key, by_path in rows.items():
         for p, rs in by_path.items():
             for r in rs:
@@ -169,7 +169,9 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
                            f"server {r['server_cores']} {r['cpu_split_s']}; load {r['load_cores']} "
                            f"({r['load_max_proc_cores']} max); machine {r['machine_busy']:.0%} (other "
                            f"{r['other_cores']}); {r['chunks_per_listener_s']} chunks/listener-s; "
-                           f"modes {d.get('modes', '-')}; round trips (path, reference): "
+                           f"modes {d.get('modes', '-')}; proxy loop late > 30 ms "
+                           f"{d.get('proxy_loop_lags', '-')}, waited for a CPU {d.get('proxy_runqueue_wait_s', '-')} "
+                           f"s in {d.get('proxy_span_s', 0):.1f} s; round trips (path, reference): "
                            f"{d.get('path', {}).get('n', 0)}, {d.get('direct', {}).get('n', 0)}, max "
                            f"{_us(d.get('path', {}).get('max_us'))}, {_us(d.get('direct', {}).get('max_us'))} µs; "
                            f"ready in {r['ready_s']} s")
