@@ -36,7 +36,11 @@ the --seconds window after every listener streams:
   connection with audio, as a real player's time sync does.
 
 Then, per server and level: terminated/opaque proxy CPU, and the added latency of each
-proxied path. The cells run level by level, server by server, path by path, so the paths
+proxied path. The details name, per cell, how often the proxy's event loop ran over 30 ms
+late in the window (its `loop_lag` events, from the control API) and how long its threads
+waited for a CPU (/proc/PID/task/*/schedstat): a starved proxy told from a busy one. The
+gap check counts samples and reads `send_ahead` as the server stamped it: audio that a
+proxy delivers late but whole is not caught. The cells run level by level, server by server, path by path, so the paths
 of one server share the machine's conditions as closely as a run allows; on a busy machine
 compare within a run only.
 
