@@ -5,13 +5,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import resource
+import shutil
+import signal
 import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from _noise_load import REQUIRED_LEAD_MS
-from mw_common import GROUPS, LOAD_SATURATED, MACHINE_SATURATED, NCPU, ROOT, log
+from mw_common import GROUPS, LOAD_SATURATED, MACHINE_SATURATED, NCPU, ROOT, end_run, log
 from mw_fanout import LoadProc, spread, window
+
+from harness.topology import kill_group
 
 NOISE_LOAD = ROOT / "bench" / "_noise_load.py"
 
@@ -43,8 +53,10 @@ async def measure_level(args: argparse.Namespace, srv: Any, n: int, work: Path, 
     budget = args.ready_timeout + args.settle + args.seconds + 60
     procs = spread(srv.urls, n, args.per_proc, lambda urls, c, i: NoiseLoadProc(
         urls, c, f"{tag}-{n}-{i}", work / f"load-{tag}.stderr", budget, args))
+    # ready: + connecting; a report waits for the second anchors. A server wrapper may run
+    # something over the window (bench/noise_proxy.py: round trips, the proxy's CPU).
     w = await window(srv, procs, args.settle, args.seconds, ready_timeout=args.ready_timeout + 30 + n / 50,
-                     report_timeout=20.0)  # + connecting; a report waits for the second anchors
+                     report_timeout=20.0, during=getattr(srv, "during", None))
     ready, reports, dur = w["ready"], w["reports"], w["dur"]
     streaming = _sum(reports, "with_audio")
     row: dict[str, Any] = {
@@ -64,7 +76,7 @@ async def measure_level(args: argparse.Namespace, srv: Any, n: int, work: Path, 
                                  default=None),
         "lost": _sum(reports, "lost"), "errors": _sum(ready, "errors") + _sum(reports, "errors"),
         "first_error": next((r["first_error"] for r in [*ready, *reports] if r["first_error"]), ""),
-        "workers_lost": w["workers_lost"], **w["figures"],
+        "workers_lost": w["workers_lost"], "during": w["during"], **w["figures"],
     }
     if row["min_send_ahead_ms"] is not None:
         row["min_send_ahead_ms"] = round(row["min_send_ahead_ms"] / 1000, 1)
@@ -128,3 +140,38 @@ async def run_one(args: argparse.Namespace, work: Path, key: str, make: Any, n: 
         f"cores, load {row.get('load_cores')}, machine {row.get('machine_busy', 0):.0%}, "
         f"problems: {'; '.join(row['problems'] + row['caveats']) or 'none'}")
     return row
+
+
+def run_bench(args: argparse.Namespace, prefix: str, meta: dict[str, Any],
+              run_all: Callable[[argparse.Namespace, Path, dict[str, Any]], Awaitable[None]],
+              report: Callable[[argparse.Namespace, dict[str, Any]], str]) -> int:
+    """A noise benchmark's life (bench/noise_fanout.py, bench/noise_proxy.py): a work directory
+    (--log-dir, else a temporary one, removed), every process group recorded and killed at
+    the end or on SIGTERM, `run_all`, then `report` printed and the results in --out."""
+    own_dir = args.log_dir is None
+    work = Path(tempfile.mkdtemp(prefix=prefix)) if own_dir else Path(args.log_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ["MW_WORKDIR"] = str(work)  # mw_common's GROUPS records every process group there
+    (work / "pgids.txt").write_text("")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    def on_term(signum: int, _frame: Any) -> None:
+        for pgid in GROUPS.pgids:
+            kill_group(pgid)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    results: dict[str, Any] = {"meta": {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": NCPU, "python": sys.version.split()[0],
+        "nofile": [soft, hard], "loadavg": os.getloadavg(), **meta}}
+    try:
+        asyncio.run(run_all(args, work, results))
+    finally:
+        end_run(results)
+        if own_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    print(report(args, results), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2, default=str))
+    return 0

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mw_common import GROUPS, ROOT
+from mw_common import GROUPS, ROOT, log
 from mw_servers import OursServer
 
 from harness.topology import Child
@@ -42,6 +42,16 @@ def aiosendspin_python() -> tuple[str | None, str]:
     if version != AIOS_VERSION:
         return None, f"{AIOS_ENV}={python} has aiosendspin {version or 'missing'}, not {AIOS_VERSION}"
     return python, ""
+
+
+def runnable(keys: list[str], results: dict[str, Any]) -> tuple[list[str], str | None]:
+    """`keys` less "aiosendspin" when SENDSPIN_AIOSENDSPIN10_PYTHON does not name aiosendspin
+    10.2.1 (results["skipped"] then says why), and that interpreter."""
+    python, why = aiosendspin_python() if "aiosendspin" in keys else (None, "")
+    if "aiosendspin" in keys and not python:
+        results["skipped"] = {"aiosendspin": why}
+        log(f"aiosendspin skipped: {why}")
+    return [k for k in keys if k != "aiosendspin" or python], python
 
 
 class AiosendspinServer:

@@ -9,6 +9,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +88,14 @@ def spread(urls: list[str], n: int, per_proc: int, make: Any) -> list[Any]:
 
 
 async def window(srv: Any, procs: list[LoadProc], settle: float, seconds: float, ready_timeout: float = 75,
-                 report_timeout: float = 10.0) -> dict[str, Any]:
+                 report_timeout: float = 10.0, during: Callable[[], Awaitable[Any]] | None = None) -> dict[str, Any]:
     """Start the load processes, wait for their `ready`, settle, then `mark`, sample the
     server's, the load processes' and the machine's CPU over `seconds`, and `report`.
     Returns their events and the figures every fan-out row has (also
-    bench/noise_fanout.py's); the load processes are stopped whatever happens."""
+    bench/noise_fanout.py's); the load processes are stopped whatever happens.
+    `during`, if given, starts with the window and is awaited before `report` (its
+    result is "during"): bench/noise_proxy.py's round trips and proxy CPU."""
+    extra: asyncio.Future[Any] | None = None
     try:
         for p in procs:
             await p.start()
@@ -104,21 +108,25 @@ async def window(srv: Any, procs: list[LoadProc], settle: float, seconds: float,
         s0 = {pid: cpu_ticks(pid) for pid in server_pids}
         l0 = {pid: cpu_ticks(pid) for pid in load_pids}
         m0, t0 = machine_ticks(), time.monotonic()
+        extra = asyncio.ensure_future(during()) if during is not None else None
         await asyncio.sleep(seconds)
         s1 = {pid: cpu_ticks(pid) for pid in group_pids(srv.pid)}
         l1 = {pid: cpu_ticks(pid) for pid in load_pids}
         m1, t1 = machine_ticks(), time.monotonic()
+        during_result = await extra if extra is not None else None
         reports = await asyncio.gather(*(p.command("report", report_timeout) for p in procs))
         workers_lost = sorted(name for pid, name in workers_before.items() if cpu_ticks(pid) is None)
     finally:
+        if extra is not None:
+            extra.cancel()  # a no-op once it is done
         await asyncio.gather(*(p.stop() for p in procs), return_exceptions=True)
     dur = t1 - t0
     split = server_split(srv, s0, s1)
     server_s = sum(split.values())
     load = [((l1[p] or 0) - (l0[p] or 0)) / CLK_TCK / dur for p in load_pids]
     busy = (m1[0] - m0[0]) / (m1[2] - m0[2]) if m1[2] > m0[2] else 0.0  # (busy, irq, total)
-    return {"ready": ready, "reports": reports, "workers_before": workers_before, "workers_lost": workers_lost,
-            "dur": dur, "server_s": server_s, "figures": {
+    return {"ready": ready, "reports": reports, "during": during_result, "workers_before": workers_before,
+            "workers_lost": workers_lost, "dur": dur, "server_s": server_s, "figures": {
                 "load_procs": len(procs), "window_s": round(dur, 2), "server_cpu_s": round(server_s, 2),
                 "server_cores": round(server_s / dur, 3),
                 "load_cores": round(sum(load), 3), "load_max_proc_cores": round(max(load), 3) if load else 0.0,

@@ -49,23 +49,13 @@ whatever happens (harness/topology.py).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import os
-import resource
-import shutil
-import signal
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from _noise_measure import run_one
-from _noise_servers import AiosendspinServer, aiosendspin_python, ours
-from mw_common import GOAL_CPU_PER_LS, GROUPS, NCPU, end_run, log
-
-from harness.topology import kill_group
+from _noise_measure import run_bench, run_one
+from _noise_servers import AiosendspinServer, ours, runnable
+from mw_common import GOAL_CPU_PER_LS, NCPU
 
 CONFIGS = {"ours-w1": "ours, 1 worker", "ours-w2": "ours, 2 workers", "aiosendspin": "aiosendspin 10.2.1"}
 
@@ -81,11 +71,7 @@ def factory(key: str, n: int, work: Path, args: argparse.Namespace, aios_python:
 
 
 async def run_all(args: argparse.Namespace, work: Path, results: dict[str, Any]) -> None:
-    aios_python, why = aiosendspin_python() if "aiosendspin" in args.configs else (None, "")
-    configs = [k for k in args.configs if k != "aiosendspin" or aios_python]
-    if "aiosendspin" in args.configs and not aios_python:
-        results["skipped"] = {"aiosendspin": why}
-        log(f"aiosendspin skipped: {why}")
+    configs, aios_python = runnable(args.configs, results)
     results["rows"] = {k: [] for k in args.configs}
     for n in args.levels:
         for key in configs:
@@ -190,34 +176,9 @@ def main() -> int:
         ap.error(f"--configs takes a comma-separated list of {', '.join(CONFIGS)}, got {bad or 'nothing'}")
     if any(n < 1 for n in args.levels) or args.seconds <= 0 or args.sample < 0 or args.per_proc < 1:
         ap.error("--levels must be >= 1, --seconds > 0, --sample >= 0 and --per-proc >= 1")
-    own_dir = args.log_dir is None
-    work = Path(tempfile.mkdtemp(prefix="noise-fanout-")) if own_dir else Path(args.log_dir).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    os.environ["MW_WORKDIR"] = str(work)  # mw_common's GROUPS records every process group there
-    (work / "pgids.txt").write_text("")
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-    def on_term(signum: int, _frame: Any) -> None:
-        for pgid in GROUPS.pgids:
-            kill_group(pgid)
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_term)
-    results: dict[str, Any] = {"meta": {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "levels": args.levels, "seconds": args.seconds,
-        "settle": args.settle, "suite": args.suite, "sample": args.sample, "per_proc": args.per_proc,
-        "cpus": NCPU, "python": sys.version.split()[0], "nofile": [soft, hard]}}
-    try:
-        asyncio.run(run_all(args, work, results))
-    finally:
-        end_run(results)
-        if own_dir:
-            shutil.rmtree(work, ignore_errors=True)
-    print(report(args, results), flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2, default=str))
-    return 0
+    return run_bench(args, "noise-fanout-", {
+        "levels": args.levels, "seconds": args.seconds, "settle": args.settle, "suite": args.suite,
+        "sample": args.sample, "per_proc": args.per_proc}, run_all, report)
 
 
 if __name__ == "__main__":
