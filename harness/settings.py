@@ -47,6 +47,12 @@ class Bounds:
     # (192 KB), so a client that reads in batches, or was not scheduled for a while on a
     # busy machine, is not blamed; one that reads slower than real time passes it in seconds.
     client_unread_bytes: int = 256 * 1024
+    # 5.x, 9.x: how long a client's socket may hold unread bytes without once being emptied
+    # after a fault: a reader empties it within a chunk's 25 ms; 3 s leaves a client that was
+    # not scheduled for a while on a busy machine unblamed, and catches one that stopped
+    # reading whatever its receive buffer holds (the bytes alone depend on how far the
+    # kernel had grown that buffer before).
+    client_undrained_us: int = 3_000_000
     # 3.1: bytes the server may hold for a client that reads at the audio rate (≈1 s of PCM
     # 48 kHz stereo is 192 KB; the server's lead is below that).
     client_held_bytes: int = 512 * 1024

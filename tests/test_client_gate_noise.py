@@ -78,7 +78,7 @@ NEGATIVE = [  # (bug, the case it must fail, a case it must pass or None, the fi
     # takes cleartext after the switch; closes on a tampered message
     ("accept-cleartext", "10.5", "10.4", "connection given up after noise/cleartext"),
     # through the terminating proxy: a 4-byte audio chunk stops its reading; a 13-byte one does not
-    ("stall-on-bad-audio", "5.2", "5.1", "most bytes the client left unread after the fault"),
+    ("stall-on-bad-audio", "5.2", "5.1", "longest the client left its socket undrained after the fault"),
     # never answers the server's re-handshake; reassembles a large message
     ("ignore-rehandshake", "10.11", "10.3", "message 2 after the re-handshake's message 1"),
 ]

@@ -201,6 +201,31 @@ def unread_during(ev: Events, port: int | None, start_us: int, end_us: int) -> i
     return max(before + [r["bytes"] for r in samples if r["t_us"] > start_us], default=0)
 
 
+def longest_undrained(ev: Events, port: int | None, start_us: int, end_us: int) -> int:
+    """The longest time (µs) in [start, end] one of the client's sockets (`port`; None: any)
+    held unread bytes without once being empty. A client that reads drains it within a
+    chunk's time; one that stopped reading never does, however large its buffer grew (the
+    most bytes unread depends on how far the kernel had grown that buffer before)."""
+    longest = 0
+    by_port: dict[int, list[Record]] = {}
+    for r in ev.select("client_queue"):
+        if (port is None or r["port"] == port) and r["t_us"] <= end_us:
+            by_port.setdefault(r["port"], []).append(r)
+    for samples in by_port.values():
+        before = [r for r in samples if r["t_us"] <= start_us][-1:]
+        since = start_us if before and before[0]["bytes"] > 0 else None
+        for r in samples:
+            if r["t_us"] <= start_us:
+                continue
+            if r["bytes"] > 0 and since is None:
+                since = r["t_us"]
+            elif r["bytes"] == 0 and since is not None:
+                longest, since = max(longest, r["t_us"] - since), None
+        if since is not None:
+            longest = max(longest, end_us - since)
+    return longest
+
+
 async def faults_acted(w: ClientWorld, j: Judgement, names: list[str], timeout: float) -> list[Record] | None:
     """Waits until each fault in `names` acted; their first `fault` events, in time order.
     A client that exits meanwhile is judged on those that acted before (None: none did,
@@ -246,8 +271,12 @@ def judge_kept_session(w: ClientWorld, b: Bounds, j: Judgement, flow: str, start
     check_gap(j, b, gap)
     audio = [r for r in downstream_audio(ev, w.sealed_wire, session=flow) if r["t_us"] > start_us]
     j.require(bool(audio), "no audio passed to the client after the fault: nothing shows it kept playing")
-    j.check("most bytes the client left unread after the fault", unread_during(ev, flow_port(w, ev, flow),
-            start_us + settle_us, end), "<=", b.client_unread_bytes, "bytes", "client_unread_bytes")
+    port = flow_port(w, ev, flow)
+    j.check("most bytes the client left unread after the fault", unread_during(ev, port, start_us + settle_us, end),
+            "<=", b.client_unread_bytes, "bytes", "client_unread_bytes")
+    j.check("longest the client left its socket undrained after the fault",
+            ms(longest_undrained(ev, port, start_us + settle_us, end)), "<=", ms(b.client_undrained_us), "ms",
+            "client_undrained_us")
     j.report("audio chunks passed after the fault", len(audio))
 
 
