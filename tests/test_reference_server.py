@@ -178,8 +178,8 @@ def test_control_endpoint_errors_name_what_was_wrong(run, tmp_path: Path) -> Non
             status, listing = await asyncio.to_thread(_post, f"{control}/actions", None, "GET")
             assert status == 200 and set(listing["actions"]) == {
                 "stream/clear", "stream/end", "stream/start", "server/command", "artwork", "fragment",
-                "noise/fragments", "noise/large", "noise/tamper", "noise/cleartext", "noise/handshake-stall",
-                "noise/init-error"}
+                "noise/fragments", "noise/large", "noise/tamper", "noise/cleartext", "noise/rehandshake",
+                "noise/handshake-stall", "noise/init-error"}
             assert listing["actions"]["artwork"]["params"]["bytes"]["required"] is True
             status, error = await _act(control, "stream/clear")
             assert status == 409 and "no session took it: there is no session past its hello" in error["error"]
