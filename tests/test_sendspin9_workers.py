@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from noise_support import venv_python
 
 ROOT = Path(__file__).resolve().parent.parent
 HELPER = Path(__file__).parent / "noise_peers" / "sendspin9_workers.py"
@@ -45,20 +46,10 @@ SECONDS = 4.0
 
 @functools.cache
 def _sendspin9() -> tuple[str | None, str]:
-    python = os.environ.get(ENV)
-    if not python:
-        return None, f"{ENV} is not set: it names the Python of a venv with sendspin==9.0.0 (needs Python >= 3.12)"
-    exe = Path(python).parent / "sendspin"
-    try:
-        version = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('sendspin'))"],
-                                 capture_output=True, text=True, timeout=60).stdout.strip()
-    except OSError as exc:
-        return None, f"{ENV}={python} cannot run: {exc}"
-    if version != "9.0.0":
-        return None, f"{ENV}={python} has sendspin {version or 'missing'}, not 9.0.0"
-    if not exe.exists():
-        return None, f"{ENV}={python}: no `sendspin` executable beside it ({exe})"
-    return python, ""
+    python, why = venv_python(ENV, "sendspin", "9.0.0", "the Python of a venv with sendspin==9.0.0 (Python >= 3.12)")
+    if python is not None and not (Path(python).parent / "sendspin").exists():
+        return None, f"{ENV}={python}: no `sendspin` executable beside it"
+    return python, why
 
 
 def _requirements() -> str:
