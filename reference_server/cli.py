@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--identity", type=Path, metavar="FILE",
                    help="the noise static key (base64url private key), created there if absent; with --workers "
                         "the coordinator hands it to every worker (one server_id); default: a fresh key per run")
+    p.add_argument("--psks", type=Path, metavar="FILE",
+                   help="noise: JSON {\"psks\": [{\"key\", \"category\", \"client_id\"}]}, base64url: the PSK "
+                        "to reference for each client_id (e.g. a long-term one it is paired with) instead of the "
+                        "Sentinel; such a session plays without unpaired access")
     p.add_argument("--handshake-timeout", type=_positive(float, "--handshake-timeout"),
                    default=d.handshake_step_timeout_s,
                    help="noise: seconds for Noise message 2, and for client/hello after server/hello "
@@ -95,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 def to_config(a: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         host=a.host, port=a.port, control_port=a.control_port, ready_file=a.ready_file, log_dir=a.log_dir,
-        proc=a.proc, source=a.source, profiles=a.profiles, identity_file=a.identity,
+        proc=a.proc, source=a.source, profiles=a.profiles, identity_file=a.identity, psks_file=a.psks,
         handshake_step_timeout_s=a.handshake_timeout,
         chunk_ms=a.chunk_ms, max_lead_ms=a.max_lead_ms, autoplay=not a.no_autoplay, artwork_bytes=a.artwork_bytes,
         fragment_bytes=a.fragment_bytes, payload_timeout_s=a.payload_timeout, hello_timeout_s=a.hello_timeout,

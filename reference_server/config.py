@@ -55,6 +55,7 @@ class ServerConfig:
     # wire revisions served (profiles.py); a connection's first message picks one
     profiles: tuple[str, ...] = ("legacy", "noise")
     identity_file: Path | None = None  # the noise static key (made there if absent); None: a fresh one per run
+    psks_file: Path | None = None      # PSKs to reference per client_id (profiles.load_psks); None: Sentinel only
 
     # audio timeline
     source: str = "watermark"          # "watermark" or a path to a WAV file

@@ -41,7 +41,7 @@ from harness.protocol import EventLog, LoopLagMonitor, now_us
 from . import ipc
 from .config import ServerConfig
 from .control import ControlEndpoint, ControlError, post_json
-from .profiles import load_identity
+from .profiles import load_identity, load_psks
 from .sources import open_source
 from .timeline import Batch, Producer
 
@@ -105,6 +105,7 @@ class Coordinator:
         source = open_source(config.source, config.sample_rate)
         # One identity for the cluster: every worker presents the same server_id (profiles.py).
         identity = load_identity(config.identity_file) if "noise" in config.profiles else None
+        load_psks(config.psks_file)  # a bad file is a usage error here, not in every worker
         self.server_id = identity.peer_id if identity else None
         self.source_hello = ipc.hello(source.sample_rate, source.kind, identity.private if identity else b"")
         self.producer = Producer(source, config.chunk_ms, config.max_lead_ms, config.start_delay_ms,

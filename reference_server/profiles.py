@@ -17,18 +17,30 @@ Identity: one X25519 static key for the whole cluster, so every worker presents
 the same `server_id`. The coordinator (or the single process) makes it or loads
 it (`--identity FILE`: created, mode 0600, if absent) and hands the private key
 to its workers over their IPC socket, never on a command line.
+
+PSKs: by default every session is keyed with the Sentinel PSK (unpaired access).
+`--psks FILE` gives PSKs to reference for given clients instead, e.g. a long-term PSK a
+test client is pre-paired with (Sendspin/conformance's aiosendspin adapters derive one
+from the ids they are given); the file is JSON, keys base64url as in the spec, the same
+`psks` list as the proxy's `--noise-keys` file: `{"psks": [{"key": "<32 bytes>",
+"category": "lt", "client_id": "<its key>"}]}` (entries without `client_id` are ignored:
+the server references a PSK per client). A session keyed with such a PSK is a paired one:
+its playback needs no unpaired access. Every worker reads the file itself (a path on
+its command line).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harness.protocol import LegacyProfile, get_profile
 from harness.protocol.noise import Identity, NoiseProfile
-from harness.protocol.noise_crypto import DHLEN, b64url, b64url_decode
+from harness.protocol.noise_crypto import DHLEN, PSK_CATEGORIES, Psk, b64url, b64url_decode
 
 PROFILE_NAMES = ("legacy", "noise")
 NOISE_FIRST_TYPE = "client/init"
@@ -61,6 +73,36 @@ def load_identity(path: Path | None) -> Identity:
         raise ValueError(f"--identity {path}: not a base64url X25519 private key ({exc})") from None
 
 
+def load_psks(path: Path | None) -> dict[str, Psk]:
+    """client_id -> the PSK to reference for it, from `--psks FILE` (module docstring);
+    ValueError naming the file and what is wrong."""
+    if path is None:
+        return {}
+    try:
+        doc: Any = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--psks {path}: not readable JSON ({exc})") from None
+    entries = doc.get("psks") if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f"--psks {path}: needs an object with a \"psks\" list")
+    psks: dict[str, Psk] = {}
+    for n, entry in enumerate(entries):
+        where = f"--psks {path}: psks[{n}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+            raise ValueError(f"{where}: needs \"key\", base64url of 32 bytes")
+        if entry.get("category") not in PSK_CATEGORIES:
+            raise ValueError(f"{where}: \"category\" must be one of {list(PSK_CATEGORIES)}")
+        client_id = entry.get("client_id")
+        if client_id is None:
+            continue
+        try:
+            b64url_decode(client_id, DHLEN)
+            psks[client_id] = Psk(b64url_decode(entry["key"], 32), entry["category"])
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc} (key and client_id are base64url of 32 bytes)") from None
+    return psks
+
+
 def first_message_type(data: str | bytes) -> str | None:
     """The `type` of a text message that is a JSON object; None otherwise."""
     if not isinstance(data, str):
@@ -79,6 +121,7 @@ class ServedProfiles:
 
     names: tuple[str, ...] = PROFILE_NAMES
     identity: Identity | None = None
+    psks: Mapping[str, Psk] = field(default_factory=dict)  # client_id -> PSK to reference (--psks)
     legacy: LegacyProfile = field(init=False)
     noise: NoiseProfile | None = field(init=False, default=None)
 
@@ -86,7 +129,7 @@ class ServedProfiles:
         self.legacy = get_profile("legacy")  # type: ignore[assignment]
         if "noise" in self.names:
             self.identity = self.identity or Identity.generate()
-            self.noise = NoiseProfile(identity=self.identity)
+            self.noise = NoiseProfile(identity=self.identity, server_psks=self.psks)
 
     @property
     def server_id(self) -> str | None:

@@ -39,7 +39,7 @@ from .config import ServerConfig
 from .control import ControlEndpoint
 from .dialer import Dialer
 from .playback import Demand, Playback
-from .profiles import ServedProfiles, load_identity
+from .profiles import ServedProfiles, load_identity, load_psks
 from .session import Session
 from .sources import open_source
 from .timeline import ChunkStore, Producer
@@ -55,7 +55,8 @@ class ReferenceServer:
         self.config = config
         # Made before the log: a bad --identity file is a usage error, not a run.
         self.profiles = profiles or ServedProfiles(
-            config.profiles, load_identity(config.identity_file) if "noise" in config.profiles else None)
+            config.profiles, load_identity(config.identity_file) if "noise" in config.profiles else None,
+            load_psks(config.psks_file))
         log_path = config.log_dir / f"{config.proc}.jsonl" if config.log_dir else None
         self.log = EventLog(log_path, config.proc)
         self.producer: Producer | None = None

@@ -382,9 +382,10 @@ class Session:
             return None
 
     async def _activate(self, hello: m.NoiseClientHello) -> bool:
-        """Activate the roles we serve. With the Sentinel PSK (unpaired: the only PSK this
-        server holds) playback needs the client's unpaired access (messaging.md,
-        server/activate); without it, or on a credential mismatch, the session stays idle."""
+        """Activate the roles we serve. With the Sentinel PSK (unpaired) playback needs the
+        client's unpaired access (messaging.md, server/activate); with a PSK from `--psks`
+        (paired) it does not; without either, or on a credential mismatch, the session
+        stays idle."""
         assert self.noise is not None
         support = hello.player_support
         self.hello = m.ClientHello(  # the legacy view playback reads (profile-free)
@@ -393,7 +394,8 @@ class Session:
                                            buffer_capacity=support.buffer_capacity,
                                            supported_commands=[]) if support else UNSET)  # from client/state
         self._pacer.capacity = support.buffer_capacity if support else 0
-        playback = hello.unpaired_access.enabled and not self.noise.credential_mismatch
+        paired = self.noise.psk is not None and self.noise.psk.category != "sn"  # --psks: no unpaired access needed
+        playback = (hello.unpaired_access.enabled or paired) and not self.noise.credential_mismatch
         self.active_roles = activate_roles(hello.supported_roles, NOISE_ROLES) if playback else []
         if self.has_role("player") and not support:
             self.active_roles = [r for r in self.active_roles if not r.startswith("player@")]

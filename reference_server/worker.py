@@ -17,7 +17,7 @@ from harness.protocol.noise import Identity
 
 from . import ipc
 from .config import ServerConfig
-from .profiles import ServedProfiles
+from .profiles import ServedProfiles, load_psks
 from .server import ReferenceServer
 from .timeline import Chunk, ChunkStore
 
@@ -38,7 +38,8 @@ async def run_worker(config: ServerConfig, ipc_fd: int, heartbeat_s: float) -> i
     store = ChunkStore(hello.rate, hello.source_kind, get_profile("legacy"))
     if "noise" in config.profiles and not hello.identity:
         raise RuntimeError("worker: --profiles has noise but the coordinator sent no identity")
-    profiles = ServedProfiles(config.profiles, Identity(hello.identity) if hello.identity else None)
+    profiles = ServedProfiles(config.profiles, Identity(hello.identity) if hello.identity else None,
+                              load_psks(config.psks_file))
 
     def send(message: bytes) -> None:
         with contextlib.suppress(BlockingIOError, OSError):  # coordinator busy or gone: EOF will tell

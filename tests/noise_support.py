@@ -66,20 +66,27 @@ def deliver(sender: NoiseSession, receiver: NoiseSession, message: m.Message) ->
 AIOSENDSPIN10_ENV = "SENDSPIN_AIOSENDSPIN10_PYTHON"
 
 
+def venv_python(env: str, dist: str, version: str, what: str) -> tuple[str | None, str]:
+    """The interpreter `env` names if it has `dist`==`version`, else None and why not
+    (`what`: what the interpreter is for, for the message when `env` is unset)."""
+    python = os.environ.get(env)
+    if not python:
+        return None, f"{env} is not set: it names {what}"
+    try:
+        found = subprocess.run([python, "-c", f"import importlib.metadata as m; print(m.version({dist!r}))"],
+                               capture_output=True, text=True, timeout=60).stdout.strip()
+    except OSError as exc:
+        return None, f"{env}={python} cannot run: {exc}"
+    if found != version:
+        return None, f"{env}={python} has {dist} {found or 'missing'}, not {version}"
+    return python, ""
+
+
 @functools.cache
 def _aiosendspin10() -> tuple[str | None, str]:
-    python = os.environ.get(AIOSENDSPIN10_ENV)
-    if not python:
-        return None, (f"{AIOSENDSPIN10_ENV} is not set: it names a Python with aiosendspin[server]==10.2.1 (the "
-                      "project's venv pins 6.1.1); see tests/test_protocol_noise_interop.py")
-    try:
-        version = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('aiosendspin'))"],
-                                 capture_output=True, text=True, timeout=60).stdout.strip()
-    except OSError as exc:
-        return None, f"{AIOSENDSPIN10_ENV}={python} cannot run: {exc}"
-    if version != "10.2.1":
-        return None, f"{AIOSENDSPIN10_ENV}={python} has aiosendspin {version or 'missing'}, not 10.2.1"
-    return python, ""
+    return venv_python(AIOSENDSPIN10_ENV, "aiosendspin", "10.2.1",
+                       "a Python with aiosendspin[server]==10.2.1 (the project's venv pins 6.1.1); see "
+                       "tests/test_protocol_noise_interop.py")
 
 
 def aiosendspin10_python() -> str:

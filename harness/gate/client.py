@@ -18,7 +18,11 @@ A conformance client adapter (`--client-adapter CMD`, docs/adapter-contract.md) 
 unchanged: the gate passes the conformance runner's flags, writes the registry and
 reads the ready and summary files as the runner does, and ends the run from the server
 side (`POST /api/close`). Its summary is the client's own account: kept as a note, never
-judged.
+judged. In the noise profile the gate pre-pairs it as Sendspin/conformance's runner does
+(`conformance_pairing`): its aiosendspin adapters derive both static keys and a long-term
+PSK from `--server-id` and `--client-id` and leave unpaired access off, so the server
+presents the derived key and references that PSK (`--identity`, `--psks`), and the proxy
+holds the same file (`--noise-keys`) to terminate such a session.
 
 The harness judges only from outside: the server's and the proxy's event logs, the
 kernel's count of what the client left unread, and the client's exit status and output
@@ -28,6 +32,7 @@ kernel's count of what the client left unread, and the client's exit status and 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import shlex
 import socket
@@ -44,6 +49,7 @@ from urllib.parse import quote, urlsplit
 from ..events import Events
 from ..fault_proxy import FaultProxy, fault_proxy
 from ..protocol import now_us
+from ..protocol.noise_crypto import Identity, b64url
 from ..scenario import Scenario
 from ..topology import Child, ManagedProcess, listening_pid, reference_server, spawn_child
 from .case import WIRE_PROFILES
@@ -62,6 +68,33 @@ ADAPTER_READY_S = 10.0
 ADAPTER_EXIT_S = 10.0
 ADAPTER_TIMEOUT_MARGIN_S = 30.0  # --timeout-seconds = the case's own timeout plus this: it covers the session
 SERVER_NAME, SERVER_ID = "sendspin-harness reference server", "reference-server"  # the registry key, server/hello
+
+
+def case_client_id(case_id: str) -> str:
+    """The client_id the gate gives a case's client (legacy: its `client_id`; an adapter's `--client-id`)."""
+    return f"gate-{case_id.replace('.', '-')}"
+
+
+def conformance_pairing(path: Path, server_id: str, client_id: str) -> Path:
+    """Writes what Sendspin/conformance's aiosendspin adapters are pre-paired with (facts
+    from its `_aiosendspin_pairing.py`: X25519 private key = SHA-256 of
+    `sendspin-conformance-identity:<side>:<id>`, long-term PSK = SHA-256 of
+    `sendspin-conformance-psk:<server_id>:<client_id>`), as a `--noise-keys` file that
+    `--psks` reads too; the server's private key alone goes to `path.with_suffix(".key")`
+    for `--identity`. Returns the keys file."""
+    def derived(seed: str) -> Identity:
+        return Identity(hashlib.sha256(f"sendspin-conformance-identity:{seed}".encode()).digest())
+
+    server, client = derived(f"server:{server_id}"), derived(f"client:{client_id}")
+    psk = hashlib.sha256(f"sendspin-conformance-psk:{server_id}:{client_id}".encode()).digest()
+    key_file = path.with_suffix(".key")
+    key_file.write_text(b64url(server.private) + "\n")
+    key_file.chmod(0o600)
+    path.write_text(json.dumps({"identities": [b64url(server.private), b64url(client.private)],
+                                "psks": [{"key": b64url(psk), "category": "lt", "client_id": client.peer_id,
+                                          "server_id": server.peer_id}]}))
+    path.chmod(0o600)
+    return path
 
 
 class ClientCommandError(ValueError):
@@ -214,16 +247,20 @@ class Topology:
 
     @classmethod
     def start(cls, directory: Path, workers: int = 0, server_args: tuple[str, ...] = (),
-              initiator: str = "client", profile: str = "legacy", noise: str = "opaque") -> Topology:
+              initiator: str = "client", profile: str = "legacy", noise: str = "opaque",
+              keys: Path | None = None) -> Topology:
         """Starts it (blocking: a few seconds); stops what it started if a part fails. The
         server speaks only `profile`, the client's: a client that speaks another is refused.
-        `noise`: what the proxy does with a noise session (`--noise`)."""
+        `noise`: what the proxy does with a noise session (`--noise`). `keys`: a
+        `conformance_pairing` file (noise): the server's key and PSKs, and the proxy's keys."""
         if initiator == "server" and workers:
             raise ValueError("server-initiated: one reference server process dials; it has no workers")
         topology = cls(directory, workers, initiator, noise if profile == "noise" else "opaque")
         try:
             extra = ("--workers", str(workers)) if workers else ()
             extra += ("--profiles", profile)
+            if keys is not None:
+                extra += ("--identity", str(keys.with_suffix(".key")), "--psks", str(keys))
             server = reference_server(directory, *extra, *server_args)
             topology.servers.append(server)
             topology.server_http = server.ready["http"]
@@ -233,6 +270,8 @@ class Topology:
             else:
                 upstreams = [w["url"] for w in server.ready["workers"]] if workers else [server.ready["url"]]
                 args = PROXY_ARGS
+            if keys is not None and topology.noise == "terminate":  # opaque: the proxy holds no keys
+                args = (*args, "--noise-keys", str(keys))
             process = fault_proxy(directory, upstreams, *args, "--noise", topology.noise)
             topology.servers.append(process)
             topology.proxy = FaultProxy(process)
@@ -328,7 +367,7 @@ class ClientWorld:
     def client_id(self) -> str:
         """Legacy: the client_id the gate gives the client ({client_id}). Noise: the client's
         public key, which only the handshake shows (`peer_id`)."""
-        return f"gate-{self.case_id.replace('.', '-')}"
+        return case_client_id(self.case_id)
 
     def peer_id(self) -> str | None:
         """The client_id the server saw in the client's last client/hello (noise: its key)."""

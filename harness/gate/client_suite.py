@@ -22,7 +22,7 @@ import pytest
 from ..checkers import InconclusiveViolation, Stall, judge, stalls_during
 from ..checkers import Verdict as InvariantVerdict
 from ..settings import INSTRUMENTS, Bounds
-from .client import ClientWorld, Topology
+from .client import SERVER_ID, ClientWorld, Topology, case_client_id, conformance_pairing
 from .client_cases import CLIENT, RUNS
 from .client_cases.common import NotApplicable
 from .gate_session import GATE, GateSession
@@ -69,8 +69,12 @@ def test_client(case_id: str, initiator: str, wire_profile: str, request: pytest
     started = time.monotonic()
     # a fresh server and proxy per case: a case may leave the server's state changed (a
     # stream ended, a format switched), and the next client must not inherit it
+    keys = None
+    if gate.client.adapter and profile == "noise":  # pre-paired as the conformance runner's adapters expect
+        (tmp_path / "topology").mkdir(parents=True, exist_ok=True)
+        keys = conformance_pairing(tmp_path / "topology" / "pairing.json", SERVER_ID, case_client_id(case_id))
     topology = Topology.start(tmp_path / "topology", spec.workers, initiator=initiator, profile=profile,
-                              noise=spec.noise_proxy)
+                              noise=spec.noise_proxy, keys=keys)
 
     async def body() -> ClientWorld:
         async with ClientWorld(tmp_path, gate.client, case_id, topology, spec.timeout_s) as world:
