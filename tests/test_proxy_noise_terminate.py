@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from mitmproxy.contentviews import Metadata
 from noise_ws_peers import CHUNKS, WAIT_S, DualServer, LegacyClient, NoiseClient
-from proxy_support import api, fault_events, in_process_proxy, until
+from proxy_support import RawUpstream, Recorder, api, client_connect, fault_events, in_process_proxy, until
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
@@ -28,6 +28,7 @@ from harness.protocol import ConnectionFatal, peek_type
 from harness.protocol import messages as m
 from harness.protocol.noise import Identity
 from harness.protocol.noise_crypto import b64url
+from harness.protocol.wsframes import PING, TEXT, encode_frame
 from proxy.cli import connections_table
 from proxy.contentview import sendspin
 from proxy.relay.noise_keys import KeysFileError, NoiseKeys
@@ -214,3 +215,23 @@ def test_the_cli_refuses_a_bad_keys_file_naming_what_is_wrong(tmp_path: Path, ar
     done = subprocess.run([sys.executable, "-m", "proxy", "--upstream", "ws://127.0.0.1:9/sendspin",
                            *(a.format(keys=keys) for a in args)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_a_ping_before_the_first_message_is_passed_on_once(run: Any) -> None:
+    """A terminating proxy waits for the client's first message before it decides; a ping
+    that comes first goes on with what it decides, exactly once (a legacy hello: relayed
+    untouched)."""
+    async def body() -> None:
+        recorder = Recorder()
+        async with RawUpstream(recorder) as up, in_process_proxy([f"ws://127.0.0.1:{up.port}"],
+                                                                 noise_keys=NoiseKeys()) as px:
+            _, writer = await client_connect(px.port, "/sendspin")
+            hello = json.dumps({"type": "client/hello", "payload": {"client_id": "c", "name": "c", "version": 1,
+                                                                    "supported_roles": []}}).encode()
+            writer.write(encode_frame(PING, b"early", mask=True) + encode_frame(TEXT, hello, mask=True))
+            await until(lambda: len(recorder.got) >= 2, WAIT_S, "the ping and the hello upstream")
+            await asyncio.sleep(0.2)  # a duplicate would follow at once
+            assert [(f.opcode, f.payload) for _, f in recorder.got] == [(PING, b"early"), (TEXT, hello)]
+            writer.close()
+
+    run(body(), 30)

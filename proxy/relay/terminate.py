@@ -153,6 +153,7 @@ class NoiseTerminator:
         self.phase = "first-message"  # -> server-handshake -> client-handshake -> transport; or relayed, ended
         self.readers = {side: _Reader() for side in SIDES}
         self.raw: dict[str, list[bytes]] = {side: [] for side in SIDES}  # read before the decision
+        self.early_control: list[tuple[str, bytes]] = []  # (side, frame) read before it: passed on either way
         self.waiting: dict[str, list[tuple[int, bytes]]] = {side: [] for side in SIDES}  # early messages
         self.upstream: NoiseSession | None = None  # the proxy as the client, towards the server
         self.downstream: NoiseSession | None = None  # the proxy as the server, towards the client
@@ -176,7 +177,9 @@ class NoiseTerminator:
         for opcode, payload in self.readers[side].feed(data):
             if self.phase in ("relayed", "ended"):  # the rest of this chunk went with `raw`
                 return
-            if opcode >= 8 and self.phase != "transport":
+            if opcode >= 8 and self.phase == "first-message":
+                self.early_control.append((side, payload))  # relayed with `raw`, or sent on when terminating
+            elif opcode >= 8 and self.phase != "transport":
                 self._write(self.relay.pipe_from(side).dst, payload)  # a ping or close: on at once
             elif self.phase == "first-message":
                 self._first(side, opcode, payload)
@@ -189,6 +192,8 @@ class NoiseTerminator:
 
     def eof(self, side: str) -> bool:
         """The peer sent FIN; True if the relay should handle it as usual."""
+        if self.phase == "first-message":  # before anything to terminate: relayed as it came
+            self._relay_untouched()
         if self.phase in ("relayed", "transport"):
             return True
         self._end(side, "the peer closed during the handshake")
@@ -203,13 +208,11 @@ class NoiseTerminator:
             except (ProtocolError, UnicodeDecodeError):
                 init = None
         if init is None:  # not ours to terminate: relayed untouched, identified as usual
-            self.phase = "relayed"
-            for s in SIDES:
-                chunks, self.raw[s] = self.raw[s], []
-                for chunk in chunks:
-                    self.relay.pipe_from(s).feed(chunk)
+            self._relay_untouched()
             return
         self.raw = {s: [] for s in SIDES}
+        for s, frame in self.early_control:
+            self._write(self.relay.pipe_from(s).dst, frame)
         self.client_init = payload.decode()
         self.client_id = init.client_id
         self.phase = "server-handshake"
@@ -217,6 +220,13 @@ class NoiseTerminator:
         self.upstream = NoiseSession("client", self.keys.towards_server(init.client_id), suite=init.suite,  # type: ignore[arg-type]
                                      client_psks=self.keys.psks)
         self._send("server", self.upstream.handshake(None).send)
+
+    def _relay_untouched(self) -> None:
+        self.phase = "relayed"
+        for s in SIDES:
+            chunks, self.raw[s] = self.raw[s], []
+            for chunk in chunks:
+                self.relay.pipe_from(s).feed(chunk)
 
     def _handshake(self, side: str, opcode: int, payload: bytes) -> None:
         session = self.upstream if side == "server" else self.downstream
