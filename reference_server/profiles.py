@@ -24,9 +24,9 @@ test client is pre-paired with (Sendspin/conformance's aiosendspin adapters deri
 from the ids they are given); the file is JSON, keys base64url as in the spec, the same
 `psks` list as the proxy's `--noise-keys` file: `{"psks": [{"key": "<32 bytes>",
 "category": "lt", "client_id": "<its key>"}]}` (entries without `client_id` are ignored:
-the server references a PSK per client). A session keyed with such a PSK is a paired one:
-its playback needs no unpaired access. Every worker reads the file itself (a path on
-its command line).
+the server references a PSK per client; harness/protocol/noise_keys.py reads it). A
+session keyed with such a PSK is a paired one: its playback needs no unpaired access.
+Every worker reads the file itself (a path on its command line).
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from harness.protocol import LegacyProfile, get_profile
 from harness.protocol.noise import Identity, NoiseProfile
-from harness.protocol.noise_crypto import DHLEN, PSK_CATEGORIES, Psk, b64url, b64url_decode
+from harness.protocol.noise_crypto import DHLEN, Psk, b64url, b64url_decode
+from harness.protocol.noise_keys import KeysFile
 
 PROFILE_NAMES = ("legacy", "noise")
 NOISE_FIRST_TYPE = "client/init"
@@ -76,31 +76,7 @@ def load_identity(path: Path | None) -> Identity:
 def load_psks(path: Path | None) -> dict[str, Psk]:
     """client_id -> the PSK to reference for it, from `--psks FILE` (module docstring);
     ValueError naming the file and what is wrong."""
-    if path is None:
-        return {}
-    try:
-        doc: Any = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"--psks {path}: not readable JSON ({exc})") from None
-    entries = doc.get("psks") if isinstance(doc, dict) else None
-    if not isinstance(entries, list):
-        raise ValueError(f"--psks {path}: needs an object with a \"psks\" list")
-    psks: dict[str, Psk] = {}
-    for n, entry in enumerate(entries):
-        where = f"--psks {path}: psks[{n}]"
-        if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
-            raise ValueError(f"{where}: needs \"key\", base64url of 32 bytes")
-        if entry.get("category") not in PSK_CATEGORIES:
-            raise ValueError(f"{where}: \"category\" must be one of {list(PSK_CATEGORIES)}")
-        client_id = entry.get("client_id")
-        if client_id is None:
-            continue
-        try:
-            b64url_decode(client_id, DHLEN)
-            psks[client_id] = Psk(b64url_decode(entry["key"], 32), entry["category"])
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc} (key and client_id are base64url of 32 bytes)") from None
-    return psks
+    return {} if path is None else KeysFile.load(path, f"--psks {path}").psk_for_client
 
 
 def first_message_type(data: str | bytes) -> str | None:

@@ -13,24 +13,19 @@ static key of its own and a PSK:
   is the one referenced towards that client. Absent one, both sides use the Sentinel PSK,
   which is what unpaired access means.
 
-The file is JSON; keys are base64url (without padding, as in the spec):
-
-    {"identities": ["<X25519 private key>", ...],
-     "psks": [{"key": "<32 bytes>", "category": "lt", "client_id": "...", "server_id": "..."}]}
+The file is `harness/protocol/noise_keys.py`'s (the reference server reads it too).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.protocol.noise_crypto import DHLEN, PSK_CATEGORIES, Identity, Psk, b64url_decode
+from harness.protocol.noise_crypto import Identity, Psk
+from harness.protocol.noise_keys import KeysFile, KeysFileError
 
-
-class KeysFileError(ValueError):
-    """The keys file is not what the module docstring describes; the message names what."""
+__all__ = ["KeysFileError", "NoiseKeys"]
 
 
 @dataclass
@@ -55,36 +50,12 @@ class NoiseKeys:
     @classmethod
     def load(cls, path: str | Path | None) -> NoiseKeys:
         """The keys of `path` (None: none, Sentinel PSK and the proxy's own keys only)."""
-        if path is None:
-            return cls()
-        try:
-            doc = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise KeysFileError(f"noise keys file {path}: {exc}") from None
-        return cls.parse(doc, str(path))
+        return cls() if path is None else cls._of(KeysFile.load(path, f"--noise-keys {path}"))
 
     @classmethod
     def parse(cls, doc: Any, where: str = "noise keys") -> NoiseKeys:
-        if not isinstance(doc, dict) or set(doc) - {"identities", "psks"}:
-            raise KeysFileError(f"{where}: a JSON object with `identities` and/or `psks`, got "
-                                f"{sorted(doc) if isinstance(doc, dict) else type(doc).__name__}")
-        keys = cls()
-        for i, text in enumerate(doc.get("identities", [])):
-            try:
-                identity = Identity(b64url_decode(text, DHLEN))
-            except (TypeError, ValueError) as exc:
-                raise KeysFileError(f"{where}: identities[{i}]: {exc}") from None
-            keys.identities[identity.peer_id] = identity
-        for i, entry in enumerate(doc.get("psks", [])):
-            if not isinstance(entry, dict) or "key" not in entry or set(entry) - {"key", "category", "client_id",
-                                                                                   "server_id"}:
-                raise KeysFileError(f"{where}: psks[{i}]: an object with `key`, `category` and optionally "
-                                    f"`client_id`, `server_id`, got {entry!r}")
-            try:
-                psk = Psk(b64url_decode(entry["key"], 32), entry.get("category", "lt"), entry.get("server_id"))
-            except (TypeError, ValueError) as exc:
-                raise KeysFileError(f"{where}: psks[{i}]: {exc} (categories: {list(PSK_CATEGORIES)})") from None
-            keys.psks.append(psk)
-            if entry.get("client_id"):
-                keys.psk_for_client[entry["client_id"]] = psk
-        return keys
+        return cls._of(KeysFile.parse(doc, where))
+
+    @classmethod
+    def _of(cls, file: KeysFile) -> NoiseKeys:
+        return cls({i.peer_id: i for i in file.identities}, file.psks, file.psk_for_client)
