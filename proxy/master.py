@@ -158,15 +158,20 @@ class EmbeddedProxy:
         self._loop_lag = LoopLagMonitor(asyncio.get_running_loop(), self.events).start()
         self.events.emit("ready", listen=self.url, control=self.control.url if self.control else None,
                          upstreams=[u.url for u in self.state.upstreams], startup_s=round(self.startup_s, 3),
-                         server_dials=self.server_dials, noise="opaque" if self.noise_keys is None else "terminate")
+                         server_dials=self.server_dials, noise=self.noise)
         return self
+
+    @property
+    def noise(self) -> str:
+        """What it does with noise sessions (`--noise`): opaque, or terminate."""
+        return "opaque" if self.noise_keys is None else "terminate"
 
     def readiness(self, pid: int) -> dict[str, Any]:
         return {"pid": pid,
                 "listen": {"host": self.listen_host, "port": self.port, "url": self.url},
                 "control": {"url": self.control.url if self.control else None},
                 "upstreams": [u.url for u in self.state.upstreams], "server_dials": self.server_dials,
-                "noise": "opaque" if self.noise_keys is None else "terminate",
+                "noise": self.noise,
                 "log": str(self.log_dir / f"{self.events.proc}.jsonl") if self.log_dir else None,
                 "web": {"url": self.web.url} if self.web is not None else None}
 

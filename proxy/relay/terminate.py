@@ -222,7 +222,9 @@ class NoiseTerminator:
         self._send("server", self.upstream.handshake(None).send)
 
     def _relay_untouched(self) -> None:
+        """Nothing to terminate: the relay feeds its pipes itself from now on."""
         self.phase = "relayed"
+        self.relay.terminator = None
         for s in SIDES:
             chunks, self.raw[s] = self.raw[s], []
             for chunk in chunks:
