@@ -184,9 +184,15 @@ def _reads(events: Events, probe: str, start_us: int = 0, end_us: int | None = N
     if found is None:
         return []
     proc, session = found
+    return [r for r in _time_reads(events, proc, session)
+            if start_us <= r["client_transmitted"] and (end_us is None or r["client_transmitted"] < end_us)]
+
+
+def _time_reads(events: Events, proc: str, session: str) -> list[Record]:
+    """The server's reads of this session's client/time; a refused one (e.g. S04's wrong
+    field type) has no client_transmitted and is left out."""
     return [r for r in events.select("recv", proc=proc, session=session, type="client/time")
-            if "client_transmitted" in r  # a refused client/time (e.g. S04's wrong field type) has none
-            and start_us <= r["client_transmitted"] and (end_us is None or r["client_transmitted"] < end_us)]
+            if "client_transmitted" in r]
 
 
 def reads_prompt(events: Events, probe: str, bounds: Bounds, end_us: int, start_us: int = 0) -> Verdict:
@@ -200,9 +206,7 @@ def reads_prompt(events: Events, probe: str, bounds: Bounds, end_us: int, start_
             if start_us <= r["client_transmitted"] < end_us - bounds.time_reply_grace_us]
     if not sent:
         return Verdict(inv, probe, False, "no client/time was sent in the window: nothing to judge")
-    received = {r["client_transmitted"]: r for r in events.select("recv", proc=proc, session=session,
-                                                                    type="client/time")
-                if "client_transmitted" in r}  # a refused client/time (S04's wrong field type) has none
+    received = {r["client_transmitted"]: r for r in _time_reads(events, proc, session)}
     latencies: list[int] = []
     worst: Record | None = None
     unread: list[Record] = []
