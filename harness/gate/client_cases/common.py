@@ -192,11 +192,16 @@ def flow_seq(ev: Events, flow: str) -> int:
     return next(iter(ev.select("accept", proc="proxy", session=flow)))["conn_seq"]
 
 
+def queue_samples(ev: Events, port: int | None, end_us: int) -> list[Record]:
+    """The client's unread-bytes samples (`client_queue`) on `port` (None: any) up to `end_us`."""
+    return [r for r in ev.select("client_queue") if (port is None or r["port"] == port) and r["t_us"] <= end_us]
+
+
 def unread_during(ev: Events, port: int | None, start_us: int, end_us: int) -> int:
     """The most bytes the client left unread on `port` (None: on any of its connections) in
     [start, end]: the value in effect at `start` (samples are logged only when they change)
     and every sample after it."""
-    samples = [r for r in ev.select("client_queue") if (port is None or r["port"] == port) and r["t_us"] <= end_us]
+    samples = queue_samples(ev, port, end_us)
     before = [r["bytes"] for r in samples if r["t_us"] <= start_us][-1:]
     return max(before + [r["bytes"] for r in samples if r["t_us"] > start_us], default=0)
 
@@ -208,9 +213,8 @@ def longest_undrained(ev: Events, port: int | None, start_us: int, end_us: int) 
     most bytes unread depends on how far the kernel had grown that buffer before)."""
     longest = 0
     by_port: dict[int, list[Record]] = {}
-    for r in ev.select("client_queue"):
-        if (port is None or r["port"] == port) and r["t_us"] <= end_us:
-            by_port.setdefault(r["port"], []).append(r)
+    for r in queue_samples(ev, port, end_us):
+        by_port.setdefault(r["port"], []).append(r)
     for samples in by_port.values():
         before = [r for r in samples if r["t_us"] <= start_us][-1:]
         since = start_us if before and before[0]["bytes"] > 0 else None
