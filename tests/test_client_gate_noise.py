@@ -4,22 +4,18 @@ The probe speaking noise passes the Noise group (10.x) and the existing cases th
 in noise; a case the gate cannot run there is SKIPPED with its reason, never a verdict on
 the client; a small noise client with one bug (tests/bad_clients/noise_client.py) fails
 exactly the case of its bug. Each run is the gate as an implementer runs it, in a
-subprocess, judged by its exit status, results.json and JUnit XML. The module's gate runs
-start together (a fixture) and overlap: each mostly waits on its cases' timers.
+subprocess, judged by its exit status, results.json and JUnit XML; the module's runs start
+in a fixture and overlap, a few at a time (tests/gate_runs.py).
 """
 
 from __future__ import annotations
 
-import json
 import shlex
-import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
-from test_the_client_gate import GATE_TIMEOUT_S, ROOT
+from gate_runs import ROOT, WAIT_TIMEOUT_S, GateRun, GateRuns, cases_args
 
 from harness.gate.case import Case, Severity
 from harness.gate.client import ClientCommandError, ClientUnderTest
@@ -36,33 +32,6 @@ NOISE = ("--client-profile", "noise")
 
 def noise_client(bug: str) -> str:
     return f"{sys.executable} {ROOT / 'tests/bad_clients/noise_client.py'} --url {{url}} --bug {bug}"
-
-
-def cases_args(*ids: str) -> list[str]:
-    return [arg for case in ids for arg in ("--case", case)]
-
-
-class GateRun:
-    """One gate run (`pytest scenarios/test_client_gate.py --client-cmd CLIENT ...`) in the
-    background; `result()` waits for it: exit status, results.json by case id, output."""
-
-    def __init__(self, directory: Path, client: str, *args: str) -> None:
-        self.report = directory / "report"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pytest", "scenarios/test_client_gate.py", "-q", "-p", "no:cacheprovider",
-             f"--basetemp={directory / 'cases'}", "--client-cmd", client, "--report-dir", str(self.report), *args],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-    def result(self) -> tuple[int, dict[str, Any], str]:
-        out, _ = self.process.communicate(timeout=GATE_TIMEOUT_S)
-        path = self.report / "results.json"
-        results = json.loads(path.read_text()) if path.exists() else {}
-        return self.process.returncode, {c["id"]: c for c in results.get("cases", [])}, out
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.communicate()
 
 
 # Kept small (each case starts its own server, proxy and client: CPU-seconds each): the 1 MiB
@@ -86,29 +55,34 @@ LEGACY_PROBE = f"{sys.executable} -m harness.probe --url {{url}} --client-id {{c
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, GateRun]]:
-    """Every gate run of this module, started at once."""
-    def directory(name: str) -> Path:
-        return tmp_path_factory.mktemp(name)
-
-    probe = directory("probe")
-    started = {"probe": GateRun(probe, PROBE_NOISE, *NOISE, *cases_args(*PROBE_SUBSET), "-n", "2", "-rs",
-                                f"--junitxml={probe / 'junit.xml'}"),
-               "legacy": GateRun(directory("legacy"), LEGACY_PROBE, "--case", "10.4"),
-               "server-dials": GateRun(directory("server-dials"), PROBE_NOISE, *NOISE, "--client-listen-cmd",
-                                       PROBE_NOISE_LISTENS, "--client-initiator", "server", "--case", "9.1")}
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GateRuns]:
+    """Every gate run of this module, the longest first, a few at a time."""
+    runs = GateRuns()
+    probe = tmp_path_factory.mktemp("probe")
+    runs.add("probe", GateRun(probe, PROBE_NOISE, *NOISE, *cases_args(*PROBE_SUBSET), "-n", "2", "-rs",
+                              f"--junitxml={probe / 'junit.xml'}"))
     for bug, fails, passes, _ in NEGATIVE:
-        started[bug] = GateRun(directory(bug), noise_client(bug), *NOISE, *cases_args(fails, *filter(None, [passes])))
+        runs.add(bug, GateRun(tmp_path_factory.mktemp(bug), noise_client(bug), *NOISE,
+                              *cases_args(fails, *filter(None, [passes]))))
+    runs.add("server-dials", GateRun(tmp_path_factory.mktemp("server-dials"), PROBE_NOISE, *NOISE,
+                                     "--client-listen-cmd", PROBE_NOISE_LISTENS, "--client-initiator", "server",
+                                     "--case", "9.1"))
+    runs.add("legacy", GateRun(tmp_path_factory.mktemp("legacy"), LEGACY_PROBE, "--case", "10.4"))
     try:
-        yield started
+        yield runs
     finally:
-        for run in started.values():
-            run.stop()
+        runs.stop()
 
 
-def test_the_probe_in_noise_passes_the_noise_cases_and_skips_what_cannot_run(runs: dict[str, GateRun]) -> None:
-    code, cases, out = runs["probe"].result()
-    junit = runs["probe"].report.parent / "junit.xml"
+@pytest.fixture(autouse=True)
+def no_leftover_processes(runs: GateRuns) -> Iterator[None]:
+    yield from runs.no_other_leftover_processes()
+
+
+@pytest.mark.timeout(WAIT_TIMEOUT_S)
+def test_the_probe_in_noise_passes_the_noise_cases_and_skips_what_cannot_run(runs: GateRuns) -> None:
+    code, cases, out = runs.result("probe")
+    junit = runs.runs["probe"].directory / "junit.xml"
     assert code == 0, out
     assert {c: cases[c]["verdict"] for c in PROBE_SUBSET} == {**dict.fromkeys(PROBE_SUBSET, "OK"), "4.1": "SKIPPED"}, \
         {c: cases[c]["reason"] for c in PROBE_SUBSET}
@@ -123,10 +97,11 @@ def test_the_probe_in_noise_passes_the_noise_cases_and_skips_what_cannot_run(run
     assert next(f["value"] for f in cases["10.3"]["figures"] if f["name"] == "fragments") == 17  # 1 MiB + 1
 
 
+@pytest.mark.timeout(WAIT_TIMEOUT_S)
 @pytest.mark.parametrize(("bug", "fails", "passes", "figure"), NEGATIVE, ids=[n[0] for n in NEGATIVE])
-def test_a_broken_noise_client_fails_the_case_of_its_bug(runs: dict[str, GateRun], bug: str, fails: str,
+def test_a_broken_noise_client_fails_the_case_of_its_bug(runs: GateRuns, bug: str, fails: str,
                                                          passes: str | None, figure: str) -> None:
-    code, cases, out = runs[bug].result()
+    code, cases, out = runs.result(bug)
     assert code == 1, out
     expected = {fails: "FAILED", **({passes: "OK"} if passes else {})}
     assert {c: v["verdict"] for c, v in cases.items()} == expected, out
@@ -137,15 +112,17 @@ def test_a_broken_noise_client_fails_the_case_of_its_bug(runs: dict[str, GateRun
     assert figure in broken, cases[fails]["figures"]  # what its bug breaks
 
 
-def test_the_terminating_proxy_serves_a_case_whoever_dials(runs: dict[str, GateRun]) -> None:
+@pytest.mark.timeout(WAIT_TIMEOUT_S)
+def test_the_terminating_proxy_serves_a_case_whoever_dials(runs: GateRuns) -> None:
     """9.1 through the proxy terminating Noise, the reference server dialling the probe
     (once lost: the client's client/init, read by mitmproxy with the 101, bypassed it)."""
-    code, cases, out = runs["server-dials"].result()
+    code, cases, out = runs.result("server-dials")
     assert code == 0 and cases["9.1"]["verdict"] == "OK", out
 
 
-def test_a_legacy_run_skips_the_noise_group(runs: dict[str, GateRun]) -> None:
-    code, cases, out = runs["legacy"].result()
+@pytest.mark.timeout(WAIT_TIMEOUT_S)
+def test_a_legacy_run_skips_the_noise_group(runs: GateRuns) -> None:
+    code, cases, out = runs.result("legacy")
     assert code == 0, out
     assert cases["10.4"]["verdict"] == "SKIPPED" and cases["10.4"]["profile"] == "legacy"
     assert cases["10.4"]["reason"] == f"not run in the legacy profile: {NOISE_ONLY}"

@@ -4,7 +4,8 @@ The probe client (a correct client) passes every case, whoever opens the connect
 each small broken client in tests/bad_clients fails exactly the case that names its bug;
 aiosendspin's client runs unchanged as a conformance adapter. Each run is the gate as
 an implementer runs it: `pytest scenarios/test_client_gate.py --client-cmd ...` in a
-subprocess, judged by its exit status and its results.json.
+subprocess, judged by its exit status and its results.json; the module's runs start in a
+fixture and overlap, a few at a time (tests/gate_runs.py).
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from gate_runs import ROOT, WAIT_TIMEOUT_S, GateRun, GateRuns, cases_args
 
 from harness.gate.case import Case, Severity
 from harness.gate.client import SERVER_ID, SERVER_NAME, AdapterFiles, ClientCommandError, ClientUnderTest
@@ -25,14 +26,12 @@ from harness.gate.client_cases import CLIENT
 from harness.gate.knownfailures import KnownFailures, KnownFailuresError
 from harness.gate.verdict import Figure, Judgement, Verdict, decide
 
-ROOT = Path(__file__).resolve().parent.parent
 PROBE = f"{sys.executable} -m harness.probe --url {{url}} --client-id {{client_id}} --name {{name}} " \
         "--roles player@v1,artwork@v1"
 PROBE_ROLES = ("--client-roles", "player@v1,artwork@v1")  # every case applies to it
 PROBE_LISTENS = f"{sys.executable} -m harness.probe --listen {{host}}:{{port}} --path {{path}} " \
                 "--client-id {client_id} --name {name} --roles player@v1,artwork@v1"
 AIOSENDSPIN_ADAPTER = f"{sys.executable} {ROOT / 'clients/aiosendspin_client.py'}"
-GATE_TIMEOUT_S = 600
 
 
 def bad_client(bug: str, initiator: str = "client") -> str:
@@ -41,34 +40,12 @@ def bad_client(bug: str, initiator: str = "client") -> str:
            f"--bug {bug}"
 
 
-def needs_aiosendspin() -> None:
+def has_aiosendspin() -> bool:
     try:
         import aiosendspin  # noqa: F401
     except ImportError:
-        pytest.skip("aiosendspin is not installed (pip install -e '.[dev]')")
-
-
-def gate(tmp_path: Path, client: str | None, *args: str) -> tuple[int, dict[str, Any], str]:
-    """Runs the gate (`client`: --client-cmd, or None when `args` name the client); returns
-    its exit status, results.json by case id, and its output."""
-    report = tmp_path / "report"
-    command = ["--client-cmd", client] if client is not None else []
-    done = subprocess.run([sys.executable, "-m", "pytest", "scenarios/test_client_gate.py", "-q", "-p",
-                           "no:cacheprovider", f"--basetemp={tmp_path / 'cases'}", *command,
-                           "--report-dir", str(report), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=GATE_TIMEOUT_S)
-    results = json.loads((report / "results.json").read_text()) if (report / "results.json").exists() else {}
-    return done.returncode, {c["id"]: c for c in results.get("cases", [])}, done.stdout + done.stderr
-
-
-@pytest.mark.timeout(GATE_TIMEOUT_S + 30)  # the whole default profile: over pytest's 300 s on a busy machine
-def test_the_probe_client_passes_every_case(tmp_path: Path) -> None:
-    code, cases, out = gate(tmp_path, PROBE, *PROBE_ROLES, "-n", "3")
-    assert code == 0, out
-    assert sorted(cases) == sorted(c.id for c in CLIENT if not c.thorough)
-    # the Noise group runs only with --client-profile noise (tests/test_client_gate_noise.py)
-    assert {i: c["verdict"] for i, c in cases.items() if c["verdict"] != "OK"} == \
-        {c.id: "SKIPPED" for c in CLIENT if c.skipped_in("legacy")}, {i: c["reason"] for i, c in cases.items()}
+        return False
+    return True
 
 
 # Server-initiated, a representative subset (the whole catalogue twice takes twice the
@@ -77,26 +54,6 @@ def test_the_probe_client_passes_every_case(tmp_path: Path) -> None:
 # dialling server sends as frames of its own, so masked (4.1), the server's re-dial after a
 # loss (8.2), and the 8.x cases that do not apply (UNIMPLEMENTED).
 SERVER_SUBSET = ("1.1", "2.3", "3.1", "4.1", "8.1", "8.2", "8.3", "8.6")
-
-
-def test_the_probe_client_passes_whoever_dials(tmp_path: Path) -> None:
-    args = [f"--case={c}" for c in SERVER_SUBSET]
-    code, _, out = gate(tmp_path, PROBE, "--client-listen-cmd", PROBE_LISTENS, "--client-initiator", "both",
-                        "-n", "3", "-vv", *args)  # -vv after gate()'s -q: the test ids are printed
-    assert code == 0, out
-    results = json.loads((tmp_path / "report" / "results.json").read_text())
-    assert results["peer"]["initiator"] == "both" and results["peer"]["listen_command"] == PROBE_LISTENS
-    verdicts = {(c["id"], c["peer"]["initiator"]): c["verdict"] for c in results["cases"]}
-    assert verdicts == {**{(c, i): "OK" for c in SERVER_SUBSET for i in ("client", "server")},
-                        ("8.1", "server"): "UNIMPLEMENTED", ("8.3", "server"): "UNIMPLEMENTED",
-                        ("8.6", "server"): "UNIMPLEMENTED"}, verdicts
-    assert re.search(r"PASSED \S*test_client\[2\.3-server\]", out), out  # xdist: "[gwN] [ x%] PASSED id"
-    assert re.search(r"SKIPPED \S*test_client\[8\.1-server\]", out), out
-    server = {c["id"]: c for c in results["cases"] if c["peer"]["initiator"] == "server"}
-    assert server["8.6"]["reason"].startswith("server-initiated: retrying is the server's job")
-    assert "--client-initiator server" in server["8.2"]["replay"] and PROBE_LISTENS in server["8.2"]["replay"]
-    assert (tmp_path / "report" / "cases" / "8.2-server.html").exists()
-
 
 NEGATIVE = [  # (bug, the cases it must fail, a case it must pass, who dials)
     ("no-support", ("1.3",), "2.1", "client"),
@@ -113,15 +70,77 @@ NEGATIVE = [  # (bug, the cases it must fail, a case it must pass, who dials)
     ("listen-once", ("8.2",), "1.3", "server"),
     ("stall-blocks", ("8.4",), "1.3", "server"),  # its give-up seen in the kernel's socket table, not the proxy's
 ]
+KNOWN_FAILURES = "# adopting the gate\n1.1  sends client/state before server/hello (our issue #1)\n" \
+                 "1.3  we thought the hello was wrong\n"
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GateRuns]:
+    """Every gate run of this module, the longest first, a few at a time."""
+    runs = GateRuns()
+
+    def add(name: str, client: str | None, *args: str) -> None:
+        runs.add(name, GateRun(tmp_path_factory.mktemp(name), client, *args))
+
+    add("probe", PROBE, *PROBE_ROLES, "-n", "3")
+    add("whoever-dials", PROBE, "--client-listen-cmd", PROBE_LISTENS, "--client-initiator", "both", "-n", "3",
+        "-vv", *cases_args(*SERVER_SUBSET))  # -vv after the run's -q: the test ids are printed
+    if has_aiosendspin():
+        add("adapter", None, "--client-adapter", AIOSENDSPIN_ADAPTER, "--client-initiator", "both",
+            *cases_args("1.2", "3.1"), "-n", "2")
+    for bug, fails, passes, initiator in NEGATIVE:
+        add(f"{bug}-{initiator}", bad_client(bug, initiator), *cases_args(*fails, passes),
+            "--client-initiator", initiator, "-n", str(min(len(fails) + 1, 3)))
+    add("storm", bad_client("storm"), "--case", "8.6", "--strict")
+    known = tmp_path_factory.mktemp("known-failures-file") / "known.txt"
+    known.write_text(KNOWN_FAILURES)
+    add("known-failures", bad_client("early"), *cases_args("1.1", "1.3"), "--known-failures", str(known))
+    try:
+        yield runs
+    finally:
+        runs.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes(runs: GateRuns) -> Iterator[None]:
+    yield from runs.no_other_leftover_processes()
+
+
+@pytest.mark.timeout(WAIT_TIMEOUT_S)
+def test_the_probe_client_passes_every_case(runs: GateRuns) -> None:
+    code, cases, out = runs.result("probe")
+    assert code == 0, out
+    assert sorted(cases) == sorted(c.id for c in CLIENT if not c.thorough)
+    # the Noise group runs only with --client-profile noise (tests/test_client_gate_noise.py)
+    assert {i: c["verdict"] for i, c in cases.items() if c["verdict"] != "OK"} == \
+        {c.id: "SKIPPED" for c in CLIENT if c.skipped_in("legacy")}, {i: c["reason"] for i, c in cases.items()}
+
+
+@pytest.mark.timeout(WAIT_TIMEOUT_S)
+def test_the_probe_client_passes_whoever_dials(runs: GateRuns) -> None:
+    code, _, out = runs.result("whoever-dials")
+    assert code == 0, out
+    report = runs.runs["whoever-dials"].report
+    results = json.loads((report / "results.json").read_text())
+    assert results["peer"]["initiator"] == "both" and results["peer"]["listen_command"] == PROBE_LISTENS
+    verdicts = {(c["id"], c["peer"]["initiator"]): c["verdict"] for c in results["cases"]}
+    assert verdicts == {**{(c, i): "OK" for c in SERVER_SUBSET for i in ("client", "server")},
+                        ("8.1", "server"): "UNIMPLEMENTED", ("8.3", "server"): "UNIMPLEMENTED",
+                        ("8.6", "server"): "UNIMPLEMENTED"}, verdicts
+    assert re.search(r"PASSED \S*test_client\[2\.3-server\]", out), out  # xdist: "[gwN] [ x%] PASSED id"
+    assert re.search(r"SKIPPED \S*test_client\[8\.1-server\]", out), out
+    server = {c["id"]: c for c in results["cases"] if c["peer"]["initiator"] == "server"}
+    assert server["8.6"]["reason"].startswith("server-initiated: retrying is the server's job")
+    assert "--client-initiator server" in server["8.2"]["replay"] and PROBE_LISTENS in server["8.2"]["replay"]
+    assert (report / "cases" / "8.2-server.html").exists()
+
+
+@pytest.mark.timeout(WAIT_TIMEOUT_S)
 @pytest.mark.parametrize(("bug", "fails", "passes", "initiator"), NEGATIVE,
                          ids=[f"{b}-{i}" for b, _, _, i in NEGATIVE])
-def test_a_broken_client_fails_the_cases_of_its_bug(tmp_path: Path, bug: str, fails: tuple[str, ...],
+def test_a_broken_client_fails_the_cases_of_its_bug(runs: GateRuns, bug: str, fails: tuple[str, ...],
                                                      passes: str, initiator: str) -> None:
-    chosen = [arg for case in (*fails, passes) for arg in ("--case", case)]
-    code, cases, out = gate(tmp_path, bad_client(bug, initiator), *chosen, "--client-initiator", initiator,
-                            "-n", str(min(len(fails) + 1, 3)))
+    code, cases, out = runs.result(f"{bug}-{initiator}")
     assert code == 1, out
     assert {c: cases[c]["verdict"] for c in (*fails, passes)} == {**dict.fromkeys(fails, "FAILED"), passes: "OK"}, out
     for case in fails:
@@ -130,13 +149,14 @@ def test_a_broken_client_fails_the_cases_of_its_bug(tmp_path: Path, bug: str, fa
         assert replay[:2] == ["pytest", "scenarios/test_client_gate.py"] and replay[replay.index("--case") + 1] == case
 
 
-def test_aiosendspin_runs_unchanged_as_a_conformance_adapter(tmp_path: Path) -> None:
+@pytest.mark.timeout(WAIT_TIMEOUT_S)
+def test_aiosendspin_runs_unchanged_as_a_conformance_adapter(runs: GateRuns) -> None:
     """--client-adapter: the conformance runner's flags, registry and ready files; the run
     ended from the server side; the adapter's summary kept as a note, never judged."""
-    needs_aiosendspin()
-    code, _, out = gate(tmp_path, None, "--client-adapter", AIOSENDSPIN_ADAPTER, "--client-initiator", "both",
-                        "--case", "1.2", "--case", "3.1", "-n", "2")
-    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    if not has_aiosendspin():
+        pytest.skip("aiosendspin is not installed (pip install -e '.[dev]')")
+    code, _, out = runs.result("adapter")
+    results = json.loads((runs.runs["adapter"].report / "results.json").read_text())
     assert code == 0, out
     assert results["peer"]["adapter"] is True and results["peer"]["initiator"] == "both"
     for case in results["cases"]:
@@ -150,20 +170,18 @@ def test_aiosendspin_runs_unchanged_as_a_conformance_adapter(tmp_path: Path) -> 
         assert "--client-adapter" in case["replay"]
 
 
-def test_a_reconnect_storm_is_non_strict_and_fails_with_strict(tmp_path: Path) -> None:
-    code, cases, out = gate(tmp_path, bad_client("storm"), "--case", "8.6", "--strict")
+@pytest.mark.timeout(WAIT_TIMEOUT_S)
+def test_a_reconnect_storm_is_non_strict_and_fails_with_strict(runs: GateRuns) -> None:
+    code, cases, out = runs.result("storm")
     assert code == 1, out
     assert cases["8.6"]["verdict"] == "FAILED"
     [attempts] = [f for f in cases["8.6"]["figures"] if f["name"].startswith("connection attempts")]
     assert attempts["value"] > attempts["bound"] * 3, attempts  # no backoff at all: many times the bound
 
 
-def test_known_failures_let_a_failing_case_pass_and_a_stale_entry_fail(tmp_path: Path) -> None:
-    known = tmp_path / "known.txt"
-    known.write_text("# adopting the gate\n1.1  sends client/state before server/hello (our issue #1)\n"
-                     "1.3  we thought the hello was wrong\n")
-    code, cases, out = gate(tmp_path, bad_client("early"), "--case", "1.1", "--case", "1.3",
-                            "--known-failures", str(known))
+@pytest.mark.timeout(WAIT_TIMEOUT_S)
+def test_known_failures_let_a_failing_case_pass_and_a_stale_entry_fail(runs: GateRuns) -> None:
+    code, cases, out = runs.result("known-failures")
     assert code == 1, out
     assert cases["1.1"]["verdict"] == "FAILED" and cases["1.1"]["known_failure"].startswith("sends client/state")
     assert "1 xfailed" in out

@@ -10,10 +10,11 @@ disk and memory load together, sized for a 2-core machine:
     stress-ng --cpu 2 --io 2 --hdd 1 --hdd-bytes 512M --vm 1 --vm-bytes 1G
 
 It runs for the whole session. Each run is `./run test` with its own `--basetemp` and
-JUnit XML under the work directory (failed tests keep their event logs there). The
-report gives the green runs out of N, the INCONCLUSIVE outcomes, and for every failure
-its test, the first line of its message and the longest `loop_lag` each process of
-that test logged: the stalled process.
+JUnit XML under the work directory (failed tests keep their event logs there).
+`--parallel K` runs K at once, each then a neighbour of the others as well: a harsher
+load, and more runs in a session's time. The report gives the green runs out of N, the
+INCONCLUSIVE outcomes, and for every failure its test, the first line of its message and
+the longest `loop_lag` each process of that test logged: the stalled process.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 NEIGHBOUR = ["stress-ng", "--cpu", "2", "--io", "2", "--hdd", "1", "--hdd-bytes", "512M",
              "--vm", "1", "--vm-bytes", "1G", "--timeout", "0"]
-RUN_TIMEOUT_S = 45 * 60  # one ./run test under stress; far above the ~10 min it takes
+RUN_TIMEOUT_S = 60 * 60  # one ./run test under stress; far above the ~20 min it takes
 
 
 @dataclass
@@ -111,26 +112,31 @@ def stalls(basetemp: Path, test_name: str) -> dict[str, int]:
     return worst
 
 
-def one_run(n: int, work: Path, pytest_args: list[str]) -> Outcome:
-    basetemp, junit = work / f"run-{n}", work / f"run-{n}.xml"
-    started = time.monotonic()
-    with open(work / f"run-{n}.log", "wb") as out:
-        proc = subprocess.Popen([str(ROOT / "run"), "test", "-q", f"--basetemp={basetemp}",
-                                 f"--junitxml={junit}", *pytest_args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            code = proc.wait(timeout=RUN_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            code = proc.wait(timeout=60)
-        except BaseException:  # interrupted: the run's whole process group goes with us
-            stop(proc)
-            raise
-    outcome = Outcome(n, time.monotonic() - started, code)
-    read_junit(junit, outcome)
-    if code != 0 and not outcome.failures:
-        outcome.failures.append(("(no test failed)", f"./run test exited {code}; see {work}/run-{n}.log"))
-    return outcome
+class Run:
+    """One `./run test` in the background, with its own --basetemp and JUnit XML."""
+
+    def __init__(self, n: int, work: Path, pytest_args: list[str]) -> None:
+        self.n, self.work = n, work
+        self.basetemp, self.junit = work / f"run-{n}", work / f"run-{n}.xml"
+        self.started = time.monotonic()
+        with open(work / f"run-{n}.log", "wb") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen([str(ROOT / "run"), "test", "-q", f"--basetemp={self.basetemp}",
+                                          f"--junitxml={self.junit}", *pytest_args], cwd=ROOT, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    def poll(self) -> Outcome | None:
+        """The outcome once the run has ended (killed after RUN_TIMEOUT_S), else None."""
+        code = self.proc.poll()
+        if code is None and time.monotonic() - self.started > RUN_TIMEOUT_S:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            code = self.proc.wait(timeout=60)
+        if code is None:
+            return None
+        outcome = Outcome(self.n, time.monotonic() - self.started, code)
+        read_junit(self.junit, outcome)
+        if code != 0 and not outcome.failures:
+            outcome.failures.append(("(no test failed)", f"./run test exited {code}; see {self.work}/run-{self.n}.log"))
+        return outcome
 
 
 def report(outcome: Outcome, basetemp: Path, total: int) -> None:
@@ -144,6 +150,20 @@ def report(outcome: Outcome, basetemp: Path, total: int) -> None:
               flush=True)
 
 
+def collect(running: list[Run], outcomes: list[Outcome], work: Path, total: int) -> list[Run]:
+    """Waits a moment, reports the runs that ended; returns those still running."""
+    time.sleep(1)
+    still = []
+    for run in running:
+        outcome = run.poll()
+        if outcome is None:
+            still.append(run)
+        else:
+            outcomes.append(outcome)
+            report(outcome, run.basetemp, total)
+    return still
+
+
 def _interrupted(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")  # so that every `finally` stops what it started
 
@@ -154,6 +174,8 @@ def main() -> int:
     parser.add_argument("runs", nargs="?", type=int, default=10, help="how many ./run test runs (default 10)")
     parser.add_argument("--work", type=Path, default=None, help="keep logs here (default: a new temp directory)")
     parser.add_argument("--no-neighbour", action="store_true", help="the same runs without stress-ng (a baseline)")
+    parser.add_argument("--parallel", type=int, default=1, metavar="K",
+                        help="K runs at once, each a neighbour of the others as well (default 1)")
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
@@ -162,18 +184,24 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     if not args.no_neighbour:
         ensure_stress_ng()
-    print(f"stress: {args.runs} runs of ./run test, neighbour {'off' if args.no_neighbour else ' '.join(NEIGHBOUR)}; "
+    neighbour_text = "off" if args.no_neighbour else " ".join(NEIGHBOUR)
+    print(f"stress: {args.runs} runs of ./run test, {args.parallel} at a time, neighbour {neighbour_text}; "
           f"logs in {work}", flush=True)
     outcomes: list[Outcome] = []
     neighbour = None
+    running: list[Run] = []
     try:
         for n in range(1, args.runs + 1):
+            while len(running) >= args.parallel:
+                running = collect(running, outcomes, work, args.runs)
             if not args.no_neighbour and (neighbour is None or neighbour.poll() is not None):
                 neighbour = start_neighbour(work)
-            outcome = one_run(n, work, pytest_args)
-            outcomes.append(outcome)
-            report(outcome, work / f"run-{n}", args.runs)
+            running.append(Run(n, work, pytest_args))
+        while running:
+            running = collect(running, outcomes, work, args.runs)
     finally:
+        for run in running:  # interrupted: each run's whole process group goes with us
+            stop(run.proc)
         if neighbour is not None:
             stop(neighbour)
     green = sum(o.green for o in outcomes)
