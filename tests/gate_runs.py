@@ -94,16 +94,8 @@ class GateRuns:
         for run in self.runs.values():
             run.stop()
 
-    def no_other_leftover_processes(self) -> Iterator[None]:
-        """The plugin's `no_leftover_processes` for a test of the module: a run may start
-        during any test, and the module's fixture reaps every run when the module ends."""
-        ours = {r.process.pid for r in self.runs.values() if r.process is not None}
-        before = set(live_children())
-        yield
-        ours |= {r.process.pid for r in self.runs.values() if r.process is not None}
-        left = [pid for pid in live_children() if pid not in before | ours]
-        if left:
-            pytest.fail(f"test left child processes behind: {left}")
+    def pids(self) -> set[int]:
+        return {r.process.pid for r in self.runs.values() if r.process is not None}
 
     def _start_more(self) -> None:
         running = sum(r.process is not None and not r.finished() for r in self.runs.values())
@@ -113,3 +105,15 @@ class GateRuns:
             if run.process is None:
                 run.start()
                 running += 1
+
+
+def no_leftover_processes(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The plugin's `no_leftover_processes` for a module with a `runs` fixture: its runs may
+    start during any test that waits for one, and the fixture reaps them at the module's end."""
+    runs: GateRuns | None = request.getfixturevalue("runs") if "runs" in request.fixturenames else None
+    before = set(live_children())
+    yield
+    ours = runs.pids() if runs is not None else set()
+    left = [pid for pid in live_children() if pid not in before | ours]
+    if left:
+        pytest.fail(f"test left child processes behind: {left}")

@@ -118,6 +118,16 @@ def test_a_stall_too_short_to_account_for_the_excess_leaves_it_a_fail() -> None:
     assert judge(reads_prompt(events, "probe-1", BOUNDS, END_US)).inconclusive
 
 
+def test_a_loop_that_falls_behind_counts_its_backlog_once() -> None:
+    # A read 3 s late (2.8 s over the bound) while our loop ran 300 ms behind throughout: every
+    # tick reports that backlog (60 ticks, 19 s in all), yet no message was held up by more.
+    behind = [lag(t, "harness", 300_000) for t in range(1_000_000, 4_000_000, 50_000)]
+    verdict = judge(reads_prompt(slow_read(*behind, latency_us=3_000_000), "probe-1", BOUNDS, END_US))
+    assert verdict.status == "FAIL" and len(verdict.stalls) == 60, verdict.summary
+    # the same backlog can account for a read 300 ms late
+    assert judge(reads_prompt(slow_read(*behind, latency_us=500_000), "probe-1", BOUNDS, END_US)).inconclusive
+
+
 def test_one_real_fail_among_inconclusive_ones_is_a_fail_never_re_run() -> None:
     inconclusive = reads_prompt(slow_read(lag(1_450_000, "harness", 412_000)), "probe-1", BOUNDS, END_US)
     real = Verdict("I6 bounded resources", "probe-2", False, "held 9 MiB")

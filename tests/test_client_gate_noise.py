@@ -14,6 +14,7 @@ import shlex
 import sys
 from collections.abc import Iterator
 
+import gate_runs
 import pytest
 from gate_runs import ROOT, WAIT_TIMEOUT_S, GateRun, GateRuns, cases_args
 
@@ -75,8 +76,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GateRuns]:
 
 
 @pytest.fixture(autouse=True)
-def no_leftover_processes(runs: GateRuns) -> Iterator[None]:
-    yield from runs.no_other_leftover_processes()
+def no_leftover_processes(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield from gate_runs.no_leftover_processes(request)
 
 
 @pytest.mark.timeout(WAIT_TIMEOUT_S)

@@ -232,8 +232,14 @@ def test_generation_pauses_without_listeners_and_resumes(run, tmp_path: Path) ->
             assert events.select("timeline_stop", proc="coordinator"), "generation did not pause"
             assert not (await asyncio.to_thread(_status, server.ready["http"]))["playing"]
             second = await sc.probe(url, ProbeConfig(name="second"))
-            await _until(lambda: second.audio_chunks > 20, 5, "audio after the pause")
-            assert second.audio.gaps == 0 and len(sc.events().select("timeline_start", proc="coordinator")) == 2
+            # the worker first sends what it still holds of the paused timeline (up to its lead
+            # ahead): wait for the resumed one, never assume which comes first on a busy machine
+            await _until(lambda: len(sc.events().select("timeline_start", proc="coordinator")) == 2, 5,
+                         "generation to resume")
+            resumed_us = sc.events().select("timeline_start", proc="coordinator")[1]["origin_us"]
+            await _until(lambda: any(r["ts_us"] >= resumed_us + 500_000 for r in sc.events().select(
+                "audio", proc="second")), 5, "half a second of the resumed generation")
+            assert second.audio.gaps == 0
 
     run(body())
 

@@ -17,14 +17,16 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import gate_runs
 import pytest
 from gate_runs import ROOT, WAIT_TIMEOUT_S, GateRun, GateRuns, cases_args
 
 from harness.gate.case import Case, Severity
 from harness.gate.client import SERVER_ID, SERVER_NAME, AdapterFiles, ClientCommandError, ClientUnderTest
 from harness.gate.client_cases import CLIENT
+from harness.gate.gate_session import GateSession
 from harness.gate.knownfailures import KnownFailures, KnownFailuresError
-from harness.gate.verdict import Figure, Judgement, Verdict, decide
+from harness.gate.verdict import CaseResult, Figure, Judgement, Verdict, decide
 
 PROBE = f"{sys.executable} -m harness.probe --url {{url}} --client-id {{client_id}} --name {{name}} " \
         "--roles player@v1,artwork@v1"
@@ -102,8 +104,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GateRuns]:
 
 
 @pytest.fixture(autouse=True)
-def no_leftover_processes(runs: GateRuns) -> Iterator[None]:
-    yield from runs.no_other_leftover_processes()
+def no_leftover_processes(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield from gate_runs.no_leftover_processes(request)
 
 
 @pytest.mark.timeout(WAIT_TIMEOUT_S)
@@ -195,6 +197,15 @@ def test_a_case_id_is_group_dot_number_and_a_case_judges_one_side() -> None:
         Case("1", "client", "t", "d", "e", "s", Severity.MUST)
     with pytest.raises(ValueError, match="side"):
         Case("1.1", "proxy", "t", "d", "e", "s", Severity.MUST)
+
+
+def test_a_re_run_replaces_the_inconclusive_first_attempt_in_the_results() -> None:
+    gate = GateSession(ClientUnderTest("player {url}"))
+    case = CLIENT["2.3"]
+    for initiator, verdict in (("client", Verdict.INCONCLUSIVE), ("server", Verdict.OK), ("client", Verdict.FAILED)):
+        gate.record(CaseResult(case, verdict, "", peer={"initiator": initiator}))
+    assert [(r.peer["initiator"], r.verdict) for r in gate.results] == [("server", Verdict.OK),
+                                                                         ("client", Verdict.FAILED)]
 
 
 def test_a_case_that_needs_a_role_the_client_lacks_does_not_apply() -> None:

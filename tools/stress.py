@@ -80,6 +80,22 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=20)
 
 
+def strays(directory: Path) -> list[str]:
+    """Kills every process whose command line names `directory` (each process a test starts
+    logs under its --basetemp, and one started in a session of its own outlives a killed
+    run's process group); returns what it killed."""
+    killed = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+            if any(f"{directory}/".encode() in arg or arg.endswith(str(directory).encode()) for arg in argv):
+                os.kill(int(cmdline.parent.name), signal.SIGKILL)
+                killed.append(f"{cmdline.parent.name} {b' '.join(argv).decode(errors='replace')[:160]}")
+        except (OSError, ValueError):
+            continue
+    return killed
+
+
 def read_junit(path: Path, outcome: Outcome) -> None:
     if not path.exists():
         return
@@ -134,6 +150,7 @@ class Run:
             return None
         outcome = Outcome(self.n, time.monotonic() - self.started, code)
         read_junit(self.junit, outcome)
+        outcome.failures += [("(a process left running)", stray) for stray in strays(self.basetemp)]
         if code != 0 and not outcome.failures:
             outcome.failures.append(("(no test failed)", f"./run test exited {code}; see {self.work}/run-{self.n}.log"))
         return outcome
@@ -200,8 +217,9 @@ def main() -> int:
         while running:
             running = collect(running, outcomes, work, args.runs)
     finally:
-        for run in running:  # interrupted: each run's whole process group goes with us
+        for run in running:  # interrupted: each run's whole process group goes with us, and its strays
             stop(run.proc)
+            strays(run.basetemp)
         if neighbour is not None:
             stop(neighbour)
     green = sum(o.green for o in outcomes)

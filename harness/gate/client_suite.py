@@ -73,8 +73,12 @@ def test_client(case_id: str, initiator: str, wire_profile: str, request: pytest
     if gate.client.adapter and profile == "noise":  # pre-paired as the conformance runner's adapters expect
         (tmp_path / "topology").mkdir(parents=True, exist_ok=True)
         keys = conformance_pairing(tmp_path / "topology" / "pairing.json", SERVER_ID, case_client_id(case_id))
-    topology = Topology.start(tmp_path / "topology", spec.workers, initiator=initiator, profile=profile,
-                              noise=spec.noise_proxy, keys=keys)
+    try:
+        topology = Topology.start(tmp_path / "topology", spec.workers, initiator=initiator, profile=profile,
+                                  noise=spec.noise_proxy, keys=keys)
+    except Exception as exc:
+        _record_error(gate, result, f"{type(exc).__name__}: {exc}")
+        raise
 
     async def body() -> ClientWorld:
         async with ClientWorld(tmp_path, gate.client, case_id, topology, spec.timeout_s) as world:
@@ -87,9 +91,14 @@ def test_client(case_id: str, initiator: str, wire_profile: str, request: pytest
         result.verdict, result.reason = Verdict.UNIMPLEMENTED, exc.reason
         gate.record(result)
         raise
+    except Exception as exc:
+        _record_error(gate, result, f"{type(exc).__name__}: {exc}")
+        raise
     finally:
         problems = topology.stop()
     if problems:
+        _record_error(gate, result, "our reference server or proxy did not run cleanly: "
+                      + "; ".join(p.splitlines()[0] for p in problems))
         pytest.fail("our reference server or proxy did not run cleanly:\n" + "\n".join(problems), pytrace=False)
     ev = world.events()
     _keep(ev, tmp_path / "events.jsonl")
@@ -104,15 +113,24 @@ def test_client(case_id: str, initiator: str, wire_profile: str, request: pytest
     if world.adapter_summary is not None:
         result.peer["adapter_summary"] = world.adapter_summary  # its own account: kept, never judged
     result.timeline = _timeline(ev, judgement, world)
+    inconclusive = _inconclusive(result, judgement, ev) if result.verdict is Verdict.FAILED else None
+    if inconclusive is not None:  # recorded as such; a re-run's result replaces it (pytest_plugin.py)
+        result.verdict, result.reason = Verdict.INCONCLUSIVE, f"{result.reason} ({inconclusive.reason})"
     if gate.report_dir is not None:
         key = case_id if len(gate.client.initiators) == 1 else f"{case_id}-{initiator}"
         result.plot = f"cases/{key}.svg"
         plot_timeline(timeline_series(ev, world.started_us), gate.report_dir / result.plot,
                       f"{case_id} {case.title}: {result.verdict.value}")
-    if result.verdict is Verdict.FAILED:
-        _raise_if_inconclusive(result, judgement, ev)
     gate.record(result)
+    if inconclusive is not None:
+        raise inconclusive
     gate.conclude(result, world.output())
+
+
+def _record_error(gate: GateSession, result: CaseResult, what: str) -> None:
+    """A case the gate failed to run still shows in the results, as ERROR with the cause."""
+    result.verdict, result.reason = Verdict.ERROR, f"the gate failed to run the case: {what.splitlines()[0][:300]}"
+    gate.record(result)
 
 
 def _keep(ev: Any, path: Path) -> None:
@@ -131,17 +149,16 @@ def _timeline(ev: Any, judgement: Judgement, world: ClientWorld) -> str:
                       hide=lambda r: r["event"] == "wire" and r["kind"] == "binary")  # audio: in the plot
 
 
-def _raise_if_inconclusive(result: CaseResult, judgement: Judgement, ev: Any) -> None:
-    """A FAILED whose every failure is a duration that a stall of our own processes,
-    inside the time it measured, could account for: re-run once (pytest_plugin.py)."""
+def _inconclusive(result: CaseResult, judgement: Judgement, ev: Any) -> InconclusiveViolation | None:
+    """For a FAILED whose every failure is a duration that a stall of our own processes,
+    inside the time it measured, could account for: the violation that re-runs it once."""
     failing = [f for f in judgement.figures if not f.holds]
     if len(failing) != len(judgement.failures) or any(f.excess_us is None or f.window_us is None for f in failing):
-        return  # a failure that is not a duration (a message out of order, a count) no stall explains
+        return None  # a failure that is not a duration (a message out of order, a count) no stall explains
     verdicts = []
     for f in failing:
         assert f.window_us is not None
         stalls: list[Stall] = stalls_during(ev, f.window_us)
         verdicts.append(judge(InvariantVerdict(f"case {result.case.id}", "client", False, str(f), stalls=stalls,
                                                excess_us=f.excess_us), GATE_INSTRUMENTS))
-    if all(v.inconclusive for v in verdicts):
-        raise InconclusiveViolation(verdicts)
+    return InconclusiveViolation(verdicts) if all(v.inconclusive for v in verdicts) else None

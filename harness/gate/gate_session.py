@@ -67,8 +67,11 @@ class GateSession:
         return shlex.join(words)
 
     def record(self, result: CaseResult) -> None:
+        """Keeps a case's result; a re-run's replaces the first attempt's (INCONCLUSIVE)."""
         if self.known is not None:
             result.known_failure = self.known.reasons.get(self._known_key(result), "")
+        key = (result.case.id, result.peer.get("initiator"))
+        self.results = [r for r in self.results if (r.case.id, r.peer.get("initiator")) != key]
         self.results.append(result)
 
     def _known_key(self, result: CaseResult) -> str:

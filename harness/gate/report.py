@@ -22,7 +22,8 @@ from typing import Any
 from ..events import Events
 
 COLOURS = {"OK": "#2e7d32", "NON-STRICT": "#f9a825", "FAILED": "#c62828", "UNIMPLEMENTED": "#757575",
-           "INFORMATIONAL": "#1565c0", "INCONCLUSIVE": "#6a1b9a", "SKIPPED": "#9e9e9e"}
+           "INFORMATIONAL": "#1565c0", "INCONCLUSIVE": "#6a1b9a", "SKIPPED": "#9e9e9e",
+           "ERROR": "#212121"}
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em}

@@ -25,6 +25,7 @@ class Verdict(Enum):
     INFORMATIONAL = "INFORMATIONAL"  # figures reported, nothing judged
     INCONCLUSIVE = "INCONCLUSIVE"  # our own instrument stalled while the peer seemed to fail
     SKIPPED = "SKIPPED"  # the gate cannot run the case in this wire profile (with the reason): nothing judged
+    ERROR = "ERROR"  # the gate itself failed running the case (the reason names how): nothing judged
 
     @property
     def passes(self) -> bool:
