@@ -175,17 +175,18 @@ async def session(ws: Connection, bug: str, client_id: str, name: str) -> None:
 
 async def listen(args: argparse.Namespace, stop: asyncio.Event) -> int:
     """Server-initiated: each dial gets the same session; `listen-once` closes the listener
-    after the first one."""
+    as soon as it has one (closing it when that session ended let a re-dial that came
+    first, on a busy machine, in)."""
     host, _, port = args.listen.rpartition(":")
 
     async def handler(ws: ServerConnection) -> None:
         if ws.request is None or ws.request.path != args.path:
             await ws.close(1008, "wrong path")
             return
-        with contextlib.suppress(WebSocketException):
-            await session(ws, args.bug, args.client_id, args.name)
         if args.bug == "listen-once":
             server.close(close_connections=False)
+        with contextlib.suppress(WebSocketException):
+            await session(ws, args.bug, args.client_id, args.name)
 
     async with serve(handler, host, int(port), compression=None) as server:
         await stop.wait()
