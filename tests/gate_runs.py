@@ -3,9 +3,10 @@
 Each run is the gate as an implementer runs it: `pytest scenarios/test_client_gate.py
 --client-cmd ...` in a subprocess, judged by its exit status and its results.json. A test
 module adds all its runs to a `GateRuns` in a fixture; they start in that order, at most
-`PARALLEL` at once, while the module's tests wait for theirs. A run mostly waits on its
-cases' timers, so a few overlap well on 2 cores; all at once would make the harness itself
-late on a busy machine, the latency it must never cause (issue 9).
+`PARALLEL` at once, while the module's tests wait for theirs. A run's cases partly wait on
+their timers and partly start processes (a server, a proxy and a client each: ~4 CPU-s a
+case), so three at once keep 2 cores busy (both modules: 415 s one after the other, 249 s);
+more at once only make our own processes late on a busy machine.
 """
 
 from __future__ import annotations

@@ -167,7 +167,7 @@ def report(outcome: Outcome, basetemp: Path, total: int) -> None:
               flush=True)
 
 
-def collect(running: list[Run], outcomes: list[Outcome], work: Path, total: int) -> list[Run]:
+def collect(running: list[Run], outcomes: list[Outcome], total: int) -> list[Run]:
     """Waits a moment, reports the runs that ended; returns those still running."""
     time.sleep(1)
     still = []
@@ -210,12 +210,12 @@ def main() -> int:
     try:
         for n in range(1, args.runs + 1):
             while len(running) >= args.parallel:
-                running = collect(running, outcomes, work, args.runs)
+                running = collect(running, outcomes, args.runs)
             if not args.no_neighbour and (neighbour is None or neighbour.poll() is not None):
                 neighbour = start_neighbour(work)
             running.append(Run(n, work, pytest_args))
         while running:
-            running = collect(running, outcomes, work, args.runs)
+            running = collect(running, outcomes, args.runs)
     finally:
         for run in running:  # interrupted: each run's whole process group goes with us, and its strays
             stop(run.proc)
