@@ -323,9 +323,10 @@ def test_web_serves_mitmweb_with_the_messages_of_each_flow_bounded(run: Any, tmp
                         # a full flow is cut to 3/4 of the limit; a stream-chunk cut right after
                         # takes up to a quarter of the chunk quota more (proxy/web.py)
                         quota = limit // 4
-                        assert limit * 3 // 4 - (quota - quota * 3 // 4) <= count <= limit
+                        kept = range(limit * 3 // 4 - (quota - quota * 3 // 4), limit + 1)
+                        assert count in kept
                         msgs = await get(f"/flows/{flow['id']}/messages/content/auto.json")
-                        assert len(msgs) == count
+                        assert len(msgs) in kept  # not == count: the stream goes on, a cut may come between
                         assert {m["view_name"] for m in msgs} == {"Sendspin"}
                         texts = [m["text"] for m in msgs]
                         assert texts[0].startswith("# Sendspin client/hello (client → server)\n# client_id=probe-web")
