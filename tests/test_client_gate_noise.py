@@ -14,7 +14,6 @@ import shlex
 import sys
 from collections.abc import Iterator
 
-import gate_runs
 import pytest
 from gate_runs import ROOT, WAIT_TIMEOUT_S, GateRun, GateRuns, cases_args
 
@@ -73,11 +72,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GateRuns]:
         yield runs
     finally:
         runs.stop()
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_processes(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield from gate_runs.no_leftover_processes(request)
 
 
 @pytest.mark.timeout(WAIT_TIMEOUT_S)

@@ -17,7 +17,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import gate_runs
 import pytest
 from gate_runs import ROOT, WAIT_TIMEOUT_S, GateRun, GateRuns, cases_args
 
@@ -101,11 +100,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GateRuns]:
         yield runs
     finally:
         runs.stop()
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_processes(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield from gate_runs.no_leftover_processes(request)
 
 
 @pytest.mark.timeout(WAIT_TIMEOUT_S)
