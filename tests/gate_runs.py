@@ -111,10 +111,10 @@ class GateRuns:
 def no_leftover_processes(request: pytest.FixtureRequest) -> Iterator[None]:
     """The plugin's `no_leftover_processes` for a module with a `runs` fixture: its runs may
     start during any test that waits for one, and the fixture reaps them at the module's end."""
-    runs: GateRuns | None = request.getfixturevalue("runs") if "runs" in request.fixturenames else None
+    runs = request.getfixturevalue("runs") if "runs" in request.fixturenames else None
     before = set(live_children())
     yield
-    ours = runs.pids() if runs is not None else set()
+    ours = runs.pids() if isinstance(runs, GateRuns) else set()
     left = [pid for pid in live_children() if pid not in before | ours]
     if left:
         pytest.fail(f"test left child processes behind: {left}")
