@@ -13,11 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import sys
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,7 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from harness.protocol import ConnectionFatal, ProtocolError, now_us
 from harness.protocol import messages as m
 from harness.protocol.noise import AudioChunk, NoiseProfile
-from harness.topology import CLK_TCK, Child, await_ready_file, cpu_ticks, group_pids
+from harness.topology import CLK_TCK, Child, await_ready_file, cpu_ticks, group_pids, runqueue_waits
 
 PATHS = ("direct", "opaque", "terminated")
 MODES = {"opaque": "noise-opaque", "terminated": "noise-terminated"}  # the proxy's name for each connection
@@ -159,15 +157,9 @@ class RttClient:
 
 
 def runqueue_wait_s(pids: list[int]) -> float:
-    """Seconds the threads of `pids` spent runnable but waiting for a CPU (/proc/PID/task/TID/schedstat,
-    its second field): a process starved by a busy machine, told apart from one busy with its own work."""
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
-    return total / 1e9
+    """Seconds the threads of `pids` spent runnable but waiting for a CPU: a process starved
+    by a busy machine, told apart from one busy with its own work."""
+    return sum(runqueue_waits(pids).values()) / 1e9
 
 
 def proxy_api(control_url: str, what: str) -> Any:

@@ -121,8 +121,8 @@ def test_timeout_black_holes_until_removed_then_delivers_or_ends_after_timeout_s
             for end in ("fin", "rst"):
                 await post_fault(px, {"type": "timeout", "name": end, "timeout_s": 0.3, "end": end})
                 ends_before = len(rec.ends)
+                t0 = time.monotonic()  # before the proxy accepts: its timer starts then
                 reader, writer = await client_connect(px.port, "/rec")
-                t0 = time.monotonic()
                 writer.write(encode_frame(TEXT, b"lost", mask=True))
                 tr = await collect(reader, 2)
                 assert tr.frames == [] and tr.end == {"fin": "eof", "rst": "rst"}[end]
