@@ -162,9 +162,13 @@ def exited(w: ClientWorld, j: Judgement) -> bool:
     return True
 
 
-async def judge_recovery(w: ClientWorld, b: Bounds, j: Judgement, lost_us: int, besides: str | None = None,
+async def judge_recovery(w: ClientWorld, b: Bounds, j: Judgement, lost_us: int, *, lost: str | None,
                          what: str = "the loss") -> None:
-    back = await w.until("audio again", lambda ev: audio_since(ev, lost_us, besides, w.sealed_wire),
+    """Audio flows to the client again within the bound after `lost_us`, on a connection other
+    than `lost` (None only where the same connection may stream on): the proxy logs what it
+    read from the server on a lost connection after the loss, and a client that never came
+    back would pass on it."""
+    back = await w.until("audio again", lambda ev: audio_since(ev, lost_us, lost, w.sealed_wire),
                          b.client_recovery_us / 1e6 + 1)
     if back is None:
         exited(w, j)
@@ -467,7 +471,7 @@ async def judge_dead_session(w: ClientWorld, b: Bounds, j: Judgement, flow: str,
     if over is not None:
         ended_by_server(w.events(), flow, since_us, j)
         if recover:
-            await judge_recovery(w, b, j, over, besides=flow, what="the dead session ended")
+            await judge_recovery(w, b, j, over, lost=flow, what="the dead session ended")
     return over
 
 

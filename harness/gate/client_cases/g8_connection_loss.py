@@ -31,7 +31,7 @@ async def worker_killed(w: ClientWorld, b: Bounds, j: Judgement) -> None:
         return
     fault = await w.proxy.add({"type": "worker_crash", "action": "kill", "upstream": up["upstream"]})
     applied = await w.proxy.applied(fault["name"])
-    await judge_recovery(w, b, j, applied["t_us"])
+    await judge_recovery(w, b, j, applied["t_us"], lost=up["session"])
 
 
 @client_case("8.2", noise=RUNS_IN_NOISE, title="Reconnects after a TCP RST",
@@ -42,11 +42,12 @@ async def worker_killed(w: ClientWorld, b: Bounds, j: Judgement) -> None:
              source="spec: connections may drop; field: half-open and reset sockets (sendspin-go#115)")
 async def tcp_reset(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     await w.start_client()
-    if await streaming(w, j) is None:
+    up = await streaming(w, j)
+    if up is None:
         return
     fault = await w.proxy.add({"type": "reset_peer", "direction": "downstream", "count": 1})
     applied = await w.proxy.applied(fault["name"])
-    await judge_recovery(w, b, j, applied["t_us"])
+    await judge_recovery(w, b, j, applied["t_us"], lost=up["session"])
 
 
 @client_case("8.3", noise=RUNS_IN_NOISE, title="Reconnects when its worker hangs (SIGSTOP)",
@@ -125,7 +126,7 @@ async def server_closes(w: ClientWorld, b: Bounds, j: Judgement) -> None:
         fault = await w.proxy.add({"type": "close", "name": f"close-{code}", "direction": "downstream",
                                    "code": code, "reason": reason, "after_s": 0.0, "count": 1})
         applied = await w.proxy.applied(fault["name"])
-        await judge_recovery(w, b, j, applied["t_us"], besides=current, what=f"close {code}")
+        await judge_recovery(w, b, j, applied["t_us"], lost=current, what=f"close {code}")
         if len(j.failures) > before:
             return  # it did not come back: the next close would test nothing
         reconnect = next(r for r in w.events().select("accept", proc="proxy") if r["t_us"] > applied["t_us"])
@@ -150,7 +151,8 @@ RETIRE_GRACE_S = 2.0
                                      "case 8.2"})
 async def no_storm(w: ClientWorld, b: Bounds, j: Judgement) -> None:
     await w.start_client()
-    if await streaming(w, j) is None:
+    up = await streaming(w, j)
+    if up is None:
         return
     fault = await w.proxy.add({"type": "down", "existing": "reset", "duration": OUTAGE_S})
     start = w.events().select("fault_added")[-1]["t_us"]
@@ -167,4 +169,4 @@ async def no_storm(w: ClientWorld, b: Bounds, j: Judgement) -> None:
         (r["t_us"] for r in ev.select("fault_removed", fault=fault["name"])), None), RETIRE_GRACE_S)
     if j.require(ended is not None, f"the outage fault {fault['name']} was not retired after {OUTAGE_S:.0f} s"):
         assert ended is not None
-        await judge_recovery(w, b, j, ended)
+        await judge_recovery(w, b, j, ended, lost=up["session"])
