@@ -374,9 +374,9 @@ class StartupClock:
 
     Past `timeout` s it looks at how long the child's threads have waited in the run queue
     since the clock started (the longest of any one thread) and moves the deadline on by
-    that, up to `cap` s in all. A hung
-    child waits for nothing and times out on time; a starved one gets its share of the
-    CPU's time. The group's threads are read only when a deadline passes."""
+    that, up to `cap` s in all. A hung child waits for nothing and times out on time; a
+    starved one gets its share of the CPU's time. The group's threads are read only when
+    a deadline passes."""
 
     RECHECK_S = 0.25  # at most one /proc scan per this once past the first deadline
 
