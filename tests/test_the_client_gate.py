@@ -14,6 +14,7 @@ import json
 import re
 import shlex
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from gate_runs import ROOT, WAIT_TIMEOUT_S, GateRun, GateRuns, cases_args
 from harness.gate.case import Case, Severity
 from harness.gate.client import SERVER_ID, SERVER_NAME, AdapterFiles, ClientCommandError, ClientUnderTest
 from harness.gate.client_cases import CLIENT
+from harness.gate.client_suite import _record_error
 from harness.gate.gate_session import GateSession
 from harness.gate.knownfailures import KnownFailures, KnownFailuresError
 from harness.gate.verdict import CaseResult, Figure, Judgement, Verdict, decide
@@ -200,6 +202,23 @@ def test_a_re_run_replaces_the_inconclusive_first_attempt_in_the_results() -> No
         gate.record(CaseResult(case, verdict, "", peer={"initiator": initiator}))
     assert [(r.peer["initiator"], r.verdict) for r in gate.results] == [("server", Verdict.OK),
                                                                          ("client", Verdict.FAILED)]
+
+
+def test_an_error_is_recorded_with_its_cause_duration_and_the_last_logs(tmp_path: Path) -> None:
+    """What a person needs to debug a case the gate failed to run: the cause without the empty
+    tail of a killed process's output, how long it ran, and what its processes logged last."""
+    (tmp_path / "topology").mkdir()
+    lines = [{"t_us": 1_000_000 + i * 500_000, "proc": "server", "session": "s1", "event": "send",
+              "type": "server/time"} for i in range(8)]
+    (tmp_path / "topology" / "server.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    gate = GateSession(ClientUnderTest("player {url}"))
+    _record_error(gate, CaseResult(CLIENT["1.2"], Verdict.OK, ""), "StartupError: server exited -9:\n",
+                  tmp_path, time.monotonic() - 2.0)
+    (result,) = gate.results
+    assert result.verdict is Verdict.ERROR and result.seconds >= 2.0
+    assert result.reason == "the gate failed to run the case: StartupError: server exited -9", result.reason
+    shown = result.timeline.splitlines()
+    assert len(shown) == 7 and shown[-1].startswith(">>"), result.timeline  # the last 3 s, up to the last record
 
 
 def test_a_case_that_needs_a_role_the_client_lacks_does_not_apply() -> None:

@@ -21,6 +21,7 @@ import pytest
 
 from ..checkers import InconclusiveViolation, Stall, judge, stalls_during
 from ..checkers import Verdict as InvariantVerdict
+from ..events import Events
 from ..settings import INSTRUMENTS, Bounds
 from .client import SERVER_ID, ClientWorld, Topology, case_client_id, conformance_pairing
 from .client_cases import CLIENT, RUNS
@@ -77,7 +78,7 @@ def test_client(case_id: str, initiator: str, wire_profile: str, request: pytest
         topology = Topology.start(tmp_path / "topology", spec.workers, initiator=initiator, profile=profile,
                                   noise=spec.noise_proxy, keys=keys)
     except Exception as exc:
-        _record_error(gate, result, f"{type(exc).__name__}: {exc}")
+        _record_error(gate, result, f"{type(exc).__name__}: {exc}", tmp_path, started)
         raise
 
     async def body() -> ClientWorld:
@@ -92,13 +93,13 @@ def test_client(case_id: str, initiator: str, wire_profile: str, request: pytest
         gate.record(result)
         raise
     except Exception as exc:
-        _record_error(gate, result, f"{type(exc).__name__}: {exc}")
+        _record_error(gate, result, f"{type(exc).__name__}: {exc}", tmp_path, started)
         raise
     finally:
         problems = topology.stop()
     if problems:
         _record_error(gate, result, "our reference server or proxy did not run cleanly: "
-                      + "; ".join(p.splitlines()[0] for p in problems))
+                      + "; ".join(p.splitlines()[0].rstrip(": ") for p in problems), tmp_path, started)
         pytest.fail("our reference server or proxy did not run cleanly:\n" + "\n".join(problems), pytrace=False)
     ev = world.events()
     _keep(ev, tmp_path / "events.jsonl")
@@ -127,9 +128,20 @@ def test_client(case_id: str, initiator: str, wire_profile: str, request: pytest
     gate.conclude(result, world.output())
 
 
-def _record_error(gate: GateSession, result: CaseResult, what: str) -> None:
-    """A case the gate failed to run still shows in the results, as ERROR with the cause."""
-    result.verdict, result.reason = Verdict.ERROR, f"the gate failed to run the case: {what.splitlines()[0][:300]}"
+def _record_error(gate: GateSession, result: CaseResult, what: str, directory: Path, started: float) -> None:
+    """A case the gate failed to run still shows in the results, as ERROR with the cause, how
+    long it ran and the last seconds its processes logged (from the case's `directory`)."""
+    cause = what.splitlines()[0][:300].rstrip(": ")  # "exited -9:" then an empty tail of its output
+    result.verdict, result.reason = Verdict.ERROR, f"the gate failed to run the case: {cause}"
+    result.seconds = time.monotonic() - started
+    try:
+        logged = Events.load(directory).records + Events.load(directory / "topology").records
+    except ValueError as exc:  # a log we cannot read must not hide the error itself
+        result.notes.append(f"its event logs could not be read: {exc}")
+        logged = []
+    if logged:
+        ev = Events(sorted(logged, key=lambda r: r["t_us"]))
+        result.timeline = _excerpt(ev, ev.records[-1]["t_us"], 3_000_000, 0)
     gate.record(result)
 
 
@@ -145,7 +157,11 @@ def _timeline(ev: Any, judgement: Judgement, world: ClientWorld) -> str:
         at, before, after = failing.window_us[0], 1_000_000, 3_000_000
     else:
         at, before, after = world.stop_us or ev.start_us(), 3_000_000, 0
-    return ev.excerpt(at, before_us=before, after_us=after, skip=frozenset({"audio", "session_stats"}),
+    return _excerpt(ev, at, before, after)
+
+
+def _excerpt(ev: Events, at: int, before_us: int, after_us: int) -> str:
+    return ev.excerpt(at, before_us=before_us, after_us=after_us, skip=frozenset({"audio", "session_stats"}),
                       hide=lambda r: r["event"] == "wire" and r["kind"] == "binary")  # audio: in the plot
 
 
