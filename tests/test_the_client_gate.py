@@ -27,6 +27,7 @@ from harness.gate.client_cases import CLIENT
 from harness.gate.client_suite import _record_error
 from harness.gate.gate_session import GateSession
 from harness.gate.knownfailures import KnownFailures, KnownFailuresError
+from harness.gate.report import MATRIX_COLUMNS
 from harness.gate.verdict import CaseResult, Figure, Judgement, Verdict, decide
 
 PROBE = f"{sys.executable} -m harness.probe --url {{url}} --client-id {{client_id}} --name {{name}} " \
@@ -219,6 +220,24 @@ def test_an_error_is_recorded_with_its_cause_duration_and_the_last_logs(tmp_path
     assert result.reason == "the gate failed to run the case: StartupError: server exited -9", result.reason
     shown = result.timeline.splitlines()
     assert len(shown) == 7 and shown[-1].startswith(">>"), result.timeline  # the last 3 s, up to the last record
+
+
+def test_the_matrix_wraps_a_large_group_onto_rows_of_its_own(tmp_path: Path) -> None:
+    """Every case of the catalogue, run both ways: no matrix row is wider than MATRIX_COLUMNS,
+    and a group's rows stay under its one heading (group 10 has 22 cells)."""
+    gate = GateSession(ClientUnderTest("player {url}", listen_template="player --listen {port}",
+                                       initiators=("client", "server")), report_dir=tmp_path, groups=CLIENT.groups)
+    for case in CLIENT:
+        for initiator in ("client", "server"):
+            gate.record(CaseResult(case, Verdict.OK, "", peer={"initiator": initiator}))
+    page = gate.write().read_text()  # type: ignore[union-attr]
+    matrix = page.split('<table class="matrix">', 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr>(.*?)</tr>", matrix)
+    assert max(row.count("<td") for row in rows) == MATRIX_COLUMNS
+    noise = next(i for i, row in enumerate(rows) if "10 Noise" in row)
+    cells = sum(row.count('<a href="cases/10.') for row in rows[noise:])
+    assert f'rowspan="{-(-cells // MATRIX_COLUMNS)}"' in rows[noise] and cells == 2 * len(
+        [c for c in CLIENT if c.group == 10])
 
 
 def test_a_case_that_needs_a_role_the_client_lacks_does_not_apply() -> None:

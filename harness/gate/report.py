@@ -34,6 +34,7 @@ pre{background:#f5f5f5;padding:.8em;overflow-x:auto;font-size:12px}
 .fail{color:#c62828;font-weight:600}.small{color:#666;font-size:12px}
 """
 MAX_POINTS = 1500  # per series: the plot stays light whatever the case length
+MATRIX_COLUMNS = 6  # cells in a row of the matrix: a group with more cases goes on in the rows below
 
 
 def _badge(verdict: str, text: str | None = None) -> str:
@@ -147,7 +148,7 @@ def _index(document: dict[str, Any], groups: dict[int, str]) -> str:
     by_group: dict[int, list[dict[str, Any]]] = {}
     for case in document["cases"]:
         by_group.setdefault(case["group"], []).append(case)
-    width = max((len(v) for v in by_group.values()), default=1)
+    width = min(MATRIX_COLUMNS, max((len(v) for v in by_group.values()), default=1))
     rows = []
     for group, name in groups.items():
         cells = []
@@ -156,8 +157,10 @@ def _index(document: dict[str, Any], groups: dict[int, str]) -> str:
             label = f"{key} {verdict}" + (" (known)" if case["known_failure"] else "")
             cells.append(f'<td style="background:{COLOURS.get(verdict, "#444")}" title="{html.escape(case["title"])}">'
                          f'<a href="cases/{key}.html">{html.escape(label)}</a></td>')
-        cells += ["<td></td>"] * (width - len(cells))
-        rows.append(f"<tr><th>{group} {html.escape(name)}</th>{''.join(cells)}</tr>")
+        lines = [cells[i:i + width] for i in range(0, len(cells), width)] or [[]]
+        for n, line in enumerate(lines):
+            head = f'<th rowspan="{len(lines)}">{group} {html.escape(name)}</th>' if n == 0 else ""
+            rows.append(f"<tr>{head}{''.join(line)}{'<td></td>' * (width - len(line))}</tr>")
     summary = " ".join(_badge(v, f"{n} {v}") for v, n in sorted(document["summary"].items()))
     listing = "".join(
         f'<tr><td><a href="cases/{_key(c, document)}.html">{_key(c, document)}</a></td><td>{_badge(c["verdict"])}</td>'
