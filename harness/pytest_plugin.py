@@ -285,12 +285,19 @@ def examples(default: int, noise: int | None = None) -> Callable[[Any], Any]:
     return apply
 
 
+@pytest.fixture
+def processes_owned_elsewhere() -> Callable[[], set[int]]:
+    """The pids of children a longer-lived fixture owns and reaps itself (they may start during
+    a test): override it where there are such; `no_leftover_processes` leaves them alone."""
+    return set
+
+
 @pytest.fixture(autouse=True)
-def no_leftover_processes() -> Iterator[None]:
+def no_leftover_processes(processes_owned_elsewhere: Callable[[], set[int]]) -> Iterator[None]:
     """Every process a test spawns must be reaped by the time it ends."""
     before = set(live_children())
     yield
-    left = [pid for pid in live_children() if pid not in before]
+    left = [pid for pid in live_children() if pid not in before | processes_owned_elsewhere()]
     if left:
         pytest.fail(f"test left child processes behind: {left}")
 

@@ -1,13 +1,16 @@
-"""The project's tests: the plugin's leftover-process check, aware of module-owned gate runs."""
+"""The project's tests: the gate modules' runs are theirs to reap, not a test's leftovers."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 
-import gate_runs
 import pytest
+from gate_runs import GateRuns
 
 
-@pytest.fixture(autouse=True)
-def no_leftover_processes(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield from gate_runs.no_leftover_processes(request)
+@pytest.fixture
+def processes_owned_elsewhere(request: pytest.FixtureRequest) -> Callable[[], set[int]]:
+    """A gate module's runs start during any test that waits for one (`runs`, module-scoped),
+    and the module's fixture reaps them at its end."""
+    runs = request.getfixturevalue("runs") if "runs" in request.fixturenames else None
+    return runs.pids if isinstance(runs, GateRuns) else set

@@ -15,13 +15,8 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
-
-from harness.topology import live_children
 
 ROOT = Path(__file__).resolve().parent.parent
 GATE_TIMEOUT_S = 600  # one run, from its start; the whole default profile takes ~2 min quiet
@@ -107,14 +102,3 @@ class GateRuns:
                 run.start()
                 running += 1
 
-
-def no_leftover_processes(request: pytest.FixtureRequest) -> Iterator[None]:
-    """The plugin's `no_leftover_processes` for a module with a `runs` fixture: its runs may
-    start during any test that waits for one, and the fixture reaps them at the module's end."""
-    runs = request.getfixturevalue("runs") if "runs" in request.fixturenames else None
-    before = set(live_children())
-    yield
-    ours = runs.pids() if isinstance(runs, GateRuns) else set()
-    left = [pid for pid in live_children() if pid not in before | ours]
-    if left:
-        pytest.fail(f"test left child processes behind: {left}")
