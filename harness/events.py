@@ -18,6 +18,11 @@ class Events:
     records: list[Record]
 
     @classmethod
+    def merge(cls, *parts: Events) -> Events:
+        """The records of several logs (a case's client and its server and proxy), in time order."""
+        return cls(sorted((r for part in parts for r in part.records), key=lambda r: r["t_us"]))
+
+    @classmethod
     def load(cls, directory: Path, since_us: int = 0) -> Events:
         """Every record of the logs in `directory` (from `since_us` on), in time order."""
         records: list[Record] = []

@@ -523,8 +523,7 @@ class ClientWorld:
         return self.process.tail(limit) if self.process is not None else ""
 
     def events(self) -> Events:
-        servers = Events.load(self.topology.directory, since_us=self.begun_us)
-        return Events(sorted(servers.records + Events.load(self.directory).records, key=lambda r: r["t_us"]))
+        return Events.merge(Events.load(self.topology.directory, since_us=self.begun_us), Events.load(self.directory))
 
     async def until(self, what: str, found: Callable[[Events], Any], timeout: float) -> Any:
         """Polls the event logs until `found(events)` is truthy; returns it, or None after

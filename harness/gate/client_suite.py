@@ -135,12 +135,11 @@ def _record_error(gate: GateSession, result: CaseResult, what: str, directory: P
     result.verdict, result.reason = Verdict.ERROR, f"the gate failed to run the case: {cause}"
     result.seconds = time.monotonic() - started
     try:
-        logged = Events.load(directory).records + Events.load(directory / "topology").records
+        ev = Events.merge(Events.load(directory), Events.load(directory / "topology"))
     except ValueError as exc:  # a log we cannot read must not hide the error itself
         result.notes.append(f"its event logs could not be read: {exc}")
-        logged = []
-    if logged:
-        ev = Events(sorted(logged, key=lambda r: r["t_us"]))
+        ev = Events([])
+    if ev.records:
         result.timeline = _excerpt(ev, ev.records[-1]["t_us"], 3_000_000, 0)
     gate.record(result)
 
