@@ -4,8 +4,9 @@ excerpt around the first violation. A check with nothing to judge fails:
 silence is never a pass.
 
 A violation the harness itself may have caused is not a finding: a FAIL whose
-measurement overlaps a stall of one of our instruments' event loops (`loop_lag`
-of the probes' process `harness` or of the proxy; settings.INSTRUMENTS), long
+measurement overlaps a stall of one of our instruments (`loop_lag`: its event loop;
+`tcp_stall`: its sending on a socket whose reads it held, protocol/tcpstall.py) of
+the probes' process `harness` or of the proxy (settings.INSTRUMENTS), long
 enough to account for a late measurement's excess over its bound, is judged
 INCONCLUSIVE by `judge`, and `require` raises `InconclusiveViolation` when every
 failure is, which the pytest plugin re-runs once. A stall of the implementation
@@ -13,6 +14,7 @@ under test stays a FAIL."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -24,15 +26,21 @@ from .settings import INSTRUMENTS, Bounds
 
 @dataclass(frozen=True)
 class Stall:
-    """A process's event loop stalled (its `loop_lag`) during a violation."""
+    """A process's event loop (its `loop_lag`), or its sending on a socket (`tcp_stall`),
+    stalled during a violation."""
 
     proc: str
     lag_us: int
-    at_s: float  # when its late tick ran, seconds into the run
+    at_s: float  # when the stall was seen to end, seconds into the run
     blocked_us: int = 0  # the longest it can have been blocked: lag plus one tick interval
+    peer: str | None = None  # tcp_stall: the peer of the socket whose sending stalled
 
     def describe(self) -> str:
-        return f"{self.proc}'s own event loop stalled {self.lag_us / 1000:.0f} ms at {self.at_s:.1f} s"
+        if self.peer is None:
+            return f"{self.proc}'s own event loop stalled {self.lag_us / 1000:.0f} ms at {self.at_s:.1f} s"
+        return (f"{self.proc}'s own socket to the {self.peer} had nothing it sent acknowledged for "
+                f"{self.lag_us / 1000:.0f} ms until {self.at_s:.1f} s while it held that socket's reads "
+                f"(the peer's ACKs beyond its full receive window)")
 
 
 @dataclass
@@ -90,7 +98,8 @@ def judge(verdict: Verdict, instruments: Collection[str] = INSTRUMENTS) -> Verdi
     INCONCLUSIVE; a stall of the implementation under test leaves it a FAIL. A stall
     adds at most its own length to a latency or a delay, so stalls that cannot account
     for the excess over the bound (a read seconds late, our loop 50 ms) leave it a FAIL too."""
-    ours = [s for s in verdict.stalls if is_instrument(s.proc, instruments)]
+    # a tcp_stall is only ever written by our own instruments: the proxy and the probes (named as such)
+    ours = [s for s in verdict.stalls if s.peer is not None or is_instrument(s.proc, instruments)]
     if verdict.ok or verdict.stalled_by is not None or not ours:
         return verdict
     if verdict.excess_us is not None and longest_delay_us(ours) < verdict.excess_us:
@@ -132,13 +141,26 @@ def _server_session(events: Events, probe: str) -> tuple[str, str] | None:
     return events.server_session(probe)
 
 
-def stalls_during(events: Events, window: tuple[int, int]) -> list[Stall]:
-    """Every process's `loop_lag` whose stall window overlaps `window` (µs, inclusive)."""
+def stalls_during(events: Events, window: tuple[int, int], ports: Collection[int] = ()) -> list[Stall]:
+    """Every process's `loop_lag` whose stall window overlaps `window` (µs, inclusive), and
+    each `tcp_stall` of a socket on one of `ports`: a socket's stall delays only what it carries."""
     lo, hi = window
     t0 = events.start_us()
-    return [Stall(r["proc"], r["lag_us"], (r["t_us"] - t0) / 1e6, r["lag_us"] + r["interval_us"])
-            for r in events.select("loop_lag")
-            if stall_window(r["t_us"], r["lag_us"], r["interval_us"])[0] <= hi and r["t_us"] >= lo]
+    return [Stall(r["proc"], r["lag_us"], (r["t_us"] - t0) / 1e6, r["lag_us"] + r["interval_us"], r.get("peer"))
+            for r in events.select(("loop_lag", "tcp_stall"))
+            if stall_window(r["t_us"], r["lag_us"], r["interval_us"])[0] <= hi and r["t_us"] >= lo
+            and (r["event"] == "loop_lag" or r["port"] in ports)]
+
+
+def _ports(events: Events, probe: str) -> set[int]:
+    """The port the server under test saw `probe`'s session come from (through the proxy:
+    the proxy's socket to it)."""
+    found = _server_session(events, probe)
+    if found is None:
+        return set()
+    proc, session = found
+    return {int(m[1]) for r in events.select("accept", proc=proc, session=session)
+            if (m := re.search(r"(\d+)\D*$", str(r.get("remote"))))}
 
 
 def _fail(invariant: str, probe: str, summary: str, events: Events, at: Record | int | None,
@@ -149,7 +171,7 @@ def _fail(invariant: str, probe: str, summary: str, events: Events, at: Record |
     silence), so that `judge` can tell; `excess_us`: how far a duration went past its bound."""
     t = at["t_us"] if isinstance(at, dict) else at
     excerpt = events.excerpt(t, sessions=sessions) if t is not None else ""
-    stalls = stalls_during(events, window) if window is not None else []
+    stalls = stalls_during(events, window, _ports(events, probe)) if window is not None else []
     return Verdict(invariant, probe, False, summary, figures, excerpt, stalls, excess_us)
 
 

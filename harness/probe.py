@@ -53,6 +53,7 @@ from .protocol import (
 from .protocol import messages as m
 from .protocol.noise_flow import NoiseClientFlow
 from .protocol.noise_plaintext import AudioChunk, RawBinary
+from .protocol.tcpstall import SendStallWatch
 
 if TYPE_CHECKING:
     from .protocol.noise import Identity
@@ -221,6 +222,7 @@ class ProbeClient:
         self._frames: list[Frame] = []
         self._first_frame_us = 0
         self._paused_until: asyncio.TimerHandle | None = None
+        self._send_watch: SendStallWatch | None = None  # while it holds its reads (tcpstall.py)
         self._tasks: list[asyncio.Task[None]] = []
         self._reconnecting = False
         self._fragment_open = False
@@ -315,6 +317,7 @@ class ProbeClient:
         if self.read_rate == 0:
             assert self.transport is not None
             self.transport.pause_reading()
+        self._watch_sends()
         if send_hello:
             await self.sendspin_handshake()
 
@@ -372,6 +375,7 @@ class ProbeClient:
             raise
         if self.read_rate == 0:
             self.transport.pause_reading()
+        self._watch_sends()
         if send_hello:
             await self.sendspin_handshake()
 
@@ -599,6 +603,18 @@ class ProbeClient:
             self.transport.pause_reading()
         else:
             self.transport.resume_reading()
+        self._watch_sends()
+
+    def _watch_sends(self) -> None:
+        """While this probe holds its reads (a read rate), what it sends can stall on its own
+        socket (tcpstall.py): logged as `tcp_stall`, ours, not the server's."""
+        holding = self.read_rate is not None and self.transport is not None and not self.transport.is_closing()
+        if holding and self._send_watch is None:
+            assert self.transport is not None
+            self._send_watch = SendStallWatch(asyncio.get_running_loop(), self.transport.get_extra_info("socket"),
+                                              self.log, self.name, "server")
+        if self._send_watch is not None:
+            self._send_watch.start() if holding else self._send_watch.stop()
 
     # --- receiving -------------------------------------------------------------------------
 
@@ -625,6 +641,9 @@ class ProbeClient:
     def _on_lost(self, exc: Exception | None) -> None:
         if self._paused_until is not None:
             self._paused_until.cancel()
+        if self._send_watch is not None:  # a reconnect watches its own socket
+            self._send_watch.close()
+            self._send_watch = None
         if self._silent_close:  # a redirect, not a session
             self.closed.set()
             return

@@ -150,3 +150,43 @@ def test_instruments_cover_their_numbered_siblings_only() -> None:
     assert is_instrument("harness") and is_instrument("proxy") and is_instrument("proxy-3")
     assert not any(is_instrument(p) for p in ("server", "worker-0", "coordinator", "probe-1", "proxyish"))
     assert is_instrument("worker-0", {"worker"}) and not is_instrument("worker-x", {"worker"})
+
+
+# the server saw probe-1's session come from the proxy's port 43998
+ACCEPT = rec(0, "server", "accept", "s1", remote="('127.0.0.1', 43998)")
+
+
+def send_stall(t_us: int, lag_us: int, port: int = 43998) -> dict[str, Any]:
+    return rec(t_us, "proxy", "tcp_stall", "flow-1", peer="server", port=port, lag_us=lag_us, interval_us=20_000)
+
+
+def test_a_send_stall_of_the_proxy_s_socket_carrying_the_session_makes_it_inconclusive() -> None:
+    """The proxy held the server's socket's reads and its ACKs fell beyond the window: what
+    the proxy sent on that socket waited 600 ms (protocol/tcpstall.py)."""
+    verdict = judge(reads_prompt(slow_read(ACCEPT, send_stall(1_620_000, 600_000)), "probe-1", BOUNDS, END_US))
+    assert verdict.inconclusive, verdict.explain()
+    assert "proxy's own socket to the server had nothing it sent acknowledged for 600 ms until 1.6 s" in \
+        verdict.summary, verdict.summary
+
+
+def test_a_send_stall_of_another_connection_leaves_a_fail() -> None:
+    """A socket's stall delays only what that socket carries: the slow reader's stall must not
+    excuse another session's late read (I4, isolation, is exactly that check)."""
+    verdict = judge(reads_prompt(slow_read(ACCEPT, send_stall(1_620_000, 600_000, port=41000)), "probe-1",
+                                 BOUNDS, END_US))
+    assert verdict.status == "FAIL" and verdict.stalls == []
+
+
+def test_a_send_stall_too_short_for_the_excess_leaves_a_fail() -> None:
+    verdict = judge(reads_prompt(slow_read(ACCEPT, send_stall(1_450_000, 150_000), latency_us=900_000), "probe-1",
+                                 BOUNDS, END_US))
+    assert verdict.status == "FAIL" and len(verdict.stalls) == 1
+
+
+def test_a_send_stall_of_the_probe_s_own_socket_makes_it_inconclusive() -> None:
+    """A probe that reads slowly holds its socket's reads: the same stall on its own socket
+    (the server accepted it from the probe's port)."""
+    own = rec(1_620_000, "probe-1", "tcp_stall", "probe-1", peer="server", port=43998, lag_us=600_000,
+              interval_us=20_000)
+    verdict = judge(reads_prompt(slow_read(ACCEPT, own), "probe-1", BOUNDS, END_US))
+    assert verdict.inconclusive and verdict.stalled_by is not None and verdict.stalled_by.proc == "probe-1"

@@ -112,19 +112,23 @@ def read_junit(path: Path, outcome: Outcome) -> None:
 
 
 def stalls(basetemp: Path, test_name: str) -> dict[str, int]:
-    """The longest loop_lag (µs) per process in the event logs a test left behind."""
+    """The longest stall (µs) per process in the event logs a test left behind: its event loop
+    (`loop_lag`), or its sending on a socket whose reads it held (`tcp_stall`)."""
     prefix = test_name.split("[")[0][:30]
     worst: dict[str, int] = {}
     for directory in basetemp.glob(f"{prefix}*"):
         for log in directory.rglob("*.jsonl"):
             for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
-                if '"loop_lag"' not in line:
+                if '"loop_lag"' not in line and '"tcp_stall"' not in line:
                     continue
                 try:
                     record = json.loads(line)
                 except ValueError:
                     continue
-                worst[record["proc"]] = max(worst.get(record["proc"], 0), record.get("lag_us", 0))
+                who = record["proc"]
+                if record["event"] == "tcp_stall":
+                    who += f"'s socket to the {record['peer']}"
+                worst[who] = max(worst.get(who, 0), record.get("lag_us", 0))
     return worst
 
 
@@ -163,7 +167,7 @@ def report(outcome: Outcome, basetemp: Path, total: int) -> None:
     for test, message in outcome.failures + outcome.inconclusive:
         lags = stalls(basetemp, test.rsplit("::", 1)[-1])
         worst = ", ".join(f"{proc} {lag / 1000:.0f} ms" for proc, lag in sorted(lags.items(), key=lambda kv: -kv[1]))
-        print(f"    {test}\n        {message}\n        longest loop stall per process: {worst or 'none logged'}",
+        print(f"    {test}\n        {message}\n        longest stall per process: {worst or 'none logged'}",
               flush=True)
 
 

@@ -54,6 +54,13 @@ EVENTS: dict[str, EventType] = {e.name: e for e in [
        "the process's own event loop ran a periodic tick late (looplag.py); `t_us` = when it ran, so the loop "
        "was blocked within [t_us − lag_us − interval_us, t_us]",
        lag_us="how late the tick ran (µs)", interval_us="the tick interval (µs)"),
+    _e("tcp_stall", "proxy probe",
+       "nothing the process sent on a socket whose reads it held was acknowledged for a while, the peer's "
+       "window open (tcpstall.py: the peer's ACKs fell beyond its full receive window); `t_us` = when it was "
+       "seen to end, so sending was blocked within [t_us − lag_us − interval_us, t_us]",
+       peer="the socket's peer (`client` or `server`)", port="the socket's own port (the peer's view of it)",
+       lag_us="how long (µs)",
+       interval_us="the poll interval (µs)"),
     _e("log_slow_write", "server coordinator proxy probe harness",
        "writing a record to this event log took over 10 ms (the kernel's buffer for the disk was full, or the "
        "process was not scheduled meanwhile); written after it",

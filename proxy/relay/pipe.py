@@ -102,6 +102,7 @@ class Pipe:
             tr = self.relay.tr[self.src]
             if not tr.is_closing():
                 tr.pause_reading()
+                self.relay.watch_sends(self.src, True)
         self._holds.add(why)
 
     def release(self, why: str) -> None:
@@ -110,6 +111,7 @@ class Pipe:
         self._holds.discard(why)
         if not self._holds:
             tr = self.relay.tr[self.src]
+            self.relay.watch_sends(self.src, False)
             if not tr.is_closing():
                 tr.resume_reading()
 

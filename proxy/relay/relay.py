@@ -30,6 +30,7 @@ from functools import cached_property
 from typing import Any
 
 from harness.protocol import wsframes as fr
+from harness.protocol.tcpstall import SendStallWatch
 
 from .connection import Connection
 from .identify import MODE_OF, FirstMessage
@@ -99,6 +100,7 @@ class Relay:
         self.client_port: int | None = peer[1] if isinstance(peer, tuple) else None
         self.pipes: dict[str, Pipe] = {"upstream": Pipe(self, "client"), "downstream": Pipe(self, "server")}
         self.timers: set[asyncio.TimerHandle] = set()
+        self.send_watches: dict[str, SendStallWatch] = {}  # side -> its socket's sending, while we hold its reads
         self.shared: dict[object, Any] = {}  # Connection.shared: state of both directions, by key
         self.ended: dict[str, str] = {}  # side -> how its peer ended: eof | rst | closed
         self.sent: dict[str, str] = {}  # side -> what the proxy sent it: eof | rst | close
@@ -212,6 +214,17 @@ class Relay:
         for side in SIDES:
             self.reset(side)
 
+    def watch_sends(self, side: str, on: bool) -> None:
+        """We stopped (or resumed) reading `side`'s socket: meanwhile our sending on it can stall
+        without that peer's doing (tcpstall.py), which the event log must show as ours."""
+        watch = self.send_watches.get(side)
+        if watch is None:
+            sock = self.tr[side].get_extra_info("socket")
+            if not on or self.events is None or sock is None:
+                return
+            watch = self.send_watches[side] = SendStallWatch(self.loop, sock, self.events, self.flow_id, side)
+        watch.start() if on else watch.stop()
+
     # --- endings ------------------------------------------------------------------------
     def on_eof(self, side: str) -> None:
         if self.pipe_from(side).eof_in or side in self.lost:
@@ -299,6 +312,8 @@ class Relay:
         for h in self.timers:
             h.cancel()
         self.timers.clear()
+        for watch in self.send_watches.values():
+            watch.close()
         result = self.summary()
         if self.events is not None:
             self.events.emit("close", session=self.flow_id, **result)
