@@ -17,12 +17,12 @@ peer's last advertised window was open: a peer that stops reading closes its win
 that stall is the peer's own finding.
 
 `SendStallMeter` is the sans-I/O part (fed `TcpInfo` samples); `SendStallWatch` polls a
-socket on a running event loop while started.
+socket on a running event loop while started. Like looplag.py it is handed the loop and the
+socket, so this module imports neither asyncio nor socket.
 """
 
 from __future__ import annotations
 
-import socket
 import struct
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -34,6 +34,7 @@ POLL_INTERVAL_US = 20_000
 # minimum retransmission timeout 200 ms, so this is a lost ACK, not a slow one.
 STALL_THRESHOLD_US = 100_000
 
+IPPROTO_TCP, TCP_INFO = 6, 11  # getsockopt level and option (Linux)
 # byte offsets in struct tcp_info (linux/tcp.h)
 _UNACKED, _LAST_ACK_RECV, _SND_WND = 24, 56, 228  # tcpi_snd_wnd: Linux 5.4 and later
 
@@ -45,10 +46,16 @@ class TcpInfo:
     snd_wnd: int  # the peer's last accepted receive window (bytes)
 
 
-def tcp_info(sock: socket.socket) -> TcpInfo | None:
+class _Socket(Protocol):
+    def getsockopt(self, level: int, option: int, buflen: int) -> bytes: ...
+    def getsockname(self) -> Any: ...
+    def fileno(self) -> int: ...
+
+
+def tcp_info(sock: _Socket) -> TcpInfo | None:
     """The fields of TCP_INFO this module needs; None where the kernel does not give them."""
     try:
-        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+        raw = sock.getsockopt(IPPROTO_TCP, TCP_INFO, 256)
     except OSError:
         return None
     if len(raw) < _SND_WND + 4:
@@ -105,7 +112,7 @@ class SendStallWatch:
     until `close()` at the latest; each send stall becomes a `tcp_stall` record in `log` (`t_us` =
     when it ended, `lag_us` = its length)."""
 
-    def __init__(self, loop: _Loop, sock: socket.socket, log: _Log, session: str | None, peer: str) -> None:
+    def __init__(self, loop: _Loop, sock: _Socket, log: _Log, session: str | None, peer: str) -> None:
         self.loop, self.sock, self.log, self.session, self.peer = loop, sock, log, session, peer
         self.port: int = sock.getsockname()[1]  # the peer saw our connection come from this port
         self.meter = SendStallMeter()
