@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .clock import now_us
+from .looplag import Emitter
 
 POLL_INTERVAL_US = 20_000
 # No ACK accepted for this long with data in flight: loopback's RTT is tens of µs and the
@@ -102,17 +103,13 @@ class _Loop(Protocol):
     def call_later(self, delay: float, callback: Any, *args: Any) -> Any: ...
 
 
-class _Log(Protocol):
-    def emit(self, event: str, session: str | None = None, t_us: int | None = None, **fields: Any) -> None: ...
-
-
 class SendStallWatch:
     """Polls `sock` every `POLL_INTERVAL_US` from `start()` until `stop()`, and past it while a
     stall goes on (it outlasts the hold until the peer's next ACK lands in the reopened window),
     until `close()` at the latest; each send stall becomes a `tcp_stall` record in `log` (`t_us` =
     when it ended, `lag_us` = its length)."""
 
-    def __init__(self, loop: _Loop, sock: _Socket, log: _Log, session: str | None, peer: str) -> None:
+    def __init__(self, loop: _Loop, sock: _Socket, log: Emitter, session: str | None, peer: str) -> None:
         self.loop, self.sock, self.log, self.session, self.peer = loop, sock, log, session, peer
         self.port: int = sock.getsockname()[1]  # the peer saw our connection come from this port
         self.meter = SendStallMeter()
