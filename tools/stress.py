@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 NEIGHBOUR = ["stress-ng", "--cpu", "2", "--io", "2", "--hdd", "1", "--hdd-bytes", "512M",
              "--vm", "1", "--vm-bytes", "1G", "--timeout", "0"]
+RUN_MARK = "SENDSPIN_STRESS_RUN"  # in each run's environment: its --basetemp (see `strays`)
 RUN_TIMEOUT_S = 60 * 60  # one ./run test under stress; far above the ~20 min it takes
 
 
@@ -81,14 +82,17 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def strays(directory: Path) -> list[str]:
-    """Kills every process whose command line names `directory` (each process a test starts
-    logs under its --basetemp, and one started in a session of its own outlives a killed
-    run's process group); returns what it killed."""
-    killed = []
+    """Kills every process of the run whose --basetemp is `directory`: one started in a
+    session of its own outlives a killed run's process group. A run's process carries
+    `RUN_MARK` in its environment (inherited: a gate case's client under test names no
+    directory of the run), or names `directory` (one whose environment was replaced);
+    returns what it killed."""
+    killed, mark = [], f"{RUN_MARK}={directory}".encode()
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             argv = cmdline.read_bytes().split(b"\0")
-            if any(f"{directory}/".encode() in arg or arg.endswith(str(directory).encode()) for arg in argv):
+            if any(f"{directory}/".encode() in arg or arg.endswith(str(directory).encode()) for arg in argv) \
+                    or mark in (cmdline.parent / "environ").read_bytes().split(b"\0"):
                 os.kill(int(cmdline.parent.name), signal.SIGKILL)
                 killed.append(f"{cmdline.parent.name} {b' '.join(argv).decode(errors='replace')[:160]}")
         except (OSError, ValueError):
@@ -142,7 +146,8 @@ class Run:
         with open(work / f"run-{n}.log", "wb") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen([str(ROOT / "run"), "test", "-q", f"--basetemp={self.basetemp}",
                                           f"--junitxml={self.junit}", *pytest_args], cwd=ROOT, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         env={**os.environ, RUN_MARK: str(self.basetemp)})
 
     def poll(self) -> Outcome | None:
         """The outcome once the run has ended (killed after RUN_TIMEOUT_S), else None."""
