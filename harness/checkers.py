@@ -14,7 +14,6 @@ under test stays a FAIL."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -141,15 +140,16 @@ def _server_session(events: Events, probe: str) -> tuple[str, str] | None:
     return events.server_session(probe)
 
 
-def stalls_during(events: Events, window: tuple[int, int], ports: Collection[int] = ()) -> list[Stall]:
+def stalls_during(events: Events, window: tuple[int, int], ports: Collection[int] | None = ()) -> list[Stall]:
     """Every process's `loop_lag` whose stall window overlaps `window` (µs, inclusive), and
-    each `tcp_stall` of a socket on one of `ports`: a socket's stall delays only what it carries."""
+    each `tcp_stall` of a socket on one of `ports`: a socket's stall delays only what it carries
+    (None: every socket's, where all of them carry the one peer under test)."""
     lo, hi = window
     t0 = events.start_us()
     return [Stall(r["proc"], r["lag_us"], (r["t_us"] - t0) / 1e6, r["lag_us"] + r["interval_us"], r.get("peer"))
             for r in events.select(("loop_lag", "tcp_stall"))
             if stall_window(r["t_us"], r["lag_us"], r["interval_us"])[0] <= hi and r["t_us"] >= lo
-            and (r["event"] == "loop_lag" or r["port"] in ports)]
+            and (r["event"] == "loop_lag" or ports is None or r["port"] in ports)]
 
 
 def _ports(events: Events, probe: str) -> set[int]:
@@ -159,8 +159,7 @@ def _ports(events: Events, probe: str) -> set[int]:
     if found is None:
         return set()
     proc, session = found
-    return {int(m[1]) for r in events.select("accept", proc=proc, session=session)
-            if (m := re.search(r"(\d+)\D*$", str(r.get("remote"))))}
+    return {r["port"] for r in events.select("accept", proc=proc, session=session) if r.get("port") is not None}
 
 
 def _fail(invariant: str, probe: str, summary: str, events: Events, at: Record | int | None,

@@ -195,8 +195,10 @@ class Session:
         written once the first message named the profile (None: none came)."""
         if not self._accept_logged:
             self._accept_logged = True
-            self.log.emit("accept", self.session_id, t_us=self._accepted_us, remote=str(self.ws.remote_address),
-                          profile=self.profile, **({"dialled": True} if self.dialled else {}))
+            remote = self.ws.remote_address
+            self.log.emit("accept", self.session_id, t_us=self._accepted_us, remote=str(remote),
+                          port=remote[1] if remote else None, profile=self.profile,
+                          **({"dialled": True} if self.dialled else {}))
 
     async def run(self) -> None:
         tasks: list[asyncio.Task[None]] = []

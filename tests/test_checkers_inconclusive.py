@@ -18,6 +18,7 @@ from harness.checkers import (
     lead_kept,
     reads_prompt,
     require,
+    stalls_during,
 )
 from harness.events import Events
 from harness.settings import DEFAULT_BOUNDS as BOUNDS
@@ -153,7 +154,7 @@ def test_instruments_cover_their_numbered_siblings_only() -> None:
 
 
 # the server saw probe-1's session come from the proxy's port 43998
-ACCEPT = rec(0, "server", "accept", "s1", remote="('127.0.0.1', 43998)")
+ACCEPT = rec(0, "server", "accept", "s1", remote="('127.0.0.1', 43998)", port=43998)
 
 
 def send_stall(t_us: int, lag_us: int, port: int = 43998) -> dict[str, Any]:
@@ -190,3 +191,12 @@ def test_a_send_stall_of_the_probe_s_own_socket_makes_it_inconclusive() -> None:
               interval_us=20_000)
     verdict = judge(reads_prompt(slow_read(ACCEPT, own), "probe-1", BOUNDS, END_US))
     assert verdict.inconclusive and verdict.stalled_by is not None and verdict.stalled_by.proc == "probe-1"
+
+
+def test_the_gate_counts_every_socket_s_send_stall_and_the_scenarios_only_the_session_s() -> None:
+    """The client gate has one peer under test: whatever socket of the proxy stalled carried
+    its traffic (`ports=None`). A scenario has several sessions: only the session's own port."""
+    events = slow_read(ACCEPT, send_stall(1_620_000, 600_000, port=41000))
+    assert [s.proc for s in stalls_during(events, (1_000_000, 1_500_000), ports=None)] == ["proxy"]
+    assert stalls_during(events, (1_000_000, 1_500_000), ports={43998}) == []
+    assert stalls_during(events, (1_000_000, 1_500_000)) == []

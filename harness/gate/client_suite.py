@@ -173,7 +173,7 @@ def _inconclusive(result: CaseResult, judgement: Judgement, ev: Any) -> Inconclu
     verdicts = []
     for f in failing:
         assert f.window_us is not None
-        stalls: list[Stall] = stalls_during(ev, f.window_us)
+        stalls: list[Stall] = stalls_during(ev, f.window_us, ports=None)  # one client: every socket is its
         verdicts.append(judge(InvariantVerdict(f"case {result.case.id}", "client", False, str(f), stalls=stalls,
                                                excess_us=f.excess_us), GATE_INSTRUMENTS))
     return InconclusiveViolation(verdicts) if all(v.inconclusive for v in verdicts) else None

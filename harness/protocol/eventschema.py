@@ -71,7 +71,8 @@ EVENTS: dict[str, EventType] = {e.name: e for e in [
     _e("shutdown", "server coordinator", "shutting down",
        sessions="server: live sessions", live_workers="coordinator: live workers"),
     _e("accept", "server proxy", "a TCP connection accepted (server: or dialled, then `dialled`)",
-       remote="server: peer address", client="proxy: peer host:port", conn_seq="proxy: connection number",
+       remote="server: peer address", port="server: the peer's port (through the proxy: the proxy's socket)",
+       client="proxy: peer host:port", conn_seq="proxy: connection number",
        dialled="server: true when the server dialled the client (server-initiated)",
        profile="server: the wire profile the client speaks, `legacy` or `noise`, from its first message "
                "(written once that message is read, stamped with the accept time; None: no message came)"),
