@@ -304,9 +304,6 @@ def no_leftover_processes(processes_owned_elsewhere: Callable[[], set[int]]) -> 
 
 # --- INCONCLUSIVE: the harness may have caused what it measured ------------------------------
 
-RERUNS = pytest.StashKey[list[tuple[str, str, str]]]()  # (nodeid, why it was re-run, how the re-run ended)
-
-
 def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for e in exc.exceptions for leaf in _leaves(e)]
@@ -344,7 +341,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         again = _inconclusive(reports)
         outcome = f"was INCONCLUSIVE again: {again}" if again else \
             "passed" if all(r.passed for r in reports) else "failed"
-        item.config.stash.setdefault(RERUNS, []).append((item.nodeid, first, outcome))
+        # on the report, not in this process's state: under xdist the controller prints the summary
+        reports[-1].rerun = [first, outcome]  # type: ignore[attr-defined]
         for report in reports:
             if again and report.failed:
                 report.outcome = "skipped"  # neither failed nor passed; pytest_report_teststatus names it
@@ -362,8 +360,9 @@ def pytest_report_teststatus(report: pytest.TestReport) -> tuple[str, str, tuple
     return None
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    reruns = config.stash.get(RERUNS, [])
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    reruns = [(r.nodeid, *r.rerun) for reports in terminalreporter.stats.values() for r in reports
+              if getattr(r, "rerun", None)]
     if not reruns:
         return
     terminalreporter.section("inconclusive: our own instrument stalled during a violation", yellow=True)

@@ -120,7 +120,7 @@ def stalls(basetemp: Path, test_name: str) -> dict[str, int]:
     (`loop_lag`), or its sending on a socket whose reads it held (`tcp_stall`)."""
     prefix = test_name.split("[")[0][:30]
     worst: dict[str, int] = {}
-    for directory in basetemp.glob(f"{prefix}*"):
+    for directory in [*basetemp.glob(f"{prefix}*"), *basetemp.glob(f"popen-gw*/{prefix}*")]:  # xdist: per worker
         for log in directory.rglob("*.jsonl"):
             for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
                 if '"loop_lag"' not in line and '"tcp_stall"' not in line:
