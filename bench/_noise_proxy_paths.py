@@ -26,8 +26,9 @@ from websockets.exceptions import ConnectionClosed
 
 from harness.protocol import ConnectionFatal, ProtocolError, now_us
 from harness.protocol import messages as m
+from harness.protocol.cpuwait import runqueue_waits
 from harness.protocol.noise import AudioChunk, NoiseProfile
-from harness.topology import CLK_TCK, Child, await_ready_file, cpu_ticks, group_pids, runqueue_waits
+from harness.topology import CLK_TCK, Child, await_ready_file, cpu_ticks, group_pids
 
 PATHS = ("direct", "opaque", "terminated")
 MODES = {"opaque": "noise-opaque", "terminated": "noise-terminated"}  # the proxy's name for each connection

@@ -66,6 +66,13 @@ class Events:
                 return r["proc"], r["session"]
         return None
 
+    def stream_start_us(self, client_id: str) -> int | None:
+        """When the server began sending `client_id` its stream (its stream/start), on the
+        server's own clock; None if it did not."""
+        found = self.server_session(client_id)
+        starts = self.select("send_begin", proc=found[0], session=found[1], type="stream/start") if found else []
+        return starts[0]["t_us"] if starts else None
+
     def start_us(self) -> int:
         return self.records[0]["t_us"] if self.records else 0
 

@@ -8,15 +8,17 @@ mitmdump, sendspin, load generators).
   log file, a pipe or inherited; `Child` is the handle.
 - `Child.exited(timeout)` / `await Child.wait_exited(timeout)` wait for the leader to
   exit without reaping it (a pidfd), so its process group can still be signalled
-  safely; `wait_exit` waits and reaps.
+  safely; `exits_within` / `aexits_within` do not count the time it waited for a CPU;
+  `wait_exit` waits and reaps.
 - `Child.stop` (sync) / `await Child.astop` (async): a signal (SIGTERM) to the leader,
-  SIGKILL to the whole group after a timeout, SIGKILL to whatever the group still
-  holds, then reap. `ChildSet` tracks many children and `kill_all` ends them.
+  SIGKILL to the whole group after a timeout (time spent waiting for a CPU not
+  counted), SIGKILL to whatever the group still holds, then reap. `ChildSet` tracks
+  many children and `kill_all` ends them.
 - `wait_ready_file` / `await_ready_file`: the child writes a JSON readiness file;
   `wait_listening`: a TCP port accepts connections. Every wait has a timeout (time
   spent waiting for a CPU not counted, up to a cap) and fails early when the child exits.
 - /proc readers: `cpu_times`, `cpu_ticks`, `rss_bytes`, `group_pids`, `cmdline`,
-  `listening_pid`, `machine_ticks`, `live_children`, `runqueue_waits`.
+  `listening_pid`, `machine_ticks`, `live_children`.
 
 `spawn` / `reference_server` / `ManagedProcess` are the harness's use of it: a
 process started with `--ready-file` whose readiness JSON is kept in `.ready`.
@@ -39,6 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .protocol.cpuwait import FairTimeout
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 POLL_S = 0.02
@@ -89,19 +93,6 @@ def machine_ticks() -> tuple[int, int, int]:
     v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     total = sum(v[:8])
     return total - v[3] - v[4], v[5] + v[6], total
-
-
-def runqueue_waits(pids: list[int]) -> dict[tuple[int, int], int]:
-    """Nanoseconds each thread of `pids` has spent runnable but waiting for a CPU, by
-    (pid, tid) (/proc/PID/task/TID/schedstat, its second field): a process starved by a
-    busy machine, told apart from one busy with its own work or blocked."""
-    out = {}
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    out[pid, int(tid)] = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
-    return out
 
 
 def rss_bytes(pid: int) -> int:
@@ -264,6 +255,23 @@ class Child:
             loop.remove_reader(fd)
         return bool(select.select([fd], [], [], 0)[0])  # (wait_for cancels `done` on a timeout)
 
+    def exits_within(self, timeout: float) -> bool:
+        """True once the leader has exited (not reaped) within `timeout` s, not counting the
+        time its group waited for a CPU (a `StartupClock`)."""
+        clock = StartupClock(self, timeout)
+        while not self.exited(max(POLL_S, clock.remaining())):
+            if clock.expired():
+                return False
+        return True
+
+    async def aexits_within(self, timeout: float) -> bool:
+        """`exits_within` without blocking the event loop."""
+        clock = StartupClock(self, timeout)
+        while not await self.wait_exited(max(POLL_S, clock.remaining())):
+            if clock.expired():
+                return False
+        return True
+
     def reap(self, timeout: float = 5.0) -> int | None:
         """Collect the exit status (after `exited`); None if it is still running after `timeout`."""
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -280,11 +288,12 @@ class Child:
         return self.reap(kill_timeout)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0, kill_timeout: float = 5.0) -> int | None:
-        """`sig` to the leader; SIGKILL to the group if it has not exited within `timeout` s,
-        and to whatever is left in the group anyway; reaps it. Returns the exit code."""
+        """`sig` to the leader; SIGKILL to the group if it has not exited within `timeout` s
+        (`exits_within`), and to whatever is left in the group anyway; reaps it. Returns the
+        exit code."""
         if self.popen.returncode is None and not self.exited():
             self.send_signal(sig)
-            self.exited(timeout)
+            self.exits_within(timeout)
         return self._finish(kill_timeout)
 
     def _peek_returncode(self) -> int | None:
@@ -305,7 +314,7 @@ class Child:
             return f"had exited rc={self._finish(kill_timeout)}"
         t = time.monotonic()
         self.send_signal(sig)
-        if await self.wait_exited(timeout):
+        if await self.aexits_within(timeout):
             text = f"{signal.Signals(sig).name}: exit {self._peek_returncode()} in {time.monotonic() - t:.2f} s"
         else:
             text = f"{signal.Signals(sig).name}: still alive after {timeout:.0f} s"
@@ -369,39 +378,12 @@ def _read_ready(child: Child, path: Path) -> tuple[bool, dict[str, Any] | None]:
     return False, None
 
 
-class StartupClock:
-    """A start-up timeout that does not count the time `child` waited for a CPU.
-
-    Past `timeout` s it looks at how long the child's threads have waited in the run queue
-    since the clock started (the longest of any one thread) and moves the deadline on by
-    that, up to `cap` s in all. A hung child waits for nothing and times out on time; a
-    starved one gets its share of the CPU's time. The group's threads are read only when
-    a deadline passes."""
-
-    RECHECK_S = 0.25  # at most one /proc scan per this once past the first deadline
+class StartupClock(FairTimeout):
+    """A `FairTimeout` on `child`'s process group: `timeout` s plus the time it waited for
+    a CPU, STARTUP_CAP_S in all unless `cap` says otherwise."""
 
     def __init__(self, child: Child, timeout: float, cap: float | None = None) -> None:
-        self.child, self.timeout = child, timeout
-        self.cap = max(timeout, STARTUP_CAP_S if cap is None else cap)
-        self.start = time.monotonic()
-        self.deadline = self.start + timeout
-        self.base = runqueue_waits(child.group_pids())
-        self.waited_s = 0.0
-
-    def expired(self) -> bool:
-        now = time.monotonic()
-        if now <= self.deadline:
-            return False
-        if now - self.start >= self.cap:
-            return True
-        delays = runqueue_waits(self.child.group_pids())
-        self.waited_s = max((d - self.base.get(k, 0) for k, d in delays.items()), default=0) / 1e9
-        self.deadline = max(self.start + self.timeout + self.waited_s, now + self.RECHECK_S)
-        return now - self.start - self.waited_s > self.timeout
-
-    def __str__(self) -> str:
-        excused = f", not counting {self.waited_s:.1f} s it waited for a CPU" if self.waited_s >= 0.05 else ""
-        return f"within {self.timeout} s{excused} ({time.monotonic() - self.start:.1f} s in all)"
+        super().__init__(child.group_pids, timeout, STARTUP_CAP_S if cap is None else cap)
 
 
 def wait_ready_file(child: Child, path: Path, timeout: float = STARTUP_TIMEOUT_S) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from harness.protocol import EventLog, LoopLagMonitor, now_us
+from harness.protocol.cpuwait import FairTimeout
 
 from . import ipc
 from .config import ServerConfig
@@ -45,7 +46,10 @@ from .profiles import load_identity, load_psks
 from .sources import open_source
 from .timeline import Batch, Producer
 
+# A worker's start and stop: a wait for a CPU is not counted (cpuwait.FairTimeout), up to
+# FAIR_CAP times the timeout: a worker is killed for hanging, not for a busy machine.
 READY_TIMEOUT_S = 15.0
+FAIR_CAP = 4
 FORWARD_TIMEOUT_S = 30.0  # an action with a large artwork waits for the image to be made
 STOP_TIMEOUT_S = 3.0
 EXIT_ALL_DEAD = 3
@@ -77,6 +81,17 @@ class Worker:
 
 
 STOPPED_STATES = frozenset("Tt")  # /proc/PID/stat: stopped by a signal, or by a tracer
+
+
+async def _exits(process: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Whether `process` exits (reaped) within `timeout` s, not counting its waits for a CPU."""
+    clock = FairTimeout(lambda: [process.pid], timeout, FAIR_CAP * timeout)
+    while True:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(process.wait, max(0.05, clock.remaining()))
+            return True
+        if clock.expired():
+            return False
 
 
 def process_state(pid: int | None) -> str:
@@ -174,9 +189,7 @@ class Coordinator:
             return
         process.send_signal(signal.SIGTERM)
         process.send_signal(signal.SIGCONT)  # a stopped worker must run to see SIGTERM
-        try:
-            await asyncio.to_thread(process.wait, STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
+        if not await _exits(process, STOP_TIMEOUT_S):
             process.kill()
             await asyncio.to_thread(process.wait, STOP_TIMEOUT_S)
         self._detach(w)
@@ -198,14 +211,20 @@ class Coordinator:
         loop.add_reader(ours, self._on_ipc, w)
         w.pidfd = os.pidfd_open(w.process.pid)
         loop.add_reader(w.pidfd, self._on_exit, w, w.process)
+        pid = w.process.pid
+        clock = FairTimeout(lambda: [pid], READY_TIMEOUT_S, FAIR_CAP * READY_TIMEOUT_S)
+        while not w.ready.done() and not clock.expired():
+            await asyncio.wait({w.ready}, timeout=max(0.05, clock.remaining()))
         try:
-            ready = await asyncio.wait_for(w.ready, READY_TIMEOUT_S)
-        except (TimeoutError, RuntimeError) as exc:
+            if not w.ready.done():
+                raise RuntimeError(f"no READY {clock}")
+            ready = w.ready.result()
+        except RuntimeError as exc:
             self._detach(w)
             self._close_pidfd(w)
             w.process.kill()
             await asyncio.to_thread(w.process.wait, STOP_TIMEOUT_S)
-            raise RuntimeError(f"{w.proc} did not start: {exc or 'no READY within the timeout'}") from None
+            raise RuntimeError(f"{w.proc} did not start: {exc}") from None
         w.port, w.control_port = ready.port, ready.control_port
         w.alive = True
         w.last_heartbeat_us = now_us()

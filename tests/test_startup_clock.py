@@ -1,4 +1,4 @@
-"""Start-up waits do not count the time a child waited for a CPU (`StartupClock`): a
+"""Start-up and exit waits do not count the time a child waited for a CPU (`StartupClock`): a
 starved child is given its share of the machine, a hung one still times out, and no
 wait goes past the cap. The starvation is real: hogs pinned to the child's CPU."""
 
@@ -74,3 +74,11 @@ def test_a_child_starved_for_ever_fails_at_the_cap(tmp_path: Path, one_cpu: int)
         elapsed = time.monotonic() - clock.start
     assert elapsed >= 2.0, f"gave up after {elapsed:.2f} s, before the cap: the starvation was not excused"
     assert clock.waited_s > 1.0, "it spent most of its time waiting for a CPU"
+
+
+def test_exits_within_tells_an_exit_from_a_process_that_stays(tmp_path: Path) -> None:
+    quits = spawn_child("quits", [sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "quits.out")
+    stays = spawn_child("stays", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "stays.out")
+    with quits, stays:
+        assert quits.exits_within(20) and quits.reap() == 3
+        assert not stays.exits_within(0.5), "a sleeping process waits for no CPU: its timeout is not moved"
