@@ -10,7 +10,8 @@ the probes' process `harness` or of the proxy (settings.INSTRUMENTS), long
 enough to account for a late measurement's excess over its bound, is judged
 INCONCLUSIVE by `judge`, and `require` raises `InconclusiveViolation` when every
 failure is, which the pytest plugin re-runs once. A stall of the implementation
-under test stays a FAIL."""
+under test stays a FAIL, but for the part of it its loop waited for a CPU
+(`loop_lag`'s `runqueue_us`): a busy machine's doing, not the implementation's."""
 
 from __future__ import annotations
 
@@ -30,15 +31,20 @@ class Stall:
 
     proc: str
     lag_us: int
-    at_s: float  # when the stall was seen to end, seconds into the run
+    at_s: float  # when the stall was seen to end (an ongoing one: when it began), seconds into the run
     blocked_us: int = 0  # the longest it can have been blocked: lag plus one tick interval
     peer: str | None = None  # tcp_stall: the peer of the socket whose sending stalled
+    ongoing: bool = False  # tcp_stall: not seen to end when the log was read (lag_us: up to the violation's end)
+    waited_us: int = 0  # loop_lag: how long of it the loop's thread waited for a CPU (the machine's load)
 
     def describe(self) -> str:
         if self.peer is None:
-            return f"{self.proc}'s own event loop stalled {self.lag_us / 1000:.0f} ms at {self.at_s:.1f} s"
+            waited = f" (waiting {self.waited_us / 1000:.0f} ms for a CPU since its previous tick)" \
+                if self.waited_us >= 1000 else ""
+            return f"{self.proc}'s own event loop stalled {self.lag_us / 1000:.0f} ms at {self.at_s:.1f} s{waited}"
+        until = f"from {self.at_s:.1f} s, still when the log was read," if self.ongoing else f"until {self.at_s:.1f} s"
         return (f"{self.proc}'s own socket to the {self.peer} had nothing it sent acknowledged for "
-                f"{self.lag_us / 1000:.0f} ms until {self.at_s:.1f} s while it held that socket's reads "
+                f"{self.lag_us / 1000:.0f} ms {until} while it held that socket's reads "
                 f"(the peer's ACKs beyond its full receive window)")
 
 
@@ -94,16 +100,21 @@ def is_instrument(proc: str, instruments: Collection[str] = INSTRUMENTS) -> bool
 
 def judge(verdict: Verdict, instruments: Collection[str] = INSTRUMENTS) -> Verdict:
     """A FAIL whose violation overlaps a loop stall of one of `instruments` becomes
-    INCONCLUSIVE; a stall of the implementation under test leaves it a FAIL. A stall
+    INCONCLUSIVE; a stall of the implementation under test leaves it a FAIL, except for
+    the time its loop waited for a CPU (the machine's load, not its work), and only
+    against a duration's excess: a busy machine makes a read late, not lost. A stall
     adds at most its own length to a latency or a delay, so stalls that cannot account
     for the excess over the bound (a read seconds late, our loop 50 ms) leave it a FAIL too."""
     # a tcp_stall is only ever written by our own instruments: the proxy and the probes (named as such)
     ours = [s for s in verdict.stalls if s.peer is not None or is_instrument(s.proc, instruments)]
+    if verdict.excess_us is not None:
+        ours += [replace(s, blocked_us=min(s.blocked_us, s.waited_us)) for s in verdict.stalls
+                 if s not in ours and s.waited_us > 0]
     if verdict.ok or verdict.stalled_by is not None or not ours:
         return verdict
     if verdict.excess_us is not None and longest_delay_us(ours) < verdict.excess_us:
         return verdict
-    worst = max(ours, key=lambda s: s.lag_us)
+    worst = max(ours, key=lambda s: s.blocked_us)
     return replace(verdict, stalled_by=worst,
                    summary=f"INCONCLUSIVE: {worst.describe()}, overlapping the violation ({verdict.summary})")
 
@@ -146,10 +157,26 @@ def stalls_during(events: Events, window: tuple[int, int], ports: Collection[int
     (None: every socket's, where all of them carry the one peer under test)."""
     lo, hi = window
     t0 = events.start_us()
-    return [Stall(r["proc"], r["lag_us"], (r["t_us"] - t0) / 1e6, r["lag_us"] + r["interval_us"], r.get("peer"))
-            for r in events.select(("loop_lag", "tcp_stall"))
-            if stall_window(r["t_us"], r["lag_us"], r["interval_us"])[0] <= hi and r["t_us"] >= lo
-            and (r["event"] == "loop_lag" or ports is None or r["port"] in ports)]
+    ended = [Stall(r["proc"], r["lag_us"], (r["t_us"] - t0) / 1e6, r["lag_us"] + r["interval_us"], r.get("peer"),
+                   waited_us=r.get("runqueue_us", 0))
+             for r in events.select(("loop_lag", "tcp_stall"))
+             if stall_window(r["t_us"], r["lag_us"], r["interval_us"])[0] <= hi and r["t_us"] >= lo
+             and (r["event"] == "loop_lag" or ports is None or r["port"] in ports)]
+    return ended + [Stall(r["proc"], hi - r["since_us"], (r["since_us"] - t0) / 1e6, hi - r["since_us"],
+                          r["peer"], ongoing=True)
+                    for r in _ongoing_send_stalls(events)
+                    if r["since_us"] <= hi and (ports is None or r["port"] in ports)]
+
+
+def _ongoing_send_stalls(events: Events) -> list[Record]:
+    """Each socket's `tcp_stall_begin` whose `tcp_stall` was not yet written: still stalled."""
+    begun: dict[tuple[str, int], Record] = {}
+    for r in events.select(("tcp_stall_begin", "tcp_stall")):
+        if r["event"] == "tcp_stall_begin":
+            begun[r["proc"], r["port"]] = r
+        else:
+            begun.pop((r["proc"], r["port"]), None)
+    return list(begun.values())
 
 
 def _ports(events: Events, probe: str) -> set[int]:

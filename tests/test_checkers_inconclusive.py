@@ -81,6 +81,35 @@ def test_a_stall_of_the_server_under_test_stays_a_fail() -> None:
     assert not isinstance(raised.value, InconclusiveViolation)
 
 
+def starved(t_us: int, proc: str, lag_us: int, runqueue_us: int) -> dict[str, Any]:
+    return {**lag(t_us, proc, lag_us), "runqueue_us": runqueue_us}
+
+
+def test_a_server_under_test_starved_by_the_machine_is_inconclusive() -> None:
+    """The worker's loop was 412 ms late, 400 ms of it runnable and waiting for a CPU: the
+    300 ms excess is the busy machine's doing."""
+    verdict = judge(reads_prompt(slow_read(starved(1_450_000, "worker-1", 412_000, 400_000)), "probe-1",
+                                 BOUNDS, END_US))
+    assert verdict.inconclusive, verdict.explain()
+    assert "worker-1's own event loop stalled 412 ms at 1.4 s (waiting 400 ms for a CPU since its previous " \
+        "tick)" in verdict.summary, verdict.summary
+
+
+def test_a_server_under_test_blocked_by_its_own_work_stays_a_fail() -> None:
+    """The same stall, but its loop ran (a blocking send, a sleep) nearly all the time: only the
+    CPU wait is excused, 50 ms, too little for a 300 ms excess."""
+    verdict = judge(reads_prompt(slow_read(starved(1_450_000, "worker-1", 412_000, 50_000)), "probe-1",
+                                 BOUNDS, END_US))
+    assert verdict.status == "FAIL" and len(verdict.stalls) == 1, verdict.explain()
+
+
+def test_a_busy_machine_makes_a_read_late_never_lost() -> None:
+    """A starved server reads late; one that never read a message did not wait for a CPU."""
+    verdict = judge(reads_prompt(unread(starved(1_450_000, "worker-1", 412_000, 400_000)), "probe-1",
+                                 BOUNDS, END_US))
+    assert verdict.status == "FAIL" and len(verdict.stalls) == 1, verdict.explain()
+
+
 def test_a_gate_where_the_server_is_an_instrument_says_so() -> None:
     events = slow_read(lag(1_450_000, "worker-1", 412_000))
     verdict = reads_prompt(events, "probe-1", BOUNDS, END_US)
@@ -191,6 +220,35 @@ def test_a_send_stall_of_the_probe_s_own_socket_makes_it_inconclusive() -> None:
               interval_us=20_000)
     verdict = judge(reads_prompt(slow_read(ACCEPT, own), "probe-1", BOUNDS, END_US))
     assert verdict.inconclusive and verdict.stalled_by is not None and verdict.stalled_by.proc == "probe-1"
+
+
+def send_stall_begun(t_us: int, since_us: int, port: int = 43998) -> dict[str, Any]:
+    return rec(t_us, "proxy", "tcp_stall_begin", "flow-1", peer="server", port=port, since_us=since_us)
+
+
+def unread(*extra: dict[str, Any]) -> Events:
+    """probe-1's client/time at 1.0 s never reaches the server (read until END_US)."""
+    return Events(sorted([
+        rec(0, "server", "recv", "s1", type="client/hello", client_id="probe-1"), ACCEPT,
+        rec(1_000_000, "probe-1", "send", "probe-1", type="client/time", client_transmitted=1_000_000),
+        *extra], key=lambda r: r["t_us"]))
+
+
+def test_a_send_stall_still_going_on_when_the_log_is_read_makes_it_inconclusive() -> None:
+    """A slow reader at 0 B/s never releases its hold: the stall has begun and not ended
+    when the check runs; what the socket should have carried since is not the server's fault."""
+    verdict = judge(reads_prompt(unread(send_stall_begun(1_020_000, 900_000)), "probe-1", BOUNDS, END_US))
+    assert verdict.inconclusive, verdict.explain()
+    assert verdict.stalled_by is not None and verdict.stalled_by.ongoing
+    assert "for 4100 ms from 0.9 s, still when the log was read, while it held" in verdict.summary, verdict.summary
+
+
+def test_an_ongoing_send_stall_of_another_connection_or_one_that_ended_before_leaves_a_fail() -> None:
+    other = send_stall_begun(1_020_000, 900_000, port=41000)
+    assert judge(reads_prompt(unread(other), "probe-1", BOUNDS, END_US)).status == "FAIL"
+    ended = [send_stall_begun(520_000, 400_000), send_stall(700_000, 300_000)]
+    verdict = judge(reads_prompt(unread(*ended), "probe-1", BOUNDS, END_US))
+    assert verdict.status == "FAIL" and verdict.stalls == []
 
 
 def test_the_gate_counts_every_socket_s_send_stall_and_the_scenarios_only_the_session_s() -> None:

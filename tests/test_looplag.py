@@ -7,6 +7,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -99,6 +101,44 @@ def test_the_monitor_writes_loop_lag_when_its_loop_is_blocked(tmp_path: Path) ->
     # the tick was due at most one interval after the block began and ran after it ended
     assert lag["lag_us"] >= 150_000 - TICK_INTERVAL_US, lag
     assert lag["t_us"] >= blocked_at + 150_000, lag
+    # a loop blocked by its own sleep was not waiting for a CPU meanwhile
+    assert 0 <= lag["runqueue_us"] < lag["lag_us"], lag
+
+
+STARVED = """
+import asyncio, os, subprocess, sys
+from harness.protocol import EventLog, LoopLagMonitor
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one CPU, shared with the spinner
+spinner = subprocess.Popen([sys.executable, "-c", "import sys, time\\nsys.stdin.readline()\\n"
+                            "end = time.monotonic() + 0.5\\nwhile time.monotonic() < end: pass"], stdin=subprocess.PIPE)
+os.nice(19)  # the spinner (nice 0) gets nearly all of that CPU while it spins
+log = EventLog(sys.argv[1], "server")
+
+async def main():
+    monitor = LoopLagMonitor(asyncio.get_running_loop(), log).start()
+    await asyncio.sleep(0.2)
+    spinner.stdin.write(b"go\\n")
+    spinner.stdin.flush()
+    await asyncio.sleep(0.8)
+    monitor.stop()
+
+asyncio.run(main())
+log.close()
+spinner.wait(10)
+"""
+
+
+def test_a_loop_kept_from_a_cpu_says_it_was_waiting_for_one(tmp_path: Path) -> None:
+    """Not its own work: a busy machine (here a spinner on the loop's one CPU, the loop at
+    nice 19). Each late tick says how much of its lateness was that wait."""
+    path = tmp_path / "server.jsonl"
+    child = subprocess.run([sys.executable, "-c", STARVED, str(path)], cwd=Path(__file__).resolve().parent.parent,
+                           capture_output=True, text=True, timeout=60)
+    assert child.returncode == 0, child.stderr
+    lags = _records(path)
+    assert lags, "a loop kept from its CPU for 0.5 s logged no loop_lag"
+    worst = max(lags, key=lambda r: r["lag_us"])
+    assert worst["runqueue_us"] >= worst["lag_us"] // 2, lags
 
 
 def test_a_server_writes_loop_lag_when_it_is_stopped_for_300_ms(run, tmp_path: Path) -> None:

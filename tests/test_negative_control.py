@@ -16,7 +16,9 @@ On the wire the probe sees what each server really sent: 129 frames of
 256 KiB or less plus an empty closing frame from the reference server, ONE
 32 MiB frame from the bad one.
 
-Both runs happen once per module (about 25 s); the tests below judge them.
+Both runs happen once per module (about 25 s); the tests below judge them. A
+reference run that a stall of our own instruments leaves INCONCLUSIVE is measured
+once more.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 import pytest
 from bad_servers.sync_bulk_server import spawn_sync_bulk_server
 
-from harness.checkers import Verdict, artwork_intact, reads_prompt
+from harness.checkers import Verdict, artwork_intact, judge, reads_prompt, require
 from harness.events import Events
 from harness.probe import ProbeClient, ProbeConfig
 from harness.protocol import HEADER_SIZE, now_us
@@ -96,21 +98,23 @@ async def bulk_send(directory: Path, bad: bool) -> BulkRun:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, BulkRun]:
     # One after the other, not together: each measurement has the machine to itself.
     async def both() -> dict[str, BulkRun]:
-        return {"reference": await bulk_send(tmp_path_factory.mktemp("reference"), bad=False),
-                "sync_bulk": await bulk_send(tmp_path_factory.mktemp("sync-bulk"), bad=True)}
-    return asyncio.run(asyncio.wait_for(both(), 2 * RUN_TIMEOUT_S))
+        reference = await bulk_send(tmp_path_factory.mktemp("reference"), bad=False)
+        if judge(reference.reads()).inconclusive:  # our own instrument stalled: measure once more, as a re-run would
+            reference = await bulk_send(tmp_path_factory.mktemp("reference"), bad=False)
+        return {"reference": reference, "sync_bulk": await bulk_send(tmp_path_factory.mktemp("sync-bulk"), bad=True)}
+    return asyncio.run(asyncio.wait_for(both(), 3 * RUN_TIMEOUT_S))
 
 
 def test_reference_server_keeps_reading_during_bulk_send(runs: dict[str, BulkRun]) -> None:
     verdict = runs["reference"].reads()
-    assert verdict.ok, verdict.explain()
+    require(verdict)  # INCONCLUSIVE (twice: see `runs`) when a stall of our own instruments can account for it
     assert verdict.figures["n"] >= 100, verdict.explain()   # ≈ 8 s of client/time every 50 ms
 
 
 def test_sync_bulk_server_starves_reads(runs: dict[str, BulkRun]) -> None:
     run = runs["sync_bulk"]
     verdict = run.reads()
-    assert not verdict.ok, f"the negative control passed I2: {verdict.explain()}"
+    assert judge(verdict).status == "FAIL", f"the negative control passed I2: {verdict.explain()}"
     bound = DEFAULT_BOUNDS.read_latency_us
     assert verdict.figures["unread"] == 0, verdict.explain()   # starved, not lost: all read in the end
     assert verdict.figures["max_us"] > 10 * bound, verdict.explain()

@@ -13,8 +13,9 @@ It runs for the whole session. Each run is `./run test` with its own `--basetemp
 JUnit XML under the work directory (failed tests keep their event logs there).
 `--parallel K` runs K at once, each then a neighbour of the others as well: a harsher
 load, and more runs in a session's time. The report gives the green runs out of N, the
-INCONCLUSIVE outcomes, and for every failure its test, the first line of its message and
-the longest `loop_lag` each process of that test logged: the stalled process.
+INCONCLUSIVE outcomes and the first attempts that were (re-run, passed), and for each of
+them and every failure its test, the first line of its message and the longest stall
+each process of that test logged: the stalled process.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Outcome:
     tests: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (test id, first line)
     inconclusive: list[tuple[str, str]] = field(default_factory=list)
+    rerun: list[tuple[str, str]] = field(default_factory=list)  # first attempt inconclusive, the re-run passed
 
     @property
     def green(self) -> bool:
@@ -115,6 +117,19 @@ def read_junit(path: Path, outcome: Outcome) -> None:
             outcome.inconclusive.append((test, (skipped.get("message") or "").splitlines()[0][:200]))
 
 
+def read_reruns(path: Path, outcome: Outcome) -> None:
+    """The tests whose first attempt was INCONCLUSIVE and whose re-run passed (the plugin's
+    terminal summary in the run's log): green, but each one an INCONCLUSIVE outcome too."""
+    if not path.exists():
+        return
+    seen = set()
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        test, sep, why = line.partition(": inconclusive (")
+        if sep and line.endswith("re-run once; the re-run passed") and test not in seen:
+            seen.add(test)
+            outcome.rerun.append((test, why.rsplit("), re-run once", 1)[0][:200]))
+
+
 def stalls(basetemp: Path, test_name: str) -> dict[str, int]:
     """The longest stall (µs) per process in the event logs a test left behind: its event loop
     (`loop_lag`), or its sending on a socket whose reads it held (`tcp_stall`)."""
@@ -159,6 +174,7 @@ class Run:
             return None
         outcome = Outcome(self.n, time.monotonic() - self.started, code)
         read_junit(self.junit, outcome)
+        read_reruns(self.work / f"run-{self.n}.log", outcome)
         outcome.failures += [("(a process left running)", stray) for stray in strays(self.basetemp)]
         if code != 0 and not outcome.failures:
             outcome.failures.append(("(no test failed)", f"./run test exited {code}; see {self.work}/run-{self.n}.log"))
@@ -168,8 +184,9 @@ class Run:
 def report(outcome: Outcome, basetemp: Path, total: int) -> None:
     verdict = "green" if outcome.green else f"{len(outcome.failures)} failed"
     print(f"run {outcome.run}/{total}: {verdict}, {outcome.tests} tests, {len(outcome.inconclusive)} inconclusive, "
-          f"{outcome.seconds / 60:.1f} min", flush=True)
-    for test, message in outcome.failures + outcome.inconclusive:
+          f"{len(outcome.rerun)} re-run after an inconclusive first attempt, {outcome.seconds / 60:.1f} min",
+          flush=True)
+    for test, message in outcome.failures + outcome.inconclusive + outcome.rerun:
         lags = stalls(basetemp, test.rsplit("::", 1)[-1])
         worst = ", ".join(f"{proc} {lag / 1000:.0f} ms" for proc, lag in sorted(lags.items(), key=lambda kv: -kv[1]))
         print(f"    {test}\n        {message}\n        longest stall per process: {worst or 'none logged'}",
@@ -233,8 +250,9 @@ def main() -> int:
             stop(neighbour)
     green = sum(o.green for o in outcomes)
     inconclusive = sum(len(o.inconclusive) for o in outcomes)
-    print(f"\nstress: {green} of {len(outcomes)} runs green; {inconclusive} INCONCLUSIVE outcomes in all; "
-          f"logs in {work}")
+    rerun = sum(len(o.rerun) for o in outcomes)
+    print(f"\nstress: {green} of {len(outcomes)} runs green; {inconclusive} INCONCLUSIVE outcomes in all, and "
+          f"{rerun} inconclusive first attempts whose re-run passed; logs in {work}")
     return 0 if green == len(outcomes) else 1
 
 

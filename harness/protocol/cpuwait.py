@@ -8,7 +8,8 @@ by the longest such wait since it started, up to a cap: a hung process waits for
 nothing and times out on time, a starved one gets its share of the machine.
 
 The harness waits so for the processes it starts (`harness.topology.StartupClock`), the
-reference server's coordinator for its workers. Linux only, like the rest.
+reference server's coordinator for its workers; a late event-loop tick says how much of its
+lateness was such a wait (`looplag.py`). Linux only, like the rest.
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ def runqueue_waits(pids: Iterable[int]) -> dict[tuple[int, int], int]:
                 with contextlib.suppress(OSError, ValueError, IndexError):
                     out[pid, int(tid)] = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
     return out
+
+
+def own_runqueue_ns() -> int | None:
+    """Nanoseconds the calling thread has spent runnable but waiting for a CPU (None where
+    /proc does not say)."""
+    try:
+        return int(Path("/proc/thread-self/schedstat").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class FairTimeout:

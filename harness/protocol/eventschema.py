@@ -53,7 +53,9 @@ EVENTS: dict[str, EventType] = {e.name: e for e in [
     _e("loop_lag", "server coordinator proxy harness",
        "the process's own event loop ran a periodic tick late (looplag.py); `t_us` = when it ran, so the loop "
        "was blocked within [t_us − lag_us − interval_us, t_us]",
-       lag_us="how late the tick ran (µs)", interval_us="the tick interval (µs)"),
+       lag_us="how late the tick ran (µs)", interval_us="the tick interval (µs)",
+       runqueue_us="of that span, how long the loop's thread was runnable but waiting for a CPU (µs; the "
+                   "machine's load, not the process's own work; absent where /proc does not say)"),
     _e("tcp_stall", "proxy probe",
        "nothing the process sent on a socket whose reads it held was acknowledged for a while, the peer's "
        "window open (tcpstall.py: the peer's ACKs fell beyond its full receive window); `t_us` = when it was "
@@ -61,6 +63,11 @@ EVENTS: dict[str, EventType] = {e.name: e for e in [
        peer="the socket's peer (`client` or `server`)", port="the socket's own port (the peer's view of it)",
        lag_us="how long (µs)",
        interval_us="the poll interval (µs)"),
+    _e("tcp_stall_begin", "proxy probe",
+       "a `tcp_stall` was seen to begin (written at once: a hold never released keeps it going past every "
+       "check of the run); without its `tcp_stall` it was still going on when the log was read",
+       peer="the socket's peer (`client` or `server`)", port="the socket's own port (the peer's view of it)",
+       since_us="the peer's last accepted ACK: the stall's start (µs)"),
     _e("log_slow_write", "server coordinator proxy probe harness",
        "writing a record to this event log took over 10 ms (the kernel's buffer for the disk was full, or the "
        "process was not scheduled meanwhile); written after it",

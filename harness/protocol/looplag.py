@@ -7,7 +7,9 @@ loop, written to the process's event log as `loop_lag` (`t_us` = when the late t
 ran, `lag_us` = how late). The loop was blocked at most over
 [t_us - lag_us - interval_us, t_us] (it may have stopped right after the previous
 tick); `stall_window` gives that range, and the checkers compare it with a
-violation's.
+violation's. `runqueue_us` says how much of that span the loop's thread was runnable
+but waiting for a CPU (cpuwait.py): a loop late because the machine was busy, told
+apart from one blocked by its own work or a sleep.
 
 `LagMeter` is the sans-I/O part: it is fed times and says when a tick was late.
 `LoopLagMonitor` drives it on a running event loop through `loop.call_later`; it
@@ -17,10 +19,12 @@ callback per interval per process, no per-message work.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .clock import now_us
+from .cpuwait import own_runqueue_ns
 
 # Every tick wakes the loop: at 20 ms that cost a 400-listener server 10 % more CPU per
 # listener (A/B, NOTES.md §6); at 50 ms any stall longer than 80 ms (under every bound
@@ -78,14 +82,18 @@ class LoopLagMonitor:
     """Runs a LagMeter on `loop` (an asyncio event loop, running) and writes each late
     tick as `loop_lag` to `log` (an EventLog, or the proxy's EventSink)."""
 
-    def __init__(self, loop: Any, log: Emitter, meter: LagMeter | None = None) -> None:
+    def __init__(self, loop: Any, log: Emitter, meter: LagMeter | None = None,
+                 runqueue_ns: Callable[[], int | None] = own_runqueue_ns) -> None:
         self.loop = loop
         self.log = log
         self.meter = meter or LagMeter()
+        self.runqueue_ns = runqueue_ns  # called on the loop's thread, once a tick (~10 µs)
         self._due_us = 0
+        self._waited_ns: int | None = None
         self._timer: Any = None
 
     def start(self) -> LoopLagMonitor:
+        self._waited_ns = self.runqueue_ns()
         self._arm(now_us())
         return self
 
@@ -100,9 +108,12 @@ class LoopLagMonitor:
 
     def _tick(self) -> None:
         ran_us = now_us()
+        before, self._waited_ns = self._waited_ns, self.runqueue_ns()
         late = self.meter.tick(self._due_us, ran_us)
         if late is not None:
+            waited = {} if before is None or self._waited_ns is None else \
+                {"runqueue_us": (self._waited_ns - before) // 1000}
             # stamped when the tick ran, not when the record is written: the stall window
             # (stall_window) is computed from it, and a slow write must not shift it
-            self.log.emit("loop_lag", t_us=late.t_us, lag_us=late.lag_us, interval_us=late.interval_us)
+            self.log.emit("loop_lag", t_us=late.t_us, lag_us=late.lag_us, interval_us=late.interval_us, **waited)
         self._arm(ran_us)

@@ -106,8 +106,8 @@ class _Loop(Protocol):
 class SendStallWatch:
     """Polls `sock` every `POLL_INTERVAL_US` from `start()` until `stop()`, and past it while a
     stall goes on (it outlasts the hold until the peer's next ACK lands in the reopened window),
-    until `close()` at the latest; each send stall becomes a `tcp_stall` record in `log` (`t_us` =
-    when it ended, `lag_us` = its length)."""
+    until `close()` at the latest. A send stall is a `tcp_stall_begin` record in `log` once it is
+    seen, and a `tcp_stall` once it ends (`t_us` = when it ended, `lag_us` = its length)."""
 
     def __init__(self, loop: _Loop, sock: _Socket, log: Emitter, session: str | None, peer: str) -> None:
         self.loop, self.sock, self.log, self.session, self.peer = loop, sock, log, session, peer
@@ -141,7 +141,13 @@ class SendStallWatch:
         if info is None:
             self.close()
             return
-        self._record(self.meter.sample(now_us(), info))
+        t_us, before = now_us(), self.meter.since_us
+        self._record(self.meter.sample(t_us, info))
+        if before is None and self.meter.since_us is not None:
+            # a hold never released (a slow reader at 0 B/s) keeps the stall going past
+            # every check of the run: say at once that it began, so a check sees it
+            self.log.emit("tcp_stall_begin", session=self.session, t_us=t_us, peer=self.peer, port=self.port,
+                          since_us=self.meter.since_us)
         if self._stopping and self.meter.since_us is None:
             return
         self._arm()
