@@ -26,9 +26,9 @@ from websockets.exceptions import ConnectionClosed
 
 from harness.protocol import ConnectionFatal, ProtocolError, now_us
 from harness.protocol import messages as m
-from harness.protocol.cpuwait import runqueue_waits
+from harness.protocol.cpuwait import cpu_ns, runqueue_waits
 from harness.protocol.noise import AudioChunk, NoiseProfile
-from harness.topology import CLK_TCK, Child, await_ready_file, cpu_ticks, group_pids
+from harness.topology import Child, await_ready_file, group_pids
 
 PATHS = ("direct", "opaque", "terminated")
 MODES = {"opaque": "noise-opaque", "terminated": "noise-terminated"}  # the proxy's name for each connection
@@ -220,14 +220,14 @@ class ServerPath:
     async def during(self) -> dict[str, Any]:
         """Over the CPU window: the round trips, the proxy's CPU, and what mode its connections are in."""
         pids = group_pids(self.proxy.pid) if self.proxy is not None else []
-        c0, w0 = {p: cpu_ticks(p) for p in pids}, runqueue_wait_s(pids)
+        c0, w0 = cpu_ns(pids), runqueue_wait_s(pids)
         t0, t0_us, chunks0 = time.monotonic(), now_us(), self.rtt["path"].chunks
         out: dict[str, Any] = await interleaved(self.rtt, self.args.rtt, self.args.seconds * 0.9)
         out["rtt_client_audio"] = self.rtt["path"].chunks - chunks0  # a stream through the proxy too?
         if self.proxy is None:
             return out
-        c1 = {p: cpu_ticks(p) for p in pids}
-        out["proxy_cpu_s"] = sum(((c1[p] or 0) - (c0[p] or 0)) / CLK_TCK for p in pids)
+        # exact CPU time: in clock ticks, a 0.5 s smoke window read 0 on a starved machine
+        out["proxy_cpu_s"] = sum(ns - c0.get(thread, 0) for thread, ns in cpu_ns(pids).items()) / 1e9
         out["proxy_span_s"] = time.monotonic() - t0
         out["proxy_runqueue_wait_s"] = round(runqueue_wait_s(pids) - w0, 2)
         control = self.proxy_info["control"]["url"]

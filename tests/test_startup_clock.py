@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from harness.protocol.cpuwait import cpu_ns
 from harness.topology import Child, StartupClock, StartupError, spawn_child, wait_ready_file
 
 HOGS = 5  # the child gets about a sixth of its CPU
@@ -82,3 +84,15 @@ def test_exits_within_tells_an_exit_from_a_process_that_stays(tmp_path: Path) ->
     with quits, stays:
         assert quits.exits_within(20) and quits.reap() == 3
         assert not stays.exits_within(0.5), "a sleeping process waits for no CPU: its timeout is not moved"
+
+
+def test_cpu_ns_counts_a_thread_s_time_on_a_cpu_exactly() -> None:
+    """Not in clock ticks (where /proc/PID/stat may say 0 or 60 ms for 50 ms): the kernel's
+    count of this thread's run time, behind the current slice by a scheduler tick at most."""
+    me = (os.getpid(), threading.get_native_id())
+    before = cpu_ns([os.getpid()])[me]
+    end = time.thread_time() + 0.05
+    while time.thread_time() < end:
+        pass
+    spent = cpu_ns([os.getpid()])[me] - before
+    assert 30_000_000 <= spent < 1_000_000_000, spent

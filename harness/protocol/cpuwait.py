@@ -21,17 +21,27 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
-def runqueue_waits(pids: Iterable[int]) -> dict[tuple[int, int], int]:
-    """Nanoseconds each thread of `pids` has spent runnable but waiting for a CPU, by
-    (pid, tid): a process starved by a busy machine, told apart from one busy with its
-    own work or blocked."""
+def _schedstat(pids: Iterable[int], field: int) -> dict[tuple[int, int], int]:
     out = {}
     for pid in pids:
         with contextlib.suppress(OSError):
             for tid in os.listdir(f"/proc/{pid}/task"):
                 with contextlib.suppress(OSError, ValueError, IndexError):
-                    out[pid, int(tid)] = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
+                    out[pid, int(tid)] = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[field])
     return out
+
+
+def runqueue_waits(pids: Iterable[int]) -> dict[tuple[int, int], int]:
+    """Nanoseconds each thread of `pids` has spent runnable but waiting for a CPU, by
+    (pid, tid): a process starved by a busy machine, told apart from one busy with its
+    own work or blocked."""
+    return _schedstat(pids, 1)
+
+
+def cpu_ns(pids: Iterable[int]) -> dict[tuple[int, int], int]:
+    """Nanoseconds each thread of `pids` has run on a CPU, by (pid, tid): exact, where
+    /proc/PID/stat counts whole clock ticks (10 ms), too coarse for a window of a second."""
+    return _schedstat(pids, 0)
 
 
 def own_runqueue_ns() -> int | None:
