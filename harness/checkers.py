@@ -105,11 +105,13 @@ def judge(verdict: Verdict, instruments: Collection[str] = INSTRUMENTS) -> Verdi
     against a duration's excess: a busy machine makes a read late, not lost. A stall
     adds at most its own length to a latency or a delay, so stalls that cannot account
     for the excess over the bound (a read seconds late, our loop 50 ms) leave it a FAIL too."""
-    # a tcp_stall is only ever written by our own instruments: the proxy and the probes (named as such)
-    ours = [s for s in verdict.stalls if s.peer is not None or is_instrument(s.proc, instruments)]
-    if verdict.excess_us is not None:
-        ours += [replace(s, blocked_us=min(s.blocked_us, s.waited_us)) for s in verdict.stalls
-                 if s not in ours and s.waited_us > 0]
+    ours = []
+    for s in verdict.stalls:
+        # a tcp_stall is only ever written by our own instruments: the proxy and the probes (named as such)
+        if s.peer is not None or is_instrument(s.proc, instruments):
+            ours.append(s)
+        elif verdict.excess_us is not None and s.waited_us > 0:  # the implementation's: its CPU wait only
+            ours.append(replace(s, blocked_us=min(s.blocked_us, s.waited_us)))
     if verdict.ok or verdict.stalled_by is not None or not ours:
         return verdict
     if verdict.excess_us is not None and longest_delay_us(ours) < verdict.excess_us:

@@ -21,13 +21,18 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
-def _schedstat(pids: Iterable[int], field: int) -> dict[tuple[int, int], int]:
+def _schedstat(path: str, field: int) -> int:
+    """Field `field` of a schedstat file: 0 = ns on a CPU, 1 = ns runnable, waiting for one."""
+    return int(Path(path).read_text().split()[field])
+
+
+def _threads_schedstat(pids: Iterable[int], field: int) -> dict[tuple[int, int], int]:
     out = {}
     for pid in pids:
         with contextlib.suppress(OSError):
             for tid in os.listdir(f"/proc/{pid}/task"):
                 with contextlib.suppress(OSError, ValueError, IndexError):
-                    out[pid, int(tid)] = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[field])
+                    out[pid, int(tid)] = _schedstat(f"/proc/{pid}/task/{tid}/schedstat", field)
     return out
 
 
@@ -35,20 +40,20 @@ def runqueue_waits(pids: Iterable[int]) -> dict[tuple[int, int], int]:
     """Nanoseconds each thread of `pids` has spent runnable but waiting for a CPU, by
     (pid, tid): a process starved by a busy machine, told apart from one busy with its
     own work or blocked."""
-    return _schedstat(pids, 1)
+    return _threads_schedstat(pids, 1)
 
 
 def cpu_ns(pids: Iterable[int]) -> dict[tuple[int, int], int]:
     """Nanoseconds each thread of `pids` has run on a CPU, by (pid, tid): exact, where
     /proc/PID/stat counts whole clock ticks (10 ms), too coarse for a window of a second."""
-    return _schedstat(pids, 0)
+    return _threads_schedstat(pids, 0)
 
 
 def own_runqueue_ns() -> int | None:
     """Nanoseconds the calling thread has spent runnable but waiting for a CPU (None where
     /proc does not say)."""
     try:
-        return int(Path("/proc/thread-self/schedstat").read_text().split()[1])
+        return _schedstat("/proc/thread-self/schedstat", 1)
     except (OSError, ValueError, IndexError):
         return None
 
